@@ -1,0 +1,589 @@
+//! The job wire format (version 1) and its validation.
+//!
+//! Upstream apps publish one JSON object per job; see README.md ("Job format").
+//! [`Job::decode`] turns raw bytes into a validated [`Job`] or a [`JobError`]
+//! whose [`JobError::reason`] ends up in the dead-letter headers, the log row
+//! and the `failed` event.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use time::OffsetDateTime;
+
+/// Largest accepted job payload in bytes.
+pub const MAX_JOB_BYTES: usize = 256 * 1024;
+/// Largest email body (text or html) in bytes.
+pub const MAX_EMAIL_BODY_BYTES: usize = 200 * 1024;
+/// Email subject limit (RFC 5322 line length).
+pub const MAX_SUBJECT_CHARS: usize = 998;
+/// SMS body limit in characters (Twilio's documented maximum).
+pub const MAX_SMS_CHARS: usize = 1600;
+/// WhatsApp text body limit in characters (Meta's documented maximum).
+pub const MAX_WHATSAPP_CHARS: usize = 4096;
+/// Serialized metadata limit in bytes: it is echoed into every event.
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+macro_rules! id_newtype {
+    ($name:ident, $what:literal, $max:expr) => {
+        #[doc = concat!("A validated ", $what, ": 1 to ", stringify!($max), " characters of `A-Z a-z 0-9 . _ : -`.")]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, JobError> {
+                let ok = !s.is_empty()
+                    && s.len() <= $max
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+                if ok {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(JobError::InvalidField {
+                        field: $what,
+                        reason: format!(concat!("must be 1-", stringify!($max), " characters of A-Z a-z 0-9 . _ : - (got {:?})"), truncate(s, 80)),
+                    })
+                }
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_newtype!(JobId, "job_id", 128);
+id_newtype!(TenantId, "tenant_id", 64);
+
+/// The three delivery channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "channel", rename_all = "lowercase")]
+pub enum Channel {
+    Email,
+    Sms,
+    Whatsapp,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Whatsapp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Whatsapp => "whatsapp",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Channel {
+    type Err = JobError;
+    fn from_str(s: &str) -> Result<Self, JobError> {
+        match s {
+            "email" => Ok(Channel::Email),
+            "sms" => Ok(Channel::Sms),
+            "whatsapp" => Ok(Channel::Whatsapp),
+            other => Err(JobError::UnknownChannel(truncate(other, 40))),
+        }
+    }
+}
+
+/// A WhatsApp template message (pre-approved by Meta).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    /// Language code such as `en_US`.
+    pub language: String,
+    /// Body parameters, in order.
+    #[serde(default)]
+    pub parameters: Vec<String>,
+}
+
+/// What to send, already checked against the channel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Email {
+        subject: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        html: Option<String>,
+    },
+    /// SMS or WhatsApp free text.
+    Text { text: String },
+    /// WhatsApp template.
+    Template { template: Template },
+}
+
+/// A validated job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    pub channel: Channel,
+    /// Email address (email) or E.164 number (sms, whatsapp).
+    pub recipient: String,
+    pub content: Content,
+    /// Echoed verbatim into every delivery event.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// After this instant the job is not sent; it ends `expired`.
+    pub not_after: Option<OffsetDateTime>,
+}
+
+/// Why a job was refused. `reason()` is the stable code used in dead-letter
+/// headers, log rows and events; `Display` is the human explanation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    #[error("payload is not valid UTF-8 (first bad byte at offset {0})")]
+    InvalidUtf8(usize),
+    #[error("payload is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("payload is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("unsupported job version {0}; this worker understands version 1")]
+    UnsupportedVersion(u64),
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("unknown channel {0:?}; expected email, sms or whatsapp")]
+    UnknownChannel(String),
+    #[error("invalid recipient for {channel}: {reason}")]
+    InvalidRecipient { channel: Channel, reason: String },
+    #[error("invalid `{field}`: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("`{field}` is too long: {size} (limit {limit})")]
+    FieldTooLong {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    #[error("content does not fit the {channel} channel: {reason}")]
+    WrongContent { channel: Channel, reason: String },
+}
+
+impl JobError {
+    /// Stable machine-readable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JobError::InvalidUtf8(_) => "invalid_utf8",
+            JobError::MalformedJson(_) => "malformed_json",
+            JobError::TooLarge { .. } => "too_large",
+            JobError::UnsupportedVersion(_) => "unsupported_version",
+            JobError::MissingField(_) => "missing_field",
+            JobError::UnknownChannel(_) => "unknown_channel",
+            JobError::InvalidRecipient { .. } => "invalid_recipient",
+            JobError::InvalidField { .. } => "invalid_field",
+            JobError::FieldTooLong { .. } => "field_too_long",
+            JobError::WrongContent { .. } => "wrong_content",
+        }
+    }
+}
+
+/// The loose shape first read from the wire; every field optional so that a
+/// missing one gets a precise error instead of serde's generic message.
+#[derive(Deserialize)]
+struct WireJob {
+    version: Option<u64>,
+    job_id: Option<String>,
+    tenant_id: Option<String>,
+    channel: Option<String>,
+    recipient: Option<String>,
+    content: Option<WireContent>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    not_after: Option<OffsetDateTime>,
+}
+
+#[derive(Deserialize)]
+struct WireContent {
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    template: Option<Template>,
+}
+
+/// Identifiers read from a payload that failed validation, so the failure
+/// can still be logged against its job and tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Salvaged {
+    pub job_id: Option<JobId>,
+    pub tenant_id: Option<TenantId>,
+    pub channel: Option<Channel>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Salvaged {
+    /// Best-effort read of the ids from an invalid payload.
+    pub fn from_payload(bytes: &[u8]) -> Self {
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(bytes)
+        else {
+            return Self::default();
+        };
+        let s = |k: &str| map.get(k).and_then(|v| v.as_str());
+        Self {
+            job_id: s("job_id").and_then(|v| JobId::parse(v).ok()),
+            tenant_id: s("tenant_id").and_then(|v| TenantId::parse(v).ok()),
+            channel: s("channel").and_then(|v| v.parse().ok()),
+            metadata: map
+                .get("metadata")
+                .and_then(|v| v.as_object().cloned())
+                .filter(|m| {
+                    serde_json::to_vec(m)
+                        .map(|b| b.len() <= MAX_METADATA_BYTES)
+                        .unwrap_or(false)
+                }),
+        }
+    }
+}
+
+impl Job {
+    /// Decode and validate one payload.
+    pub fn decode(bytes: &[u8]) -> Result<Job, JobError> {
+        if bytes.len() > MAX_JOB_BYTES {
+            return Err(JobError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_JOB_BYTES,
+            });
+        }
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(JobError::InvalidUtf8(e.valid_up_to()));
+        }
+        let wire: WireJob =
+            serde_json::from_slice(bytes).map_err(|e| JobError::MalformedJson(e.to_string()))?;
+        Self::from_wire(wire)
+    }
+
+    fn from_wire(w: WireJob) -> Result<Job, JobError> {
+        match w.version {
+            None | Some(1) => {}
+            Some(v) => return Err(JobError::UnsupportedVersion(v)),
+        }
+        let id = JobId::parse(&w.job_id.ok_or(JobError::MissingField("job_id"))?)?;
+        let tenant_id = TenantId::parse(&w.tenant_id.ok_or(JobError::MissingField("tenant_id"))?)?;
+        let channel: Channel = w
+            .channel
+            .ok_or(JobError::MissingField("channel"))?
+            .parse()?;
+        let recipient = w.recipient.ok_or(JobError::MissingField("recipient"))?;
+        validate_recipient(channel, &recipient)?;
+        let content =
+            validate_content(channel, w.content.ok_or(JobError::MissingField("content"))?)?;
+        if let Some(m) = &w.metadata {
+            let size = serde_json::to_vec(m).map(|b| b.len()).unwrap_or(usize::MAX);
+            if size > MAX_METADATA_BYTES {
+                return Err(JobError::FieldTooLong {
+                    field: "metadata",
+                    size,
+                    limit: MAX_METADATA_BYTES,
+                });
+            }
+        }
+        Ok(Job {
+            id,
+            tenant_id,
+            channel,
+            recipient,
+            content,
+            metadata: w.metadata,
+            not_after: w.not_after,
+        })
+    }
+
+    /// The wire form of this job (used when it is re-published for a retry).
+    pub fn to_wire(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "version": 1,
+            "job_id": self.id,
+            "tenant_id": self.tenant_id,
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "content": self.content,
+        });
+        if let Some(m) = &self.metadata {
+            v["metadata"] = serde_json::Value::Object(m.clone());
+        }
+        if let Some(t) = self.not_after {
+            v["not_after"] = t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+                .into();
+        }
+        v
+    }
+}
+
+fn validate_recipient(channel: Channel, r: &str) -> Result<(), JobError> {
+    let bad = |reason: String| JobError::InvalidRecipient { channel, reason };
+    match channel {
+        Channel::Email => {
+            if r.len() > 254 {
+                return Err(bad("longer than 254 characters".into()));
+            }
+            lettre::Address::from_str(r).map(|_| ()).map_err(|e| {
+                bad(format!(
+                    "{:?} is not an email address ({e})",
+                    truncate(r, 80)
+                ))
+            })
+        }
+        Channel::Sms | Channel::Whatsapp => {
+            if is_e164(r) {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "{:?} is not an E.164 number such as +14155550100",
+                    truncate(r, 40)
+                )))
+            }
+        }
+    }
+}
+
+/// E.164: a `+`, a non-zero country digit, 8 to 15 digits in all.
+pub fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+fn check_len(field: &'static str, size: usize, limit: usize) -> Result<(), JobError> {
+    if size > limit {
+        Err(JobError::FieldTooLong { field, size, limit })
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_content(channel: Channel, c: WireContent) -> Result<Content, JobError> {
+    let wrong = |reason: &str| JobError::WrongContent {
+        channel,
+        reason: reason.into(),
+    };
+    match channel {
+        Channel::Email => {
+            if c.template.is_some() {
+                return Err(wrong(
+                    "templates are WhatsApp-only; send subject and text or html",
+                ));
+            }
+            let subject = c.subject.ok_or(JobError::MissingField("content.subject"))?;
+            if subject.trim().is_empty() {
+                return Err(wrong("subject is empty"));
+            }
+            check_len(
+                "content.subject",
+                subject.chars().count(),
+                MAX_SUBJECT_CHARS,
+            )?;
+            if subject.contains(['\r', '\n']) {
+                return Err(wrong("subject contains a line break"));
+            }
+            if c.text.is_none() && c.html.is_none() {
+                return Err(JobError::MissingField("content.text or content.html"));
+            }
+            for (field, body) in [("content.text", &c.text), ("content.html", &c.html)] {
+                if let Some(b) = body {
+                    check_len(field, b.len(), MAX_EMAIL_BODY_BYTES)?;
+                }
+            }
+            Ok(Content::Email {
+                subject,
+                text: c.text,
+                html: c.html,
+            })
+        }
+        Channel::Sms | Channel::Whatsapp => {
+            if c.subject.is_some() || c.html.is_some() {
+                return Err(wrong("subject and html are email-only; send text"));
+            }
+            let limit = if channel == Channel::Sms {
+                MAX_SMS_CHARS
+            } else {
+                MAX_WHATSAPP_CHARS
+            };
+            match (c.text, c.template) {
+                (Some(_), Some(_)) => Err(wrong("send either text or template, not both")),
+                (None, Some(_)) if channel == Channel::Sms => {
+                    Err(wrong("templates are WhatsApp-only"))
+                }
+                (None, Some(t)) => {
+                    if t.name.is_empty() || t.language.is_empty() {
+                        return Err(wrong("template needs a name and a language"));
+                    }
+                    Ok(Content::Template { template: t })
+                }
+                (Some(text), None) => {
+                    if text.trim().is_empty() {
+                        return Err(wrong("text is empty"));
+                    }
+                    check_len("content.text", text.chars().count(), limit)?;
+                    Ok(Content::Text { text })
+                }
+                (None, None) => Err(JobError::MissingField("content.text")),
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(v: serde_json::Value) -> Result<Job, JobError> {
+        Job::decode(&serde_json::to_vec(&v).unwrap())
+    }
+
+    fn email() -> serde_json::Value {
+        json!({"job_id": "j-1", "tenant_id": "clinic-1", "channel": "email",
+               "recipient": "pat@example.com", "content": {"subject": "Hi", "text": "See you"}})
+    }
+
+    #[test]
+    fn a_valid_email_job_decodes_and_round_trips() {
+        let job = decode(email()).unwrap();
+        assert_eq!(job.channel, Channel::Email);
+        assert_eq!(
+            Job::decode(&serde_json::to_vec(&job.to_wire()).unwrap()).unwrap(),
+            job
+        );
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_own_reason() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"{not json".to_vec(), "malformed_json"),
+            (vec![b'{', 0xff, b'}'], "invalid_utf8"),
+            (
+                serde_json::to_vec(&{
+                    let mut v = email();
+                    v["channel"] = json!("fax");
+                    v
+                })
+                .unwrap(),
+                "unknown_channel",
+            ),
+            (
+                serde_json::to_vec(&{
+                    let mut v = email();
+                    v["recipient"] = json!("nope");
+                    v
+                })
+                .unwrap(),
+                "invalid_recipient",
+            ),
+            (
+                serde_json::to_vec(&{
+                    let mut v = email();
+                    v.as_object_mut().unwrap().remove("tenant_id");
+                    v
+                })
+                .unwrap(),
+                "missing_field",
+            ),
+            (
+                serde_json::to_vec(&{
+                    let mut v = email();
+                    v["content"]["text"] = json!("x".repeat(MAX_EMAIL_BODY_BYTES + 1));
+                    v
+                })
+                .unwrap(),
+                "field_too_long",
+            ),
+            (
+                serde_json::to_vec(&{
+                    let mut v = email();
+                    v["content"] = json!({"text": "no subject"});
+                    v
+                })
+                .unwrap(),
+                "missing_field",
+            ),
+            (vec![b' '; MAX_JOB_BYTES + 1], "too_large"),
+            (
+                serde_json::to_vec(&{
+                    let mut v = email();
+                    v["version"] = json!(2);
+                    v
+                })
+                .unwrap(),
+                "unsupported_version",
+            ),
+        ];
+        for (payload, reason) in cases {
+            let err = Job::decode(&payload).unwrap_err();
+            assert_eq!(err.reason(), reason, "{err}");
+        }
+    }
+
+    #[test]
+    fn sms_needs_an_e164_number_and_plain_text() {
+        let base = json!({"job_id": "j", "tenant_id": "t", "channel": "sms",
+                          "recipient": "+14155550100", "content": {"text": "hello"}});
+        assert!(decode(base.clone()).is_ok());
+        let mut v = base.clone();
+        v["recipient"] = json!("0155550100");
+        assert_eq!(decode(v).unwrap_err().reason(), "invalid_recipient");
+        let mut v = base.clone();
+        v["content"] = json!({"template": {"name": "n", "language": "en"}});
+        assert_eq!(decode(v).unwrap_err().reason(), "wrong_content");
+        let mut v = base;
+        v["content"]["text"] = json!("x".repeat(MAX_SMS_CHARS + 1));
+        assert_eq!(decode(v).unwrap_err().reason(), "field_too_long");
+    }
+
+    #[test]
+    fn whatsapp_accepts_a_template() {
+        let job = decode(json!({"job_id": "j", "tenant_id": "t", "channel": "whatsapp",
+            "recipient": "+447700900123",
+            "content": {"template": {"name": "appointment_reminder", "language": "en_US", "parameters": ["Tue 10:00"]}}}))
+        .unwrap();
+        assert!(matches!(job.content, Content::Template { .. }));
+    }
+
+    #[test]
+    fn ids_of_an_invalid_job_are_salvaged_for_its_log_row() {
+        let s = Salvaged::from_payload(br#"{"job_id":"j-9","tenant_id":"t","channel":"fax"}"#);
+        assert_eq!(s.job_id.unwrap().as_str(), "j-9");
+        assert_eq!(s.tenant_id.unwrap().as_str(), "t");
+        assert!(s.channel.is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Job::decode(&bytes);
+        }
+
+        #[test]
+        fn e164_accepts_exactly_plus_and_8_to_15_digits(d in "[1-9][0-9]{0,20}") {
+            proptest::prop_assert_eq!(is_e164(&format!("+{d}")), (8..=15).contains(&d.len()));
+        }
+    }
+}

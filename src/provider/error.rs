@@ -1,0 +1,134 @@
+//! Provider error classification.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// Longest `Retry-After` we honour; longer hints are clamped to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// What went wrong, in words every provider's answer maps onto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "error_kind", rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 5xx, timeout, connection trouble: try again.
+    Transient,
+    /// 429 or a rate-limit code: try again after the provider's hint.
+    RateLimited,
+    /// Credentials, account or sender trouble: another provider may do better.
+    Provider,
+    /// Tenant configuration could not be loaded or used.
+    Config,
+    /// The recipient is invalid, unreachable or opted out: no provider will do better.
+    Recipient,
+    /// The content was refused (body error, too large, template): no provider will do better.
+    Content,
+    /// The job itself could not be read or validated.
+    InvalidJob,
+    /// The job's `not_after` or the maximum age passed before it could be sent.
+    Expired,
+}
+
+/// What the dispatcher should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Retry,
+    Fallback,
+    GiveUp,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Provider => "provider",
+            ErrorKind::Config => "config",
+            ErrorKind::Recipient => "recipient",
+            ErrorKind::Content => "content",
+            ErrorKind::InvalidJob => "invalid_job",
+            ErrorKind::Expired => "expired",
+        }
+    }
+
+    pub fn disposition(self) -> Disposition {
+        match self {
+            ErrorKind::Transient | ErrorKind::RateLimited => Disposition::Retry,
+            ErrorKind::Provider | ErrorKind::Config => Disposition::Fallback,
+            ErrorKind::Recipient
+            | ErrorKind::Content
+            | ErrorKind::InvalidJob
+            | ErrorKind::Expired => Disposition::GiveUp,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A classified provider failure. It keeps the provider's own code and
+/// message (never a credential) for the log row and the event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{kind}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    /// The provider's code: HTTP status, Twilio/Meta error code, SES
+    /// exception name, SMTP reply code.
+    pub code: Option<String>,
+    pub message: String,
+    /// When the provider said to come back (`Retry-After` and the like), clamped.
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_secs", default)]
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(kind: ErrorKind, code: Option<String>, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > 500 {
+            let mut cut = 500;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Self {
+            kind,
+            code,
+            message,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        self.retry_after = after.map(|d| d.min(MAX_RETRY_AFTER));
+        self
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, None, message)
+    }
+
+    pub fn disposition(&self) -> Disposition {
+        self.kind.disposition()
+    }
+}
+
+mod opt_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.map(Duration::from_secs_f64))
+    }
+}

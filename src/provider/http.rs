@@ -1,0 +1,120 @@
+//! What the HTTP adapters share: the pooled client, `Retry-After` parsing and
+//! the generic reading of a status code.
+
+use super::{ErrorKind, ProviderError};
+use reqwest::header::HeaderMap;
+use std::time::{Duration, SystemTime};
+
+/// `User-Agent` sent to every provider.
+pub const USER_AGENT: &str = concat!("outreach/", env!("CARGO_PKG_VERSION"));
+
+/// The one pooled, rustls-backed client every HTTP adapter reuses.
+pub fn client(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("the HTTP client configuration is static and valid")
+}
+
+/// Reads `Retry-After` (seconds or an HTTP date), then `X-RateLimit-Reset`
+/// (epoch seconds, as SendGrid sends), relative to `now`.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(v) = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Ok(secs) = v.parse::<f64>() {
+            if secs.is_finite() && secs >= 0.0 {
+                return Some(Duration::from_secs_f64(secs.min(1e6)));
+            }
+        }
+        if let Ok(at) = httpdate_parse(v) {
+            return Some(at.duration_since(now).unwrap_or_default());
+        }
+    }
+    let reset = headers
+        .get("x-ratelimit-reset")
+        .and_then(|v| v.to_str().ok())?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+fn httpdate_parse(s: &str) -> Result<SystemTime, ()> {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let dt = time::PrimitiveDateTime::parse(s, &fmt).map_err(|_| ())?;
+    Ok(SystemTime::from(dt.assume_utc()))
+}
+
+/// The class of an HTTP status when the body has nothing more precise.
+pub fn kind_for_status(status: u16) -> ErrorKind {
+    match status {
+        429 => ErrorKind::RateLimited,
+        401 | 403 => ErrorKind::Provider,
+        408 | 500..=599 => ErrorKind::Transient,
+        413 => ErrorKind::Content,
+        404 => ErrorKind::Provider,
+        400..=499 => ErrorKind::Content,
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// A request that got no answer: timeouts and connection errors are worth a retry.
+pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
+    // reqwest's Display includes the URL; our URLs carry no secrets (Twilio's
+    // account SID is an identifier, not a credential), but keep it short.
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response could not be read"
+    } else {
+        "request failed"
+    };
+    ProviderError::new(ErrorKind::Transient, None, format!("{provider}: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_ratelimit_reset() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(2)));
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Tue, 14 Nov 2023 22:13:40 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(20)));
+
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("1700000005"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(5)));
+
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_clamped_by_the_error() {
+        let e =
+            ProviderError::transient("x").with_retry_after(Some(Duration::from_secs(86_400 * 7)));
+        assert_eq!(e.retry_after, Some(super::super::error::MAX_RETRY_AFTER));
+    }
+}

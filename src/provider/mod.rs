@@ -1,0 +1,131 @@
+//! Provider adapters behind one trait.
+//!
+//! Every adapter turns a [`Job`] into the provider's wire format and the
+//! provider's answer into a [`Receipt`] or a classified [`ProviderError`]:
+//! retry (and when), fall back to the next provider, or give up.
+
+pub mod error;
+pub mod http;
+pub mod sandbox;
+pub mod settings;
+pub mod smtp;
+
+use crate::job::{Channel, Job, TenantId};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{Disposition, ErrorKind, ProviderError};
+pub use settings::{ProviderSettings, SettingsError};
+
+/// The providers this service can send through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Sandbox,
+    Smtp,
+    Sendgrid,
+    Ses,
+    Twilio,
+    Meta,
+    Vonage,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Sandbox => "sandbox",
+            ProviderKind::Smtp => "smtp",
+            ProviderKind::Sendgrid => "sendgrid",
+            ProviderKind::Ses => "ses",
+            ProviderKind::Twilio => "twilio",
+            ProviderKind::Meta => "meta",
+            ProviderKind::Vonage => "vonage",
+        }
+    }
+
+    /// Channels the provider can carry.
+    pub fn supports(self, channel: Channel) -> bool {
+        match self {
+            ProviderKind::Sandbox => true,
+            ProviderKind::Smtp | ProviderKind::Sendgrid | ProviderKind::Ses => {
+                channel == Channel::Email
+            }
+            ProviderKind::Twilio => channel != Channel::Email,
+            ProviderKind::Meta => channel == Channel::Whatsapp,
+            ProviderKind::Vonage => channel == Channel::Sms,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider's acceptance of a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The provider's id for the message (SendGrid X-Message-Id, SES MessageId,
+    /// Twilio SID, Meta wamid, SMTP queue id), when it gives one.
+    pub message_id: Option<String>,
+}
+
+/// One provider account, ready to send. Implementations are cheap to share
+/// (`Arc`) and hold their pooled clients.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn kind(&self) -> ProviderKind;
+    async fn send(&self, job: &Job) -> Result<Receipt, ProviderError>;
+}
+
+/// What adapters share: one pooled HTTP client and the service-wide knobs.
+#[derive(Clone)]
+pub struct ProviderContext {
+    pub http: reqwest::Client,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Public base URL of this service's webhook endpoint, for status
+    /// callbacks (Twilio `StatusCallback`); none disables them.
+    pub webhook_base_url: Option<url::Url>,
+}
+
+impl ProviderContext {
+    pub fn new(
+        timeout: Duration,
+        connect_timeout: Duration,
+        webhook_base_url: Option<url::Url>,
+    ) -> Self {
+        let http = http::client(timeout, connect_timeout);
+        Self {
+            http,
+            timeout,
+            connect_timeout,
+            webhook_base_url,
+        }
+    }
+}
+
+/// Build the adapter for one provider account.
+pub fn build(
+    settings: &ProviderSettings,
+    ctx: &ProviderContext,
+    tenant: Option<&TenantId>,
+) -> Result<Arc<dyn Provider>, SettingsError> {
+    settings.validate()?;
+    Ok(match settings {
+        ProviderSettings::Sandbox(s) => Arc::new(sandbox::Sandbox::new(s.clone())),
+        ProviderSettings::Smtp(s) => Arc::new(smtp::Smtp::new(s, ctx)?),
+        // Adapters for the HTTP providers register here.
+        other => {
+            let _ = tenant;
+            return Err(SettingsError::new(
+                "provider",
+                format!("{} is not available in this build", other.kind()),
+            ));
+        }
+    })
+}
