@@ -1,5 +1,30 @@
 //! outreach: multi-tenant delivery of email, SMS and WhatsApp jobs.
+//!
+//! - [`job`]: the wire format and its validation.
+//! - [`settings`]: layered configuration.
+//! - [`broker`]: RabbitMQ topology and confirmed publishing; [`enqueue`]: job publisher.
+//! - [`worker`]: the consumer; per delivery: decode, claim, [`dispatch`], record, report.
+//! - [`tenant`]: tenants' provider chains; [`provider`]: one adapter per provider.
+//! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
+//! - [`events`]: delivery events; [`metrics`], [`http`], [`health`]: observability.
+//! - [`app`]: wiring; [`demo`]: the one-command demonstration.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod batch;
+pub mod broker;
+pub mod db;
+pub mod delivery_log;
+pub mod demo;
+pub mod dispatch;
+pub mod enqueue;
+pub mod events;
+pub mod health;
+pub mod http;
 pub mod job;
+pub mod metrics;
 pub mod provider;
+pub mod settings;
+pub mod telemetry;
+pub mod tenant;
+pub mod worker;

@@ -1,0 +1,109 @@
+//! Wiring: build the worker's parts from settings and run them.
+
+use crate::broker::Topology;
+use crate::delivery_log::DeliveryLog;
+use crate::dispatch::{QuickRetry, RetryBudget};
+use crate::health::Health;
+use crate::provider::ProviderContext;
+use crate::settings::Settings;
+use crate::tenant::Directory;
+use crate::worker::{self, ConsumerConfig, Shared};
+use crate::{db, http, metrics};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Install the process-wide rustls crypto provider (aws-lc-rs), once.
+pub fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub fn provider_context(s: &Settings) -> ProviderContext {
+    ProviderContext::new(
+        s.provider_timeout(),
+        s.provider_connect_timeout(),
+        s.providers.webhook_base_url.clone(),
+    )
+}
+
+/// Run a worker until `shutdown` fires: HTTP endpoints plus the consumer.
+pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    install_crypto();
+    let handle = metrics::install();
+    let pool = db::connect_creating(&settings.database).await?;
+    if settings.worker.migrate_on_start {
+        db::migrate(&pool).await?;
+    }
+    let ctx = provider_context(&settings);
+    let directory = Arc::new(Directory::new(&settings, &ctx).context("system default providers")?);
+    let health = Arc::new(Health::new(pool.clone()));
+
+    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
+        .await
+        .with_context(|| format!("cannot listen on http.bind = {}", settings.http.bind))?;
+    tracing::info!(addr = %listener.local_addr()?, "http listening (/metrics, /healthz, /readyz)");
+    let router = http::router(http::HttpState {
+        metrics: handle,
+        health: health.clone(),
+    });
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
+
+    let w = &settings.worker;
+    let log = DeliveryLog::new(
+        pool.clone(),
+        settings.delivery_log.batch_size,
+        settings.delivery_log.concurrent_batches,
+        w.lease_secs,
+    );
+    let shared = Arc::new(Shared {
+        log,
+        directory,
+        topology: Topology::new(&settings.amqp, &w.retry_delays_secs),
+        quick_retry: QuickRetry {
+            times: w.quick_retries,
+            base: Duration::from_millis(w.quick_retry_base_ms),
+        },
+        budget: RetryBudget {
+            max_attempts: w.max_attempts,
+            max_age: Duration::from_secs(w.max_age_secs),
+        },
+        store_content: settings.delivery_log.store_content,
+    });
+    let cfg = ConsumerConfig {
+        amqp_url: settings.amqp.url.clone(),
+        prefetch: settings.amqp.prefetch,
+        concurrency: w.concurrency,
+        shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+    };
+    worker::run(shared, cfg, health, shutdown).await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    pool.close().await;
+    Ok(())
+}
+
+/// A token cancelled by SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested: finishing jobs in flight");
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,401 @@
+//! The `outreach_logs` table: one row per job id, written in batches.
+//!
+//! A job is *claimed* before it is sent (a `processing` row with a lease) and
+//! *recorded* after (its outcome). The claim is what stops a redelivered or
+//! republished job from being sent twice: a final row means "already done,
+//! re-publish its event", a live lease means "someone is sending it now".
+
+use crate::batch::{BatchError, Batcher};
+use crate::job::{Channel, JobId, TenantId};
+use crate::provider::{ErrorKind, ProviderError, ProviderKind};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use sqlx::types::Json;
+use std::collections::HashSet;
+use time::OffsetDateTime;
+
+/// Where a job is. `Sent`, `Failed` and `Expired` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "delivery_status", rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Processing,
+    Retrying,
+    Sent,
+    Failed,
+    Expired,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Processing => "processing",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Expired => "expired",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeliveryStatus::Sent | DeliveryStatus::Failed | DeliveryStatus::Expired
+        )
+    }
+}
+
+/// One provider call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub provider: ProviderKind,
+    /// Position in the chain (0 = the tenant's primary).
+    pub step: u16,
+    /// `None` when the provider accepted the message.
+    pub kind: Option<ErrorKind>,
+    pub code: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A row of `outreach_logs`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LogRow {
+    pub job_id: String,
+    pub tenant_id: Option<String>,
+    pub channel: Option<Channel>,
+    pub status: DeliveryStatus,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub chain_step: Option<i16>,
+    pub fallback_used: bool,
+    pub attempts: i32,
+    pub attempt_log: Json<Vec<Attempt>>,
+    pub error_kind: Option<ErrorKind>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub retry_at: Option<OffsetDateTime>,
+    pub metadata: Option<Json<serde_json::Map<String, serde_json::Value>>>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub sent_at: Option<OffsetDateTime>,
+}
+
+const COLUMNS: &str = "l.job_id, l.tenant_id, l.channel, l.status, l.provider, l.provider_message_id, \
+    l.chain_step, l.fallback_used, l.attempts, l.attempt_log, l.error_kind, l.error_code, \
+    l.error_message, l.retry_at, l.metadata, l.created_at, l.updated_at, l.sent_at";
+
+/// The answer to "may I send this job?".
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// Yours: send it. `attempts` rounds were made before this one.
+    Granted { attempts: u32 },
+    /// Already final: do not send; re-publish its event.
+    Done(Box<LogRow>),
+    /// Another delivery of the same job holds a live lease.
+    Busy,
+}
+
+/// What to claim.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub job_id: JobId,
+    pub tenant_id: TenantId,
+    pub channel: Channel,
+}
+
+/// An outcome to write.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub job_id: String,
+    pub tenant_id: Option<String>,
+    pub channel: Option<Channel>,
+    pub status: DeliveryStatus,
+    pub provider: Option<ProviderKind>,
+    pub provider_message_id: Option<String>,
+    pub chain_step: Option<u16>,
+    pub fallback_used: bool,
+    /// Total rounds so far, this one included.
+    pub attempts: u32,
+    /// This round's provider calls (appended to the row's log).
+    pub new_attempts: Vec<Attempt>,
+    pub error: Option<ProviderError>,
+    pub retry_at: Option<OffsetDateTime>,
+    pub content: Option<serde_json::Value>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("delivery log query failed: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Batched access to `outreach_logs`.
+#[derive(Clone)]
+pub struct DeliveryLog {
+    pool: PgPool,
+    claims: Batcher<ClaimRequest, Claim>,
+    records: Batcher<Record, Option<LogRow>>,
+}
+
+impl DeliveryLog {
+    /// `lease_secs`: how long a claim keeps other deliveries of the job away.
+    pub fn new(
+        pool: PgPool,
+        batch_size: usize,
+        concurrent_batches: usize,
+        lease_secs: u64,
+    ) -> Self {
+        let p = pool.clone();
+        let claims = Batcher::spawn(batch_size, concurrent_batches, move |reqs| {
+            let p = p.clone();
+            async move { claim_batch(&p, reqs, lease_secs).await }
+        });
+        let p = pool.clone();
+        let records = Batcher::spawn(batch_size, concurrent_batches, move |recs| {
+            let p = p.clone();
+            async move { record_batch(&p, recs).await }
+        });
+        Self {
+            pool,
+            claims,
+            records,
+        }
+    }
+
+    pub async fn claim(&self, req: ClaimRequest) -> Result<Claim, LogError> {
+        Ok(self.claims.call(req).await?)
+    }
+
+    /// Write an outcome. `None` when the row was already final (a duplicate
+    /// finished first); the caller should then read and report that row.
+    pub async fn record(&self, rec: Record) -> Result<Option<LogRow>, LogError> {
+        Ok(self.records.call(rec).await?)
+    }
+
+    pub async fn get(&self, job_id: &str) -> Result<Option<LogRow>, LogError> {
+        let sql = format!("SELECT {COLUMNS} FROM outreach_logs l WHERE l.job_id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn claim_batch(
+    pool: &PgPool,
+    reqs: Vec<ClaimRequest>,
+    lease_secs: u64,
+) -> anyhow::Result<Vec<Claim>> {
+    // The same job twice in one batch: the first claims, the rest are Busy
+    // (one statement cannot touch a row twice).
+    let mut seen = HashSet::new();
+    let first: Vec<bool> = reqs
+        .iter()
+        .map(|r| seen.insert(r.job_id.as_str().to_owned()))
+        .collect();
+    let unique: Vec<&ClaimRequest> = reqs
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|(r, _)| r)
+        .collect();
+
+    // `l` below reads the snapshot from before the insert: for a granted claim
+    // it is the previous row (attempt count of a retry), for a refused one the
+    // row that refused it.
+    let sql = format!(
+        "WITH input AS (
+            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(job_id, tenant_id, channel)
+         ), granted AS (
+            INSERT INTO outreach_logs AS l (job_id, tenant_id, channel, status, lease_until)
+            SELECT job_id, tenant_id, channel::channel, 'processing', now() + make_interval(secs => $4)
+            FROM input
+            ON CONFLICT (job_id) DO UPDATE
+               SET status = 'processing', lease_until = EXCLUDED.lease_until, updated_at = now()
+             WHERE l.status = 'retrying' OR (l.status = 'processing' AND l.lease_until < now())
+            RETURNING l.job_id
+         )
+         SELECT i.job_id AS input_id, g.job_id IS NOT NULL AS granted, {COLUMNS}
+         FROM input i
+         LEFT JOIN granted g ON g.job_id = i.job_id
+         LEFT JOIN outreach_logs l ON l.job_id = i.job_id"
+    );
+    let rows: Vec<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(unique.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            unique
+                .iter()
+                .map(|r| r.tenant_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            unique
+                .iter()
+                .map(|r| r.channel.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(lease_secs as f64)
+        .fetch_all(pool)
+        .await?;
+    let mut by_id: std::collections::HashMap<String, Claim> = rows
+        .into_iter()
+        .map(|r| {
+            let claim = match (r.granted, r.row) {
+                (true, row) => Claim::Granted {
+                    attempts: row.map(|row| row.attempts.max(0) as u32).unwrap_or(0),
+                },
+                (false, Some(row)) if row.status.is_final() => Claim::Done(Box::new(row)),
+                (false, _) => Claim::Busy,
+            };
+            (r.input_id, claim)
+        })
+        .collect();
+    Ok(reqs
+        .iter()
+        .zip(first)
+        .map(|(r, first)| {
+            if first {
+                by_id.remove(r.job_id.as_str()).unwrap_or(Claim::Busy)
+            } else {
+                Claim::Busy
+            }
+        })
+        .collect())
+}
+
+struct ClaimRow {
+    input_id: String,
+    granted: bool,
+    row: Option<LogRow>,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let status: Option<DeliveryStatus> = row.try_get("status")?;
+        Ok(Self {
+            input_id: row.try_get("input_id")?,
+            granted: row.try_get("granted")?,
+            row: if status.is_some() {
+                Some(LogRow::from_row(row)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+async fn record_batch(pool: &PgPool, recs: Vec<Record>) -> anyhow::Result<Vec<Option<LogRow>>> {
+    // Rows for the same job in one batch cannot happen: a job is recorded
+    // only by the delivery that claimed it (or, invalid, never claimed).
+    let mut cols = RecordColumns::default();
+    for r in &recs {
+        cols.push(r);
+    }
+    let sql = format!(
+        "INSERT INTO outreach_logs AS l (job_id, tenant_id, channel, status, provider, provider_message_id,
+             chain_step, fallback_used, attempts, attempt_log, error_kind, error_code, error_message,
+             retry_at, content, metadata, sent_at)
+         SELECT job_id, tenant_id, channel::channel, status::delivery_status, provider, provider_message_id,
+             chain_step, fallback_used, attempts, attempt_log::jsonb, error_kind::error_kind, error_code,
+             error_message, retry_at, content::jsonb, metadata::jsonb,
+             CASE WHEN status = 'sent' THEN now() END
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int2[],
+                     $8::bool[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[],
+                     $14::timestamptz[], $15::text[], $16::text[])
+              AS t(job_id, tenant_id, channel, status, provider, provider_message_id, chain_step,
+                   fallback_used, attempts, attempt_log, error_kind, error_code, error_message,
+                   retry_at, content, metadata)
+         ON CONFLICT (job_id) DO UPDATE SET
+             status = EXCLUDED.status, provider = EXCLUDED.provider,
+             provider_message_id = EXCLUDED.provider_message_id, chain_step = EXCLUDED.chain_step,
+             fallback_used = EXCLUDED.fallback_used, attempts = EXCLUDED.attempts,
+             attempt_log = l.attempt_log || EXCLUDED.attempt_log, error_kind = EXCLUDED.error_kind,
+             error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
+             retry_at = EXCLUDED.retry_at, content = COALESCE(EXCLUDED.content, l.content),
+             metadata = COALESCE(EXCLUDED.metadata, l.metadata), sent_at = EXCLUDED.sent_at,
+             lease_until = NULL, updated_at = now()
+           WHERE l.status IN ('processing', 'retrying')
+         RETURNING {COLUMNS}"
+    );
+    let rows: Vec<LogRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(cols.job_id)
+        .bind(cols.tenant_id)
+        .bind(cols.channel)
+        .bind(cols.status)
+        .bind(cols.provider)
+        .bind(cols.provider_message_id)
+        .bind(cols.chain_step)
+        .bind(cols.fallback_used)
+        .bind(cols.attempts)
+        .bind(cols.attempt_log)
+        .bind(cols.error_kind)
+        .bind(cols.error_code)
+        .bind(cols.error_message)
+        .bind(cols.retry_at)
+        .bind(cols.content)
+        .bind(cols.metadata)
+        .fetch_all(pool)
+        .await?;
+    let mut by_id: std::collections::HashMap<String, LogRow> =
+        rows.into_iter().map(|r| (r.job_id.clone(), r)).collect();
+    Ok(recs.iter().map(|r| by_id.remove(&r.job_id)).collect())
+}
+
+/// `Record`s turned inside out for UNNEST.
+#[derive(Default)]
+struct RecordColumns {
+    job_id: Vec<String>,
+    tenant_id: Vec<Option<String>>,
+    channel: Vec<Option<&'static str>>,
+    status: Vec<&'static str>,
+    provider: Vec<Option<&'static str>>,
+    provider_message_id: Vec<Option<String>>,
+    chain_step: Vec<Option<i16>>,
+    fallback_used: Vec<bool>,
+    attempts: Vec<i32>,
+    attempt_log: Vec<String>,
+    error_kind: Vec<Option<&'static str>>,
+    error_code: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+    retry_at: Vec<Option<OffsetDateTime>>,
+    content: Vec<Option<String>>,
+    metadata: Vec<Option<String>>,
+}
+
+impl RecordColumns {
+    fn push(&mut self, r: &Record) {
+        self.job_id.push(r.job_id.clone());
+        self.tenant_id.push(r.tenant_id.clone());
+        self.channel.push(r.channel.map(Channel::as_str));
+        self.status.push(r.status.as_str());
+        self.provider.push(r.provider.map(ProviderKind::as_str));
+        self.provider_message_id.push(r.provider_message_id.clone());
+        self.chain_step.push(r.chain_step.map(|s| s as i16));
+        self.fallback_used.push(r.fallback_used);
+        self.attempts.push(r.attempts as i32);
+        self.attempt_log
+            .push(serde_json::to_string(&r.new_attempts).unwrap_or_else(|_| "[]".into()));
+        self.error_kind
+            .push(r.error.as_ref().map(|e| e.kind.as_str()));
+        self.error_code
+            .push(r.error.as_ref().and_then(|e| e.code.clone()));
+        self.error_message
+            .push(r.error.as_ref().map(|e| e.message.clone()));
+        self.retry_at.push(r.retry_at);
+        self.content.push(r.content.as_ref().map(|c| c.to_string()));
+        self.metadata.push(
+            r.metadata
+                .as_ref()
+                .map(|m| serde_json::Value::Object(m.clone()).to_string()),
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Layered settings: `config/default.toml` (compiled in), an optional file,
+//! then `OUTREACH__SECTION__KEY` environment variables. Each field is
+//! documented in `config/default.toml`.
+
+use crate::provider::ProviderSettings;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub worker: WorkerSettings,
+    pub delivery_log: DeliveryLogSettings,
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    pub providers: ProvidersSettings,
+    pub defaults: SystemDefaults,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub prefix: String,
+    pub queue_type: QueueType,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub migrate_on_start: bool,
+    pub max_attempts: u32,
+    pub max_age_secs: u64,
+    pub retry_delays_secs: Vec<u64>,
+    pub quick_retries: usize,
+    pub quick_retry_base_ms: u64,
+    pub lease_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliveryLogSettings {
+    pub batch_size: usize,
+    pub concurrent_batches: usize,
+    pub store_content: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub bind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProvidersSettings {
+    pub timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// Public base URL of this service, for provider status callbacks.
+    #[serde(default)]
+    pub webhook_base_url: Option<url::Url>,
+}
+
+/// The system default provider of each channel.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SystemDefaults {
+    pub email: ProviderSettings,
+    pub sms: ProviderSettings,
+    pub whatsapp: ProviderSettings,
+}
+
+/// A setting that cannot work, named so it can be fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            b = b.add_source(config::File::from(path).required(true));
+        }
+        let env = config::Environment::with_prefix("OUTREACH")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("worker.retry_delays_secs")
+            .try_parsing(true);
+        let s: Settings = b.add_source(env).build()?.try_deserialize()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Combinations the types cannot express.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |key, reason: &str| {
+            Err(SettingsError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.worker.retry_delays_secs.is_empty() || self.worker.retry_delays_secs.contains(&0) {
+            return bad(
+                "worker.retry_delays_secs",
+                "needs at least one delay, each above 0 seconds",
+            );
+        }
+        if self.worker.concurrency == 0 {
+            return bad("worker.concurrency", "must be at least 1");
+        }
+        if self.amqp.prefetch == 0 {
+            return bad(
+                "amqp.prefetch",
+                "must be at least 1 (0 would mean unlimited)",
+            );
+        }
+        if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
+            return bad("amqp.prefix", "must be a non-empty name without spaces");
+        }
+        if self.delivery_log.batch_size == 0 || self.delivery_log.concurrent_batches == 0 {
+            return bad(
+                "delivery_log.batch_size",
+                "batch_size and concurrent_batches must be at least 1",
+            );
+        }
+        for (key, p) in [
+            ("defaults.email", &self.defaults.email),
+            ("defaults.sms", &self.defaults.sms),
+            ("defaults.whatsapp", &self.defaults.whatsapp),
+        ] {
+            if let Err(e) = p.validate() {
+                return Err(SettingsError::Invalid {
+                    key,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn system_default(&self, channel: crate::job::Channel) -> &ProviderSettings {
+        match channel {
+            crate::job::Channel::Email => &self.defaults.email,
+            crate::job::Channel::Sms => &self.defaults.sms,
+            crate::job::Channel::Whatsapp => &self.defaults.whatsapp,
+        }
+    }
+
+    pub fn provider_timeout(&self) -> Duration {
+        Duration::from_secs(self.providers.timeout_secs)
+    }
+
+    pub fn provider_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.providers.connect_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_load_and_point_at_local_services() {
+        let s = Settings::load(None).unwrap();
+        assert!(s.database.url.contains("127.0.0.1"));
+        assert!(s.amqp.url.contains("127.0.0.1"));
+        assert_eq!(
+            s.defaults.email.kind(),
+            crate::provider::ProviderKind::Sandbox
+        );
+    }
+
+    #[test]
+    fn a_file_overrides_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.toml");
+        std::fs::write(&path, "[amqp]\nprefetch = 7\n[defaults.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = 2525\nsecurity = \"none\"\nfrom_email = \"a@b.co\"\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.amqp.prefetch, 7);
+        assert_eq!(s.defaults.email.kind(), crate::provider::ProviderKind::Smtp);
+    }
+}

@@ -1,0 +1,360 @@
+//! One delivery, start to finish: decode, claim, dispatch, record, report,
+//! then hand back what to tell the broker.
+
+use super::Shared;
+use crate::broker::{self, BrokerError, headers};
+use crate::delivery_log::{Claim, ClaimRequest, DeliveryStatus, LogError, LogRow, Record};
+use crate::dispatch::{self, Fate};
+use crate::events::DeliveryEvent;
+use crate::job::{Job, JobError, Salvaged};
+use crate::metrics as m;
+use crate::provider::{ErrorKind, ProviderError};
+use lapin::message::Delivery;
+use lapin::types::FieldTable;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
+
+/// Infrastructure trouble: the job's outcome is not safely recorded and
+/// reported, so it must not be acked.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Process one delivery. `Ok` means its outcome is durable (log row written,
+/// event and any retry / dead-letter message confirmed) and it may be acked.
+#[tracing::instrument(skip_all, fields(job_id, tenant_id, channel))]
+pub async fn handle(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    delivery: &Delivery,
+) -> Result<(), HandleError> {
+    let job = match Job::decode(&delivery.data) {
+        Ok(job) => job,
+        Err(e) => return reject_invalid(shared, publish, delivery, e).await,
+    };
+    let span = tracing::Span::current();
+    span.record("job_id", job.id.as_str());
+    span.record("tenant_id", job.tenant_id.as_str());
+    span.record("channel", job.channel.as_str());
+    metrics::counter!(m::JOBS_CONSUMED, "channel" => job.channel.as_str()).increment(1);
+
+    let claim = shared
+        .log
+        .claim(ClaimRequest {
+            job_id: job.id.clone(),
+            tenant_id: job.tenant_id.clone(),
+            channel: job.channel,
+        })
+        .await?;
+    let previous = match claim {
+        Claim::Granted { attempts } => attempts,
+        Claim::Done(row) => {
+            // Already final: never send twice; repeat its event and ack.
+            metrics::counter!(m::JOBS_DUPLICATE, "channel" => job.channel.as_str()).increment(1);
+            tracing::info!(
+                status = row.status.as_str(),
+                "job already final; re-publishing its event"
+            );
+            shared.events(publish).publish_row(&row, true).await?;
+            return Ok(());
+        }
+        Claim::Busy => {
+            // Another delivery of this job holds a live lease: come back later.
+            tracing::info!("job is being sent by another delivery; delaying this copy");
+            let tier = shared.topology.tier_for(1, None);
+            republish_delayed(shared, publish, delivery, tier, header_attempt(delivery)).await?;
+            return Ok(());
+        }
+    };
+    let attempt = previous + 1;
+    let first_seen =
+        broker::header_u64(&delivery.properties, headers::FIRST_SEEN).unwrap_or_else(unix_now);
+    let age = Duration::from_secs(unix_now().saturating_sub(first_seen));
+
+    let (report_outcome, attempts) = if job
+        .not_after
+        .is_some_and(|t| t <= OffsetDateTime::now_utc())
+    {
+        (
+            Err(ProviderError::new(
+                ErrorKind::Expired,
+                Some("not_after".into()),
+                "not_after passed before sending",
+            )),
+            vec![],
+        )
+    } else {
+        match shared.directory.resolve(&job.tenant_id, job.channel).await {
+            Ok(chain) if !chain.enabled => (Err(crate::tenant::disabled(job.channel)), vec![]),
+            Ok(chain) => {
+                let r = dispatch::dispatch(&job, &chain, &shared.quick_retry).await;
+                (r.outcome, r.attempts)
+            }
+            Err(e) => (Err(e), vec![]),
+        }
+    };
+    let fate = match report_outcome {
+        Err(e) if e.kind == ErrorKind::Expired => Fate::Expired { error: e },
+        outcome => dispatch::decide(
+            outcome,
+            attempt,
+            age,
+            job.not_after,
+            &shared.budget,
+            |n, hint| shared.topology.tier_for(n, hint),
+        ),
+    };
+
+    let mut rec = Record {
+        job_id: job.id.to_string(),
+        tenant_id: Some(job.tenant_id.to_string()),
+        channel: Some(job.channel),
+        status: DeliveryStatus::Failed,
+        provider: None,
+        provider_message_id: None,
+        chain_step: None,
+        fallback_used: false,
+        attempts: attempt,
+        new_attempts: attempts,
+        error: None,
+        retry_at: None,
+        content: shared
+            .store_content
+            .then(|| serde_json::to_value(&job.content).unwrap_or_default()),
+        metadata: job.metadata.clone(),
+    };
+    let ch = job.channel.as_str();
+    match &fate {
+        Fate::Sent { info, receipt } => {
+            rec.status = DeliveryStatus::Sent;
+            rec.provider = Some(info.kind);
+            rec.provider_message_id = receipt.message_id.clone();
+            rec.chain_step = Some(info.step);
+            rec.fallback_used = info.step > 0;
+            metrics::counter!(m::JOBS_SENT, "channel" => ch, "provider" => info.kind.as_str())
+                .increment(1);
+        }
+        Fate::Retry { error, delay_secs } => {
+            rec.status = DeliveryStatus::Retrying;
+            rec.error = Some(error.clone());
+            rec.retry_at = Some(OffsetDateTime::now_utc() + Duration::from_secs(*delay_secs));
+            metrics::counter!(m::JOBS_RETRIED, "channel" => ch, "error_kind" => error.kind.as_str()).increment(1);
+        }
+        Fate::Failed { error, .. } => {
+            rec.error = Some(error.clone());
+            rec.provider = rec.new_attempts.last().map(|a| a.provider);
+            metrics::counter!(m::JOBS_FAILED, "channel" => ch, "provider" => rec.provider.map_or("none", |p| p.as_str()), "error_kind" => error.kind.as_str()).increment(1);
+        }
+        Fate::Expired { error } => {
+            rec.status = DeliveryStatus::Expired;
+            rec.error = Some(error.clone());
+            metrics::counter!(m::JOBS_EXPIRED, "channel" => ch).increment(1);
+        }
+    }
+
+    let row = match shared.log.record(rec).await? {
+        Some(row) => row,
+        None => {
+            // Another delivery finished this job first; report that outcome.
+            let row = shared.log.get(job.id.as_str()).await?;
+            if let Some(row) = row {
+                shared.events(publish).publish_row(&row, true).await?;
+            }
+            return Ok(());
+        }
+    };
+    shared.events(publish).publish_row(&row, false).await?;
+
+    match fate {
+        Fate::Sent { .. } => {}
+        Fate::Retry { delay_secs, .. } => {
+            republish_delayed(shared, publish, delivery, delay_secs, attempt).await?
+        }
+        Fate::Failed { error, reason } => {
+            dead_letter(shared, publish, delivery, reason, &error, &row).await?
+        }
+        Fate::Expired { error } => {
+            dead_letter(shared, publish, delivery, "expired", &error, &row).await?
+        }
+    }
+    Ok(())
+}
+
+/// A payload that is not a valid job: failed log row (when its id can be
+/// read), failed event, dead-letter queue with the reason.
+async fn reject_invalid(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    delivery: &Delivery,
+    e: JobError,
+) -> Result<(), HandleError> {
+    metrics::counter!(m::JOBS_INVALID, "reason" => e.reason()).increment(1);
+    let salvaged = Salvaged::from_payload(&delivery.data);
+    tracing::warn!(reason = e.reason(), job_id = ?salvaged.job_id.as_ref().map(|j| j.as_str()), error = %e, "invalid job: dead-lettering");
+    let error = ProviderError::new(
+        ErrorKind::InvalidJob,
+        Some(e.reason().into()),
+        e.to_string(),
+    );
+    let row = match &salvaged.job_id {
+        Some(id) => {
+            let rec = Record {
+                job_id: id.to_string(),
+                tenant_id: salvaged.tenant_id.as_ref().map(|t| t.to_string()),
+                channel: salvaged.channel,
+                status: DeliveryStatus::Failed,
+                provider: None,
+                provider_message_id: None,
+                chain_step: None,
+                fallback_used: false,
+                attempts: 0,
+                new_attempts: vec![],
+                error: Some(error.clone()),
+                retry_at: None,
+                content: None,
+                metadata: salvaged.metadata.clone(),
+            };
+            shared.log.record(rec).await?
+        }
+        None => None,
+    };
+    match &row {
+        Some(row) => shared.events(publish).publish_row(row, false).await?,
+        None => {
+            shared
+                .events(publish)
+                .publish(&DeliveryEvent::invalid(&salvaged, &error))
+                .await?
+        }
+    }
+    let headers = dead_letter_headers(
+        delivery,
+        e.reason(),
+        &error.message,
+        salvaged.job_id.as_ref().map(|j| j.as_str()),
+        salvaged.tenant_id.as_ref().map(|t| t.as_str()),
+        0,
+    );
+    publish_dead_letter(shared, publish, delivery, headers).await
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    delivery: &Delivery,
+    reason: &str,
+    error: &ProviderError,
+    row: &LogRow,
+) -> Result<(), HandleError> {
+    let headers = dead_letter_headers(
+        delivery,
+        reason,
+        &error.to_string(),
+        Some(&row.job_id),
+        row.tenant_id.as_deref(),
+        row.attempts as u64,
+    );
+    publish_dead_letter(shared, publish, delivery, headers).await
+}
+
+fn dead_letter_headers(
+    delivery: &Delivery,
+    reason: &str,
+    error: &str,
+    job_id: Option<&str>,
+    tenant_id: Option<&str>,
+    attempts: u64,
+) -> FieldTable {
+    let mut h = delivery.properties.headers().clone().unwrap_or_default();
+    let s = broker::string_header;
+    h.insert(headers::REASON.into(), s(reason));
+    h.insert(headers::ERROR.into(), s(error));
+    if let Some(j) = job_id {
+        h.insert(headers::JOB_ID.into(), s(j));
+    }
+    if let Some(t) = tenant_id {
+        h.insert(headers::TENANT_ID.into(), s(t));
+    }
+    h.insert(
+        headers::ATTEMPT.into(),
+        lapin::types::AMQPValue::LongLongInt(attempts as i64),
+    );
+    let now = OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    h.insert(headers::FAILED_AT.into(), s(&now));
+    h
+}
+
+async fn publish_dead_letter(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    delivery: &Delivery,
+    headers: FieldTable,
+) -> Result<(), HandleError> {
+    let props = delivery
+        .properties
+        .clone()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    broker::publish_confirmed(
+        publish,
+        &shared.topology.dead_letter_exchange,
+        "",
+        &delivery.data,
+        props,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Send the original payload to a delay tier; it comes back to the work queue
+/// when the tier's TTL expires.
+async fn republish_delayed(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    delivery: &Delivery,
+    tier: u64,
+    attempt: u32,
+) -> Result<(), HandleError> {
+    let mut h = delivery.properties.headers().clone().unwrap_or_default();
+    h.insert(
+        headers::ATTEMPT.into(),
+        lapin::types::AMQPValue::LongLongInt(attempt as i64),
+    );
+    if broker::header_u64(&delivery.properties, headers::FIRST_SEEN).is_none() {
+        h.insert(
+            headers::FIRST_SEEN.into(),
+            lapin::types::AMQPValue::LongLongInt(unix_now() as i64),
+        );
+    }
+    let props = delivery
+        .properties
+        .clone()
+        .with_delivery_mode(2)
+        .with_headers(h);
+    broker::publish_confirmed(
+        publish,
+        &shared.topology.retry_exchange,
+        &tier.to_string(),
+        &delivery.data,
+        props,
+    )
+    .await?;
+    Ok(())
+}
+
+fn header_attempt(delivery: &Delivery) -> u32 {
+    broker::header_u64(&delivery.properties, headers::ATTEMPT).unwrap_or(0) as u32
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
