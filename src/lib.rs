@@ -13,6 +13,7 @@
 pub mod app;
 pub mod batch;
 pub mod broker;
+pub mod crypto;
 pub mod db;
 pub mod delivery_log;
 pub mod demo;

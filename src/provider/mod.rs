@@ -117,7 +117,7 @@ pub fn build(
 ) -> Result<Arc<dyn Provider>, SettingsError> {
     settings.validate()?;
     Ok(match settings {
-        ProviderSettings::Sandbox(s) => Arc::new(sandbox::Sandbox::new(s.clone())),
+        ProviderSettings::Sandbox(s) => Arc::new(sandbox::Sandbox::new(s.clone())?),
         ProviderSettings::Smtp(s) => Arc::new(smtp::Smtp::new(s, ctx)?),
         // Adapters for the HTTP providers register here.
         other => {

@@ -2,18 +2,31 @@
 //! system provider of a fresh install, so the pipeline runs without accounts.
 
 use super::settings::SandboxSettings;
-use super::{Provider, ProviderError, ProviderKind, Receipt};
+use super::{Provider, ProviderError, ProviderKind, Receipt, SettingsError};
 use crate::job::Job;
 use async_trait::async_trait;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 pub struct Sandbox {
-    settings: SandboxSettings,
+    /// The record file, one writer at a time so lines never interleave.
+    record: Option<Arc<Mutex<std::fs::File>>>,
 }
 
 impl Sandbox {
-    pub fn new(settings: SandboxSettings) -> Self {
-        Self { settings }
+    pub fn new(settings: SandboxSettings) -> Result<Self, SettingsError> {
+        let record = match &settings.record_file {
+            Some(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| SettingsError::new("record_file", format!("cannot open {path}: {e}")))?;
+                Some(Arc::new(Mutex::new(f)))
+            }
+            None => None,
+        };
+        Ok(Self { record })
     }
 }
 
@@ -25,19 +38,16 @@ impl Provider for Sandbox {
 
     async fn send(&self, job: &Job) -> Result<Receipt, ProviderError> {
         let id = format!("sandbox-{}", uuid::Uuid::now_v7());
-        if let Some(path) = &self.settings.record_file {
+        if let Some(file) = &self.record {
             // Ids and recipient only: bodies carry patient data.
             let line = serde_json::json!({
                 "message_id": id, "job_id": job.id, "tenant_id": job.tenant_id,
                 "channel": job.channel, "recipient": job.recipient,
             });
-            let path = path.clone();
+            let file = file.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?;
-                writeln!(f, "{line}")
+                let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+                f.write_all(format!("{line}\n").as_bytes())
             })
             .await
             .map_err(|e| ProviderError::transient(format!("sandbox: {e}")))?

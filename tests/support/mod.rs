@@ -1,0 +1,227 @@
+//! Test harness: a fresh database and broker names per test, the worker in
+//! process or as the real binary, and a real SMTP server.
+#![allow(dead_code)]
+
+pub mod smtp;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+use outreach::broker::Topology;
+use outreach::enqueue::JobPublisher;
+use outreach::settings::Settings;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const ADMIN_DB: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// One test's private world: its own database and exchange / queue prefix.
+pub struct TestEnv {
+    pub db_name: String,
+    pub db_url: String,
+    pub prefix: String,
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub topology: Topology,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let db_name = format!("outreach_test_{}", &id[id.len() - 16..]);
+        let prefix = format!("t{}", &id[id.len() - 12..]);
+        let admin = PgPool::connect(ADMIN_DB).await.expect("PostgreSQL must run on 127.0.0.1:5432");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await.unwrap();
+        admin.close().await;
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let mut settings = Settings::load(None).unwrap();
+        settings.database.url = db_url.clone();
+        settings.amqp.prefix = prefix.clone();
+        settings.amqp.url = AMQP_URL.into();
+        settings.http.bind = "127.0.0.1:0".into();
+        settings.worker.retry_delays_secs = vec![1, 2, 5];
+        let pool = outreach::db::connect_creating(&settings.database).await.unwrap();
+        outreach::db::migrate(&pool).await.unwrap();
+        let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
+        Self { db_name, db_url, prefix, pool, settings, topology, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// The environment variables that point the real binary at this world.
+    pub fn env_vars(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("OUTREACH__DATABASE__URL".into(), self.db_url.clone()),
+            ("OUTREACH__AMQP__URL".into(), AMQP_URL.into()),
+            ("OUTREACH__AMQP__PREFIX".into(), self.prefix.clone()),
+            ("OUTREACH__WORKER__RETRY_DELAYS_SECS".into(), "1,2,5".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ])
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// Run the worker in this process until the returned token is cancelled.
+    pub fn spawn_worker(&self, settings: Settings) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(outreach::app::run_worker(settings, token.clone()));
+        (token, handle)
+    }
+
+    pub async fn publisher(&self) -> JobPublisher {
+        JobPublisher::connect(AMQP_URL, &self.topology).await.unwrap()
+    }
+
+    /// A queue bound to every delivery event, to read them back.
+    pub async fn event_queue(&self) -> EventTap {
+        let conn = outreach::broker::connect(AMQP_URL, "test-events").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        self.topology.declare(&ch).await.unwrap();
+        let q = format!("{}.test-events", self.prefix);
+        ch.queue_declare(q.as_str().into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        ch.queue_bind(q.as_str().into(), self.topology.events_exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        let consumer = ch.basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        EventTap { _conn: conn, consumer }
+    }
+
+    /// Drain the dead-letter queue: (headers as strings, body).
+    pub async fn dead_letters(&self) -> Vec<(HashMap<String, String>, Vec<u8>)> {
+        let conn = outreach::broker::connect(AMQP_URL, "test-dlq").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = vec![];
+        while let Some(msg) = ch.basic_get(self.topology.dead_letter_queue.as_str().into(), BasicGetOptions::default()).await.unwrap() {
+            let mut headers = HashMap::new();
+            if let Some(h) = msg.delivery.properties.headers() {
+                for (k, v) in h.inner() {
+                    let s = match v {
+                        lapin::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                        other => format!("{other:?}"),
+                    };
+                    headers.insert(k.to_string(), s);
+                }
+            }
+            msg.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            out.push((headers, msg.delivery.data));
+        }
+        out
+    }
+
+    /// Rows of outreach_logs as (job_id, status, provider).
+    pub async fn log_rows(&self) -> Vec<(String, String, Option<String>)> {
+        sqlx::query_as("SELECT job_id, status::text, provider FROM outreach_logs ORDER BY job_id").fetch_all(&self.pool).await.unwrap()
+    }
+
+    pub async fn count_final(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outreach_logs WHERE status IN ('sent','failed','expired')").fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Remove this test's queues, exchanges and database.
+    pub async fn cleanup(self) {
+        if let Ok(conn) = outreach::broker::connect(AMQP_URL, "test-cleanup").await {
+            if let Ok(ch) = conn.create_channel().await {
+                let t = &self.topology;
+                let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
+                queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
+                for q in queues {
+                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                for e in [&t.jobs_exchange, &t.retry_exchange, &t.dead_letter_exchange, &t.events_exchange] {
+                    let _ = ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+                }
+            }
+        }
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(ADMIN_DB).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))).execute(&admin).await;
+        }
+    }
+}
+
+/// Delivery events as they arrive.
+pub struct EventTap {
+    _conn: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl EventTap {
+    /// The next event (routing key, JSON body), or None after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<(String, serde_json::Value)> {
+        let d = tokio::time::timeout(within, self.consumer.next()).await.ok()??.ok()?;
+        Some((d.routing_key.to_string(), serde_json::from_slice(&d.data).unwrap()))
+    }
+}
+
+/// Poll `check` until it returns true; panic with `what` after `limit`.
+/// (A deadline for failing, not a timing assertion.)
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real `outreach` binary as a child process.
+pub struct Binary {
+    pub child: Child,
+}
+
+impl Binary {
+    pub fn worker(env: &HashMap<String, String>) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_outreach"))
+            .arg("worker")
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn outreach worker");
+        Self { child }
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `outreach <args>` to completion; returns stdout.
+pub fn run_cli(env: &HashMap<String, String>, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_outreach")).args(args).envs(env).output().expect("run outreach");
+    assert!(out.status.success(), "outreach {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// GET a URL on 127.0.0.1, returning (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+pub fn email_job(id: &str, tenant: &str, to: &str) -> serde_json::Value {
+    serde_json::json!({"version": 1, "job_id": id, "tenant_id": tenant, "channel": "email", "recipient": to,
+        "content": {"subject": format!("Reminder {id}"), "text": "See you Tuesday."}, "metadata": {"case": id}})
+}
