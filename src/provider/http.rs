@@ -29,10 +29,11 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
     {
         let v = v.trim();
-        if let Ok(secs) = v.parse::<f64>() {
-            if secs.is_finite() && secs >= 0.0 {
-                return Some(Duration::from_secs_f64(secs.min(1e6)));
-            }
+        if let Ok(secs) = v.parse::<f64>()
+            && secs.is_finite()
+            && secs >= 0.0
+        {
+            return Some(Duration::from_secs_f64(secs.min(1e6)));
         }
         if let Ok(at) = httpdate_parse(v) {
             return Some(at.duration_since(now).unwrap_or_default());
@@ -141,11 +142,22 @@ pub async fn execute(
 }
 
 /// Replace every occurrence of each secret in provider text (providers may
-/// echo request fields back in their error messages).
+/// echo request fields back in their error messages), also in its
+/// form-encoded spelling, and a secret cut short at the end of the text (an
+/// error message is truncated before it is scrubbed).
 pub fn redact(text: &str, secrets: &[&str]) -> String {
+    const MARK: &str = "[redacted]";
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(s, "[redacted]");
+        let encoded: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+        out = out.replace(s, MARK).replace(&encoded, MARK);
+        if let Some(k) = (4..s.len())
+            .rev()
+            .find(|&k| s.get(..k).is_some_and(|p| out.ends_with(p)))
+        {
+            out.truncate(out.len() - k);
+            out.push_str(MARK);
+        }
     }
     out
 }
@@ -226,6 +238,8 @@ mod tests {
             redact("key s3cr3t! and s3cr3t! again", &["s3cr3t!"]),
             "key [redacted] and [redacted] again"
         );
+        assert_eq!(redact("a=s3%2Fcr3t", &["s3/cr3t"]), "a=[redacted]");
+        assert_eq!(redact("cut at s3cr", &["s3cr3t!"]), "cut at [redacted]");
     }
 
     #[test]
