@@ -3,8 +3,8 @@
 
 mod support;
 
-use support::*;
 use std::time::Duration;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job_is_sent() {
@@ -13,7 +13,7 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
     let publisher = t.publisher().await;
     let mut events = t.event_queue().await;
 
-    let good = |id: &str| email_job(id, "clinic-1", "pat@example.com");
+    let good = |id: &str| email_payload(id, "clinic-1", "pat@example.com");
     let with = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut v = good("bad");
         f(&mut v);
@@ -21,36 +21,75 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
     };
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("malformed_json", b"{\"job_id\": \"x\", ".to_vec()),
-        ("unknown_channel", with(&|v| { v["job_id"] = "bad-channel".into(); v["channel"] = "fax".into() })),
-        ("invalid_recipient", with(&|v| { v["job_id"] = "bad-recipient".into(); v["recipient"] = "not an address".into() })),
-        ("missing_field", with(&|v| { v["job_id"] = "no-tenant".into(); v.as_object_mut().unwrap().remove("tenant_id"); })),
-        ("field_too_long", with(&|v| { v["job_id"] = "too-big".into(); v["content"]["text"] = "x".repeat(210 * 1024).into() })),
+        (
+            "unknown_channel",
+            with(&|v| {
+                v["job_id"] = "bad-channel".into();
+                v["channel"] = "fax".into()
+            }),
+        ),
+        (
+            "invalid_recipient",
+            with(&|v| {
+                v["job_id"] = "bad-recipient".into();
+                v["recipient"] = "not an address".into()
+            }),
+        ),
+        (
+            "missing_field",
+            with(&|v| {
+                v["job_id"] = "no-tenant".into();
+                v.as_object_mut().unwrap().remove("tenant_id");
+            }),
+        ),
+        (
+            "field_too_long",
+            with(&|v| {
+                v["job_id"] = "too-big".into();
+                v["content"]["text"] = "x".repeat(210 * 1024).into()
+            }),
+        ),
         ("invalid_utf8", vec![b'{', b'"', 0xC3, 0x28, b'"', b'}']),
     ];
     for (_, payload) in &cases {
         publisher.publish_raw(payload, None).await.unwrap();
     }
-    publisher.publish(&serde_json::to_vec(&good("good-after-bad")).unwrap()).await.unwrap();
+    publisher
+        .publish(&serde_json::to_vec(&good("good-after-bad")).unwrap())
+        .await
+        .unwrap();
 
     eventually(Duration::from_secs(30), "the good job is sent", || async {
-        t.log_rows().await.iter().any(|(id, status, _)| id == "good-after-bad" && status == "sent")
+        t.log_rows()
+            .await
+            .iter()
+            .any(|(id, status, _)| id == "good-after-bad" && status == "sent")
     })
     .await;
 
     let dead = t.dead_letters().await;
-    let mut reasons: Vec<&str> = dead.iter().map(|(h, _)| h["x-outreach-reason"].as_str()).collect();
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .map(|(h, _)| h["x-outreach-reason"].as_str())
+        .collect();
     reasons.sort();
     let mut expected: Vec<&str> = cases.iter().map(|(r, _)| *r).collect();
     expected.sort();
     assert_eq!(reasons, expected);
     for (h, _) in &dead {
-        assert!(!h["x-outreach-error"].is_empty(), "each dead letter explains itself");
+        assert!(
+            !h["x-outreach-error"].is_empty(),
+            "each dead letter explains itself"
+        );
     }
 
     // A failed log row for each job whose id could be read.
     let rows = t.log_rows().await;
     for id in ["bad-channel", "bad-recipient", "no-tenant", "too-big"] {
-        assert!(rows.iter().any(|(j, s, _)| j == id && s == "failed"), "{id} has a failed row: {rows:?}");
+        assert!(
+            rows.iter().any(|(j, s, _)| j == id && s == "failed"),
+            "{id} has a failed row: {rows:?}"
+        );
     }
     // A failed event for every bad payload, a sent one for the good job.
     let mut keys = vec![];
@@ -60,7 +99,10 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
             break;
         }
     }
-    assert_eq!(keys.iter().filter(|k| k.starts_with("failed.")).count(), cases.len());
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("failed.")).count(),
+        cases.len()
+    );
     assert_eq!(keys.iter().filter(|k| *k == "sent.email").count(), 1);
 
     stop.cancel();

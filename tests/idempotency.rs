@@ -2,29 +2,40 @@
 
 mod support;
 
-use support::*;
 use std::time::Duration;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_published_twice_is_sent_once_and_its_event_is_replayed() {
     let t = TestEnv::new().await;
     let record = t.path("sandbox.jsonl");
     let mut settings = t.settings.clone();
-    settings.defaults.email = serde_json::from_value(serde_json::json!({"provider": "sandbox", "record_file": record})).unwrap();
+    settings.defaults.email =
+        serde_json::from_value(serde_json::json!({"provider": "sandbox", "record_file": record}))
+            .unwrap();
     let (stop, worker) = t.spawn_worker(settings);
     let publisher = t.publisher().await;
     let mut events = t.event_queue().await;
-    let job = serde_json::to_vec(&email_job("twice", "clinic-1", "pat@example.com")).unwrap();
+    let job = serde_json::to_vec(&email_payload("twice", "clinic-1", "pat@example.com")).unwrap();
 
     publisher.publish(&job).await.unwrap();
-    let (_, first) = events.next(Duration::from_secs(20)).await.expect("first event");
+    let (_, first) = events
+        .next(Duration::from_secs(20))
+        .await
+        .expect("first event");
     publisher.publish(&job).await.unwrap();
-    let (key, second) = events.next(Duration::from_secs(20)).await.expect("replayed event");
+    let (key, second) = events
+        .next(Duration::from_secs(20))
+        .await
+        .expect("replayed event");
 
     assert_eq!(key, "sent.email");
     assert_eq!(first["replayed"], false);
     assert_eq!(second["replayed"], true);
-    assert_eq!(second["provider_message_id"], first["provider_message_id"], "the replay reports the original send");
+    assert_eq!(
+        second["provider_message_id"], first["provider_message_id"],
+        "the replay reports the original send"
+    );
     let sends = std::fs::read_to_string(&record).unwrap();
     assert_eq!(sends.lines().count(), 1, "the provider saw the job once");
 
@@ -42,10 +53,22 @@ async fn a_copy_arriving_while_the_job_is_leased_is_delayed_not_sent() {
         tenant_id: outreach::job::TenantId::parse("clinic-1").unwrap(),
         channel: outreach::job::Channel::Email,
     };
-    assert!(matches!(log.claim(req()).await.unwrap(), outreach::delivery_log::Claim::Granted { attempts: 0 }));
-    assert!(matches!(log.claim(req()).await.unwrap(), outreach::delivery_log::Claim::Busy));
+    assert!(matches!(
+        log.claim(req()).await.unwrap(),
+        outreach::delivery_log::Claim::Granted { attempts: 0 }
+    ));
+    assert!(matches!(
+        log.claim(req()).await.unwrap(),
+        outreach::delivery_log::Claim::Busy
+    ));
     // Once the lease has expired (its worker died), the job may be taken over.
-    sqlx::query("UPDATE outreach_logs SET lease_until = now() - interval '1 second'").execute(&t.pool).await.unwrap();
-    assert!(matches!(log.claim(req()).await.unwrap(), outreach::delivery_log::Claim::Granted { .. }));
+    sqlx::query("UPDATE outreach_logs SET lease_until = now() - interval '1 second'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        log.claim(req()).await.unwrap(),
+        outreach::delivery_log::Claim::Granted { .. }
+    ));
     t.cleanup().await;
 }

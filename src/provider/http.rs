@@ -1,5 +1,5 @@
 //! What the HTTP adapters share: the pooled client, `Retry-After` parsing and
-//! the generic reading of a status code.
+//! the generic reading of a status code, the capped reading of an answer.
 
 use super::{ErrorKind, ProviderError};
 use reqwest::header::HeaderMap;
@@ -29,10 +29,11 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
     {
         let v = v.trim();
-        if let Ok(secs) = v.parse::<f64>() {
-            if secs.is_finite() && secs >= 0.0 {
-                return Some(Duration::from_secs_f64(secs.min(1e6)));
-            }
+        if let Ok(secs) = v.parse::<f64>()
+            && secs.is_finite()
+            && secs >= 0.0
+        {
+            return Some(Duration::from_secs_f64(secs.min(1e6)));
         }
         if let Ok(at) = httpdate_parse(v) {
             return Some(at.duration_since(now).unwrap_or_default());
@@ -85,6 +86,126 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
     ProviderError::new(ErrorKind::Transient, None, format!("{provider}: {what}"))
 }
 
+/// Largest response body an adapter reads; providers answer in a few hundred
+/// bytes, and a misbehaving endpoint must not make us buffer megabytes.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A provider's answer, read in full (up to [`MAX_RESPONSE_BYTES`]).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body as JSON, if it is JSON of that shape.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Send a request and read the answer with the size cap. A request that got
+/// no complete answer (timeout, connection, truncated read) is transient.
+pub async fn execute(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<Answer, ProviderError> {
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, &e))?;
+    let status = response.status().as_u16();
+    let headers = std::mem::take(response.headers_mut());
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(provider, &e))?
+    {
+        let room = MAX_RESPONSE_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_RESPONSE_BYTES {
+            // Enough to classify; the rest is dropped with the connection.
+            break;
+        }
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Replace every occurrence of each secret in provider text (providers may
+/// echo request fields back in their error messages), also in its
+/// form-encoded spelling, and a secret cut short at the end of the text (an
+/// error message is truncated before it is scrubbed).
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    const MARK: &str = "[redacted]";
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        let encoded: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+        out = out.replace(s, MARK).replace(&encoded, MARK);
+        if let Some(k) = (4..s.len())
+            .rev()
+            .find(|&k| s.get(..k).is_some_and(|p| out.ends_with(p)))
+        {
+            out.truncate(out.len() - k);
+            out.push_str(MARK);
+        }
+    }
+    out
+}
+
+/// The error for an answer whose body says nothing more precise than its
+/// status: [`kind_for_status`], with the provider's wait hint on 429 and 5xx.
+pub fn status_error(
+    provider: &str,
+    status: u16,
+    headers: &HeaderMap,
+    code: Option<String>,
+    message: &str,
+) -> ProviderError {
+    let kind = kind_for_status(status);
+    let message = if message.is_empty() {
+        format!("{provider}: HTTP {status}")
+    } else {
+        format!("{provider}: {message}")
+    };
+    let code = code.or_else(|| Some(status.to_string()));
+    with_hint(ProviderError::new(kind, code, message), headers)
+}
+
+/// Attach the `Retry-After` hint to an error worth retrying.
+pub fn with_hint(e: ProviderError, headers: &HeaderMap) -> ProviderError {
+    if matches!(e.kind, ErrorKind::RateLimited | ErrorKind::Transient) {
+        let after = retry_after(headers, SystemTime::now());
+        e.with_retry_after(after)
+    } else {
+        e
+    }
+}
+
+/// Remove secrets from an error's message and code before it leaves the adapter.
+pub fn scrub(mut e: ProviderError, secrets: &[&str]) -> ProviderError {
+    e.message = redact(&e.message, secrets);
+    e.code = e.code.map(|c| redact(&c, secrets));
+    e
+}
+
+/// `base` (settings) or the provider's default, without a trailing slash.
+pub fn base_url(configured: Option<&str>, default: &str) -> String {
+    configured
+        .unwrap_or(default)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +230,26 @@ mod tests {
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(5)));
 
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn redact_removes_every_copy_of_a_secret() {
+        assert_eq!(
+            redact("key s3cr3t! and s3cr3t! again", &["s3cr3t!"]),
+            "key [redacted] and [redacted] again"
+        );
+        assert_eq!(redact("a=s3%2Fcr3t", &["s3/cr3t"]), "a=[redacted]");
+        assert_eq!(redact("cut at s3cr", &["s3cr3t!"]), "cut at [redacted]");
+    }
+
+    #[test]
+    fn a_503_with_retry_after_is_transient_with_the_hint() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        let e = status_error("x", 503, &h, None, "");
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert_eq!(e.code.as_deref(), Some("503"));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
     }
 
     #[test]

@@ -6,9 +6,14 @@
 
 pub mod error;
 pub mod http;
+pub mod meta;
 pub mod sandbox;
+pub mod sendgrid;
+pub mod ses;
 pub mod settings;
 pub mod smtp;
+pub mod twilio;
+pub mod vonage;
 
 use crate::job::{Channel, Job, TenantId};
 use async_trait::async_trait;
@@ -116,16 +121,16 @@ pub fn build(
     tenant: Option<&TenantId>,
 ) -> Result<Arc<dyn Provider>, SettingsError> {
     settings.validate()?;
+    // The adapters read the tenant from each job (Twilio's status callback
+    // URL names the job's tenant), so the owning tenant is not needed here.
+    let _ = tenant;
     Ok(match settings {
         ProviderSettings::Sandbox(s) => Arc::new(sandbox::Sandbox::new(s.clone())?),
         ProviderSettings::Smtp(s) => Arc::new(smtp::Smtp::new(s, ctx)?),
-        // Adapters for the HTTP providers register here.
-        other => {
-            let _ = tenant;
-            return Err(SettingsError::new(
-                "provider",
-                format!("{} is not available in this build", other.kind()),
-            ));
-        }
+        ProviderSettings::Sendgrid(s) => Arc::new(sendgrid::Sendgrid::new(s, ctx)),
+        ProviderSettings::Ses(s) => Arc::new(ses::Ses::new(s, ctx)),
+        ProviderSettings::Twilio(s) => Arc::new(twilio::Twilio::new(s, ctx)),
+        ProviderSettings::Meta(s) => Arc::new(meta::Meta::new(s, ctx)),
+        ProviderSettings::Vonage(s) => Arc::new(vonage::Vonage::new(s, ctx)),
     })
 }

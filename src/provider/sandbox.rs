@@ -21,7 +21,9 @@ impl Sandbox {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| SettingsError::new("record_file", format!("cannot open {path}: {e}")))?;
+                    .map_err(|e| {
+                        SettingsError::new("record_file", format!("cannot open {path}: {e}"))
+                    })?;
                 Some(Arc::new(Mutex::new(f)))
             }
             None => None,

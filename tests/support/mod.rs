@@ -2,13 +2,19 @@
 //! process or as the real binary, and a real SMTP server.
 #![allow(dead_code)]
 
+pub mod fake_providers;
 pub mod smtp;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use outreach::broker::Topology;
 use outreach::enqueue::JobPublisher;
+use outreach::job::{Channel, Content, Job, JobId, Template, TenantId};
+use outreach::provider::{ProviderContext, ProviderError};
 use outreach::settings::Settings;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -35,8 +41,13 @@ impl TestEnv {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let db_name = format!("outreach_test_{}", &id[id.len() - 16..]);
         let prefix = format!("t{}", &id[id.len() - 12..]);
-        let admin = PgPool::connect(ADMIN_DB).await.expect("PostgreSQL must run on 127.0.0.1:5432");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await.unwrap();
+        let admin = PgPool::connect(ADMIN_DB)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
         admin.close().await;
         let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
         let mut settings = Settings::load(None).unwrap();
@@ -45,10 +56,20 @@ impl TestEnv {
         settings.amqp.url = AMQP_URL.into();
         settings.http.bind = "127.0.0.1:0".into();
         settings.worker.retry_delays_secs = vec![1, 2, 5];
-        let pool = outreach::db::connect_creating(&settings.database).await.unwrap();
+        let pool = outreach::db::connect_creating(&settings.database)
+            .await
+            .unwrap();
         outreach::db::migrate(&pool).await.unwrap();
         let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
-        Self { db_name, db_url, prefix, pool, settings, topology, dir: tempfile::tempdir().unwrap() }
+        Self {
+            db_name,
+            db_url,
+            prefix,
+            pool,
+            settings,
+            topology,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// The environment variables that point the real binary at this world.
@@ -67,45 +88,102 @@ impl TestEnv {
     }
 
     /// Run the worker in this process until the returned token is cancelled.
-    pub fn spawn_worker(&self, settings: Settings) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    pub fn spawn_worker(
+        &self,
+        settings: Settings,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
         let token = CancellationToken::new();
         let handle = tokio::spawn(outreach::app::run_worker(settings, token.clone()));
         (token, handle)
     }
 
     pub async fn publisher(&self) -> JobPublisher {
-        JobPublisher::connect(AMQP_URL, &self.topology).await.unwrap()
+        JobPublisher::connect(AMQP_URL, &self.topology)
+            .await
+            .unwrap()
     }
 
     /// A queue bound to every delivery event, to read them back.
     pub async fn event_queue(&self) -> EventTap {
-        let conn = outreach::broker::connect(AMQP_URL, "test-events").await.unwrap();
+        let conn = outreach::broker::connect(AMQP_URL, "test-events")
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         self.topology.declare(&ch).await.unwrap();
         let q = format!("{}.test-events", self.prefix);
-        ch.queue_declare(q.as_str().into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-        ch.queue_bind(q.as_str().into(), self.topology.events_exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-        let consumer = ch.basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-        EventTap { _conn: conn, consumer }
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            q.as_str().into(),
+            self.topology.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        EventTap {
+            _conn: conn,
+            consumer,
+        }
     }
 
     /// Drain the dead-letter queue: (headers as strings, body).
     pub async fn dead_letters(&self) -> Vec<(HashMap<String, String>, Vec<u8>)> {
-        let conn = outreach::broker::connect(AMQP_URL, "test-dlq").await.unwrap();
+        let conn = outreach::broker::connect(AMQP_URL, "test-dlq")
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         let mut out = vec![];
-        while let Some(msg) = ch.basic_get(self.topology.dead_letter_queue.as_str().into(), BasicGetOptions::default()).await.unwrap() {
+        while let Some(msg) = ch
+            .basic_get(
+                self.topology.dead_letter_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .unwrap()
+        {
             let mut headers = HashMap::new();
             if let Some(h) = msg.delivery.properties.headers() {
                 for (k, v) in h.inner() {
                     let s = match v {
-                        lapin::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                        lapin::types::AMQPValue::LongString(s) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
                         other => format!("{other:?}"),
                     };
                     headers.insert(k.to_string(), s);
                 }
             }
-            msg.delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
             out.push((headers, msg.delivery.data));
         }
         out
@@ -113,11 +191,19 @@ impl TestEnv {
 
     /// Rows of outreach_logs as (job_id, status, provider).
     pub async fn log_rows(&self) -> Vec<(String, String, Option<String>)> {
-        sqlx::query_as("SELECT job_id, status::text, provider FROM outreach_logs ORDER BY job_id").fetch_all(&self.pool).await.unwrap()
+        sqlx::query_as("SELECT job_id, status::text, provider FROM outreach_logs ORDER BY job_id")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn count_final(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outreach_logs WHERE status IN ('sent','failed','expired')").fetch_one(&self.pool).await.unwrap()
+        sqlx::query_scalar(
+            "SELECT count(*) FROM outreach_logs WHERE status IN ('sent','failed','expired')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
     }
 
     /// Remove this test's queues, exchanges and database.
@@ -128,16 +214,30 @@ impl TestEnv {
                 let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
                 queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
                 for q in queues {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
                 }
-                for e in [&t.jobs_exchange, &t.retry_exchange, &t.dead_letter_exchange, &t.events_exchange] {
-                    let _ = ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+                for e in [
+                    &t.jobs_exchange,
+                    &t.retry_exchange,
+                    &t.dead_letter_exchange,
+                    &t.events_exchange,
+                ] {
+                    let _ = ch
+                        .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
             }
         }
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(ADMIN_DB).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))).execute(&admin).await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&admin)
+            .await;
         }
     }
 }
@@ -151,8 +251,14 @@ pub struct EventTap {
 impl EventTap {
     /// The next event (routing key, JSON body), or None after `within`.
     pub async fn next(&mut self, within: Duration) -> Option<(String, serde_json::Value)> {
-        let d = tokio::time::timeout(within, self.consumer.next()).await.ok()??.ok()?;
-        Some((d.routing_key.to_string(), serde_json::from_slice(&d.data).unwrap()))
+        let d = tokio::time::timeout(within, self.consumer.next())
+            .await
+            .ok()??
+            .ok()?;
+        Some((
+            d.routing_key.to_string(),
+            serde_json::from_slice(&d.data).unwrap(),
+        ))
     }
 }
 
@@ -172,7 +278,11 @@ where
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real `outreach` binary as a child process.
@@ -208,8 +318,16 @@ impl Binary {
 
 /// Run `outreach <args>` to completion; returns stdout.
 pub fn run_cli(env: &HashMap<String, String>, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outreach")).args(args).envs(env).output().expect("run outreach");
-    assert!(out.status.success(), "outreach {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_outreach"))
+        .args(args)
+        .envs(env)
+        .output()
+        .expect("run outreach");
+    assert!(
+        out.status.success(),
+        "outreach {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -221,7 +339,70 @@ pub async fn http_get(url: &str) -> (u16, String) {
     }
 }
 
-pub fn email_job(id: &str, tenant: &str, to: &str) -> serde_json::Value {
+pub fn email_payload(id: &str, tenant: &str, to: &str) -> serde_json::Value {
     serde_json::json!({"version": 1, "job_id": id, "tenant_id": tenant, "channel": "email", "recipient": to,
         "content": {"subject": format!("Reminder {id}"), "text": "See you Tuesday."}, "metadata": {"case": id}})
+}
+
+// Jobs and contexts for calling provider adapters directly.
+
+/// A context like production's, with no status callbacks.
+pub fn context() -> ProviderContext {
+    ProviderContext::new(Duration::from_secs(10), Duration::from_secs(5), None)
+}
+
+pub fn job(channel: Channel, recipient: &str, content: Content) -> Job {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("first_name".into(), "Ada".into());
+    Job {
+        id: JobId::parse("job-42").unwrap(),
+        tenant_id: TenantId::parse("clinic-7").unwrap(),
+        channel,
+        recipient: recipient.to_owned(),
+        content,
+        metadata: Some(metadata),
+        not_after: None,
+    }
+}
+
+pub fn email_job() -> Job {
+    job(
+        Channel::Email,
+        "patient@example.org",
+        Content::Email {
+            subject: "Your appointment".into(),
+            text: Some("See you at 10:00.".into()),
+            html: Some("<p>See you at 10:00.</p>".into()),
+        },
+    )
+}
+
+pub fn text_job(channel: Channel) -> Job {
+    job(
+        channel,
+        "+447700900123",
+        Content::Text {
+            text: "See you at 10:00.".into(),
+        },
+    )
+}
+
+pub fn template_job() -> Job {
+    job(
+        Channel::Whatsapp,
+        "+447700900123",
+        Content::Template {
+            template: Template {
+                name: "appointment_reminder".into(),
+                language: "en_GB".into(),
+                parameters: vec!["Ada".into(), "10:00".into()],
+            },
+        },
+    )
+}
+
+/// The secret appears nowhere in what an error shows.
+pub fn assert_secret_hidden(e: &ProviderError, secret: &str) {
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains(secret), "secret leaked: {shown}");
 }

@@ -20,7 +20,10 @@ pub struct SmtpOptions {
 
 impl SmtpServer {
     pub fn start(dir: &std::path::Path, opts: SmtpOptions) -> Self {
-        let out = dir.join(format!("smtp-{}.jsonl", uuid::Uuid::now_v7().simple())).to_string_lossy().into_owned();
+        let out = dir
+            .join(format!("smtp-{}.jsonl", uuid::Uuid::now_v7().simple()))
+            .to_string_lossy()
+            .into_owned();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp/server.py");
         let mut cmd = Command::new("python3");
         cmd.args([script, "--out", &out]);
@@ -28,11 +31,31 @@ impl SmtpServer {
         if opts.starttls {
             let (c, k) = (dir.join("smtp-cert.pem"), dir.join("smtp-key.pem"));
             let status = Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
-                .arg("-keyout").arg(&k).arg("-out").arg(&c)
-                .stdout(Stdio::null()).stderr(Stdio::null())
-                .status().expect("openssl");
-            assert!(status.success(), "openssl could not make a test certificate");
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost",
+                ])
+                .arg("-keyout")
+                .arg(&k)
+                .arg("-out")
+                .arg(&c)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(
+                status.success(),
+                "openssl could not make a test certificate"
+            );
             cmd.arg("--tls-cert").arg(&c).arg("--tls-key").arg(&k);
             if opts.require_tls {
                 cmd.arg("--require-tls");
@@ -43,13 +66,29 @@ impl SmtpServer {
             cmd.args(["--user", u, "--password", p]);
         }
         // stdin stays open: the server exits when we drop it.
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd) is needed for SMTP tests");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("SMTP test server did not start (is aiosmtpd installed?): {line:?}"));
-        Self { child, port, out, cert }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("SMTP test server did not start (is aiosmtpd installed?): {line:?}")
+            });
+        Self {
+            child,
+            port,
+            out,
+            cert,
+        }
     }
 
     /// Messages received so far.

@@ -1,0 +1,274 @@
+//! Twilio Programmable Messaging (SMS and WhatsApp): `POST
+//! /2010-04-01/Accounts/{AccountSid}/Messages.json`, HTTP Basic with the
+//! account SID and auth token, form-encoded. 201 and a `sid` mean accepted.
+//!
+//! Wire format from `twilio_api_v2010.json` (twilio/twilio-oai): `To` is
+//! required, then `From` or `MessagingServiceSid`, `Body`, `StatusCallback`.
+
+use super::http::{self, Answer};
+use super::settings::TwilioSettings;
+use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
+use crate::job::{Channel, Content, Job};
+use async_trait::async_trait;
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULT_BASE: &str = "https://api.twilio.com";
+
+pub struct Twilio {
+    http: reqwest::Client,
+    endpoint: String,
+    account_sid: String,
+    auth_token: SecretString,
+    from: Option<String>,
+    messaging_service_sid: Option<String>,
+    webhook_base: Option<String>,
+}
+
+impl Twilio {
+    pub fn new(s: &TwilioSettings, ctx: &ProviderContext) -> Self {
+        let base = http::base_url(s.base_url.as_deref(), DEFAULT_BASE);
+        Self {
+            http: ctx.http.clone(),
+            endpoint: format!("{base}/2010-04-01/Accounts/{}/Messages.json", s.account_sid),
+            account_sid: s.account_sid.clone(),
+            auth_token: s.auth_token.clone(),
+            from: s.from.clone(),
+            messaging_service_sid: s.messaging_service_sid.clone(),
+            webhook_base: ctx
+                .webhook_base_url
+                .as_ref()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+        }
+    }
+
+    /// The form fields for one job.
+    pub fn form(&self, job: &Job) -> Result<Vec<(&'static str, String)>, ProviderError> {
+        let text = match &job.content {
+            Content::Text { text } => text,
+            // Twilio sends WhatsApp templates only as Content API templates
+            // (`ContentSid` HX…), which a job's template name cannot name.
+            // Another provider (Meta) can send it, so this is a fallback.
+            Content::Template { .. } => {
+                return Err(ProviderError::new(
+                    ErrorKind::Provider,
+                    None,
+                    "twilio: WhatsApp templates need a Twilio Content SID; this account sends free text only",
+                ));
+            }
+            Content::Email { .. } => {
+                return Err(ProviderError::new(
+                    ErrorKind::Content,
+                    None,
+                    "twilio carries sms and whatsapp only",
+                ));
+            }
+        };
+        let address = |n: &str| {
+            let bare = n.strip_prefix("whatsapp:").unwrap_or(n);
+            match job.channel {
+                Channel::Whatsapp => format!("whatsapp:{bare}"),
+                _ => bare.to_owned(),
+            }
+        };
+        let mut form = vec![("To", address(&job.recipient))];
+        if let Some(from) = &self.from {
+            form.push(("From", address(from)));
+        }
+        if let Some(sid) = &self.messaging_service_sid {
+            form.push(("MessagingServiceSid", sid.clone()));
+        }
+        form.push(("Body", text.clone()));
+        if let Some(base) = &self.webhook_base {
+            form.push((
+                "StatusCallback",
+                format!("{base}/webhooks/twilio/{}", job.tenant_id),
+            ));
+        }
+        Ok(form)
+    }
+}
+
+#[async_trait]
+impl Provider for Twilio {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Twilio
+    }
+
+    async fn send(&self, job: &Job) -> Result<Receipt, ProviderError> {
+        let form = self.form(job)?;
+        let request = self
+            .http
+            .post(&self.endpoint)
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
+            .form(&form);
+        let answer = http::execute("twilio", request).await?;
+        outcome(&answer).map_err(|e| http::scrub(e, &[self.auth_token.expose_secret()]))
+    }
+}
+
+fn outcome(a: &Answer) -> Result<Receipt, ProviderError> {
+    #[derive(Deserialize)]
+    struct Created {
+        sid: Option<String>,
+    }
+    if !a.is_success() {
+        return Err(classify(a.status, &a.headers, &a.body));
+    }
+    Ok(Receipt {
+        message_id: a.json::<Created>().and_then(|c| c.sid),
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    code: Option<u32>,
+    message: Option<String>,
+}
+
+/// The kind of a Twilio error code, when the code decides it.
+///
+/// Sources: twilio.com/docs/api/errors/<code> for each code below.
+fn kind_for_code(code: u32) -> Option<ErrorKind> {
+    Some(match code {
+        // 20429 Too Many Requests; 21611 'From' exceeded the maximum number of
+        // queued messages; 63017/63018 rate limit exceeded.
+        20429 | 21611 | 63017 | 63018 => ErrorKind::RateLimited,
+        // 20003 authenticate / permission denied; 20005 account not active;
+        // 20403 account suspended or closed; 20404 resource (account) not found.
+        20003 | 20005 | 20403 | 20404 => ErrorKind::Provider,
+        // Sender trouble: 21212 invalid From; 21606 From not a valid
+        // message-capable number for this account; 21659 From not a Twilio
+        // number; 21660 From does not belong to the account; 21661 From not
+        // SMS-capable; 63007 no WhatsApp channel for From.
+        21212 | 21606 | 21659 | 21660 | 21661 | 63007 => ErrorKind::Provider,
+        // Account restrictions another provider does not share: 21408 geo
+        // permission disabled for the destination; 21608 trial account, To
+        // not verified; 21612 To/From combination not routable from this
+        // sender; 63038 daily message limit.
+        21408 | 21608 | 21612 | 63038 => ErrorKind::Provider,
+        // Recipient: 21211 invalid To; 21610 recipient replied STOP; 21614 To
+        // is not a mobile number; 63016 outside the WhatsApp 24-hour window.
+        21211 | 21610 | 21614 | 63016 => ErrorKind::Recipient,
+        // Content: 21602 body required; 21617 body over 1600 characters;
+        // 21619 body or media required; 21658 parameter over its limit.
+        21602 | 21617 | 21619 | 21658 => ErrorKind::Content,
+        _ => return None,
+    })
+}
+
+/// Classify a Twilio error answer (`{"code", "message", "more_info",
+/// "status"}`) by its code, else by HTTP status; see [`kind_for_code`].
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let message = parsed.message.unwrap_or_default();
+    let code = parsed.code.map(|c| c.to_string());
+    let e = http::status_error("twilio", status, headers, code, &message);
+    match parsed.code.and_then(kind_for_code) {
+        Some(kind) => http::with_hint(ProviderError { kind, ..e }, headers),
+        None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+    use std::time::Duration;
+
+    fn error(status: u16, code: u32, message: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "code": code, "message": message, "status": status,
+            "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn error_codes_map_to_the_documented_kinds() {
+        let cases = [
+            (429, 20429, "Too Many Requests", ErrorKind::RateLimited),
+            (401, 20003, "Authenticate", ErrorKind::Provider),
+            (
+                404,
+                20404,
+                "The requested resource was not found",
+                ErrorKind::Provider,
+            ),
+            (
+                400,
+                21606,
+                "The 'From' phone number provided is not a valid message-capable Twilio phone number for this destination/account",
+                ErrorKind::Provider,
+            ),
+            (
+                400,
+                21408,
+                "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: +98…",
+                ErrorKind::Provider,
+            ),
+            (
+                400,
+                21608,
+                "The number +1555… is unverified. Trial accounts cannot send messages to unverified numbers",
+                ErrorKind::Provider,
+            ),
+            (
+                400,
+                21211,
+                "The 'To' number +1555 is not a valid phone number.",
+                ErrorKind::Recipient,
+            ),
+            (
+                400,
+                21610,
+                "Attempt to send to unsubscribed recipient",
+                ErrorKind::Recipient,
+            ),
+            (
+                400,
+                21614,
+                "'To' number is not a valid mobile number",
+                ErrorKind::Recipient,
+            ),
+            (
+                400,
+                21617,
+                "The concatenated message body exceeds the 1600 character limit",
+                ErrorKind::Content,
+            ),
+            (
+                400,
+                21611,
+                "This 'From' number has exceeded the maximum number of queued messages",
+                ErrorKind::RateLimited,
+            ),
+            (400, 29999, "Something new", ErrorKind::Content),
+            (500, 20500, "Internal Server Error", ErrorKind::Transient),
+        ];
+        for (status, code, message, kind) in cases {
+            let e = classify(status, &HeaderMap::new(), &error(status, code, message));
+            assert_eq!(e.kind, kind, "{code}: {e}");
+            assert_eq!(e.code, Some(code.to_string()));
+            assert_eq!(e.message, format!("twilio: {message}"));
+        }
+    }
+
+    #[test]
+    fn a_429_honours_retry_after() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        let e = classify(429, &h, &error(429, 20429, "Too Many Requests"));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn an_answer_without_a_body_is_classified_by_status() {
+        let e = classify(503, &HeaderMap::new(), b"");
+        assert_eq!(
+            (e.kind, e.code.as_deref()),
+            (ErrorKind::Transient, Some("503"))
+        );
+    }
+}

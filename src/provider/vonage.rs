@@ -1,0 +1,232 @@
+//! Vonage (Nexmo) legacy SMS API: `POST /sms/json`, form-encoded with
+//! `api_key` and `api_secret` in the body. The answer is HTTP 200 whatever
+//! happened; `messages[i].status` "0" means accepted, anything else is an
+//! error code (developer.vonage.com/en/api-errors/sms).
+//!
+//! The secret travels in the body, so every error is scrubbed of it.
+
+use super::http::{self, Answer};
+use super::settings::VonageSettings;
+use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
+use crate::job::{Content, Job};
+use async_trait::async_trait;
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULT_BASE: &str = "https://rest.nexmo.com";
+
+pub struct Vonage {
+    http: reqwest::Client,
+    endpoint: String,
+    api_key: String,
+    api_secret: SecretString,
+    from: String,
+}
+
+impl Vonage {
+    pub fn new(s: &VonageSettings, ctx: &ProviderContext) -> Self {
+        let base = http::base_url(s.base_url.as_deref(), DEFAULT_BASE);
+        Self {
+            http: ctx.http.clone(),
+            endpoint: format!("{base}/sms/json"),
+            api_key: s.api_key.clone(),
+            api_secret: s.api_secret.clone(),
+            // Numbers go without the `+`; alphanumeric sender ids unchanged.
+            from: s.from.trim_start_matches('+').to_owned(),
+        }
+    }
+
+    /// The form fields for one job, without the credentials.
+    pub fn form(&self, job: &Job) -> Result<Vec<(&'static str, String)>, ProviderError> {
+        let Content::Text { text } = &job.content else {
+            return Err(ProviderError::new(
+                ErrorKind::Content,
+                None,
+                "vonage carries sms text only",
+            ));
+        };
+        let mut form = vec![
+            ("from", self.from.clone()),
+            ("to", job.recipient.trim_start_matches('+').to_owned()),
+            ("text", text.clone()),
+        ];
+        // Without `type=unicode` non-GSM characters arrive garbled; any
+        // non-ASCII text is sent as unicode (a superset, at worst dearer).
+        if !text.is_ascii() {
+            form.push(("type", "unicode".to_owned()));
+        }
+        Ok(form)
+    }
+}
+
+#[async_trait]
+impl Provider for Vonage {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Vonage
+    }
+
+    async fn send(&self, job: &Job) -> Result<Receipt, ProviderError> {
+        let mut form = self.form(job)?;
+        form.push(("api_key", self.api_key.clone()));
+        form.push(("api_secret", self.api_secret.expose_secret().to_owned()));
+        let request = self.http.post(&self.endpoint).form(&form);
+        let answer = http::execute("vonage", request).await?;
+        outcome(&answer).map_err(|e| http::scrub(e, &[self.api_secret.expose_secret()]))
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct SmsAnswer {
+    #[serde(default)]
+    messages: Vec<SmsMessage>,
+}
+
+#[derive(Deserialize)]
+struct SmsMessage {
+    status: Option<String>,
+    #[serde(rename = "message-id")]
+    message_id: Option<String>,
+    #[serde(rename = "error-text")]
+    error_text: Option<String>,
+}
+
+fn outcome(a: &Answer) -> Result<Receipt, ProviderError> {
+    let parsed = a.json::<SmsAnswer>().unwrap_or_default();
+    let accepted = a.status == 200
+        && !parsed.messages.is_empty()
+        && parsed
+            .messages
+            .iter()
+            .all(|m| m.status.as_deref() == Some("0"));
+    if !accepted {
+        return Err(classify(a.status, &a.headers, &a.body));
+    }
+    // A long text is split into parts, one message each; the first names it.
+    Ok(Receipt {
+        message_id: parsed.messages.into_iter().find_map(|m| m.message_id),
+    })
+}
+
+/// The kind of a Vonage SMS API status.
+///
+/// Source: developer.vonage.com/en/api-errors/sms and the SMS
+/// troubleshooting guide (status table 0–34, 101–103).
+fn kind_for_status(status: u32) -> ErrorKind {
+    match status {
+        // 1 throttled; 10 too many existing binds (back off and retry).
+        1 | 10 => ErrorKind::RateLimited,
+        // 5 internal error; 13 communication failed.
+        5 | 13 => ErrorKind::Transient,
+        // Account trouble: 4 invalid credentials; 8 account barred; 9 quota
+        // (no credit); 11 not enabled for HTTP; 14 invalid signature; 15
+        // sender id not allowed; 19 facility not allowed; 29 non-whitelisted
+        // destination (demo accounts); 102 invalid campaign short code.
+        4 | 8 | 9 | 11 | 14 | 15 | 19 | 29 | 102 => ErrorKind::Provider,
+        // Recipient: 6 unroutable (unrecognised prefix); 7 number barred;
+        // 34 invalid or missing msisdn; 101 opted out; 103 invalid msisdn.
+        6 | 7 | 34 | 101 | 103 => ErrorKind::Recipient,
+        // Request or content: 2 missing parameters; 3 invalid parameters;
+        // 12 message too long; 16 invalid TTL; 20 invalid message class; 23
+        // bad callback; others not listed.
+        _ => ErrorKind::Content,
+    }
+}
+
+/// Classify a Vonage answer that is not an acceptance: a non-zero
+/// `messages[].status` in a 200, or a non-200 (gateway trouble, by status).
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let parsed = serde_json::from_slice::<SmsAnswer>(body).unwrap_or_default();
+    let failed = parsed
+        .messages
+        .iter()
+        .find(|m| m.status.as_deref().is_some_and(|s| s != "0"));
+    match (status, failed) {
+        (200, Some(m)) => {
+            let code = m.status.clone().unwrap_or_default();
+            let kind = code
+                .parse()
+                .map(kind_for_status)
+                .unwrap_or(ErrorKind::Content);
+            let text = m.error_text.as_deref().unwrap_or("rejected");
+            let e = ProviderError::new(kind, Some(code), format!("vonage: {text}"));
+            http::with_hint(e, headers)
+        }
+        (200, None) => ProviderError::new(
+            ErrorKind::Transient,
+            None,
+            "vonage: answer without a message status",
+        ),
+        _ => http::status_error("vonage", status, headers, None, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(status: &str, text: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "message-count": "1",
+            "messages": [{"to": "447700900000", "status": status, "error-text": text}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn statuses_map_to_the_documented_kinds() {
+        let cases = [
+            (
+                "1",
+                "Throughput Rate Exceeded - please wait [ 1000 ] and retry",
+                ErrorKind::RateLimited,
+            ),
+            ("2", "Missing to param", ErrorKind::Content),
+            ("3", "Invalid to param", ErrorKind::Content),
+            ("4", "Bad Credentials", ErrorKind::Provider),
+            ("5", "Internal Error", ErrorKind::Transient),
+            ("6", "Unroutable message - rejected", ErrorKind::Recipient),
+            ("7", "Number barred.", ErrorKind::Recipient),
+            ("8", "Partner account barred.", ErrorKind::Provider),
+            ("9", "Partner quota exceeded.", ErrorKind::Provider),
+            ("12", "Message too long", ErrorKind::Content),
+            (
+                "15",
+                "Illegal Sender Address - rejected",
+                ErrorKind::Provider,
+            ),
+            (
+                "29",
+                "Non White-listed Destination - rejected",
+                ErrorKind::Provider,
+            ),
+        ];
+        for (status, text, kind) in cases {
+            let e = classify(200, &HeaderMap::new(), &rejected(status, text));
+            assert_eq!(e.kind, kind, "{status}: {e}");
+            assert_eq!(e.code.as_deref(), Some(status));
+            assert_eq!(e.message, format!("vonage: {text}"));
+        }
+    }
+
+    #[test]
+    fn a_gateway_error_is_classified_by_http_status() {
+        let e = classify(503, &HeaderMap::new(), b"<html>unavailable</html>");
+        assert_eq!(e.kind, ErrorKind::Transient);
+        let e = classify(401, &HeaderMap::new(), b"");
+        assert_eq!(e.kind, ErrorKind::Provider);
+    }
+
+    #[test]
+    fn a_multipart_message_is_accepted_only_if_every_part_is() {
+        let body = br#"{"message-count":"2","messages":[
+            {"to":"447700900000","message-id":"0A0000000123ABCD1","status":"0"},
+            {"to":"447700900000","status":"1","error-text":"Throttled"}]}"#;
+        let a = Answer {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: body.to_vec(),
+        };
+        assert_eq!(outcome(&a).unwrap_err().kind, ErrorKind::RateLimited);
+    }
+}
