@@ -34,7 +34,7 @@ enum Command {
         no_migrate: bool,
     },
     /// Publish a job (from a JSON file or flags) to the jobs exchange.
-    Enqueue(EnqueueArgs),
+    Enqueue(Box<EnqueueArgs>),
     /// Run the whole pipeline on a few hundred demo jobs and summarise.
     Demo {
         #[arg(long, default_value_t = 300)]
@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
                 settings.worker.migrate_on_start &= !no_migrate;
                 app::run_worker(settings, app::shutdown_on_signals()).await
             }
-            Command::Enqueue(args) => enqueue(&settings, args).await,
+            Command::Enqueue(args) => enqueue(&settings, *args).await,
             Command::Demo {
                 jobs,
                 tenants,

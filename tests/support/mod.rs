@@ -208,26 +208,26 @@ impl TestEnv {
 
     /// Remove this test's queues, exchanges and database.
     pub async fn cleanup(self) {
-        if let Ok(conn) = outreach::broker::connect(AMQP_URL, "test-cleanup").await {
-            if let Ok(ch) = conn.create_channel().await {
-                let t = &self.topology;
-                let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
-                queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
-                for q in queues {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for e in [
-                    &t.jobs_exchange,
-                    &t.retry_exchange,
-                    &t.dead_letter_exchange,
-                    &t.events_exchange,
-                ] {
-                    let _ = ch
-                        .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
+        if let Ok(conn) = outreach::broker::connect(AMQP_URL, "test-cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let t = &self.topology;
+            let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
+            queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
+            for q in queues {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for e in [
+                &t.jobs_exchange,
+                &t.retry_exchange,
+                &t.dead_letter_exchange,
+                &t.events_exchange,
+            ] {
+                let _ = ch
+                    .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
             }
         }
         self.pool.close().await;
