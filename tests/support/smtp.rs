@@ -29,38 +29,12 @@ impl SmtpServer {
         cmd.args([script, "--out", &out]);
         let mut cert = None;
         if opts.starttls {
-            let (c, k) = (dir.join("smtp-cert.pem"), dir.join("smtp-key.pem"));
-            let status = Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=localhost",
-                    "-addext",
-                    "subjectAltName=DNS:localhost",
-                ])
-                .arg("-keyout")
-                .arg(&k)
-                .arg("-out")
-                .arg(&c)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl");
-            assert!(
-                status.success(),
-                "openssl could not make a test certificate"
-            );
-            cmd.arg("--tls-cert").arg(&c).arg("--tls-key").arg(&k);
+            let (ca, leaf, key) = make_certificates(dir);
+            cmd.arg("--tls-cert").arg(&leaf).arg("--tls-key").arg(&key);
             if opts.require_tls {
                 cmd.arg("--require-tls");
             }
-            cert = Some(c.to_string_lossy().into_owned());
+            cert = Some(ca);
         }
         if let Some((u, p)) = &opts.auth {
             cmd.args(["--user", u, "--password", p]);
@@ -106,4 +80,82 @@ impl Drop for SmtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A test CA and a leaf for 127.0.0.1 / localhost signed by it (rustls
+/// refuses a self-signed CA certificate used as the server's own).
+/// Returns (ca.pem, leaf.pem, leaf.key).
+fn make_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let (ca_key, ca, key, csr, leaf, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("leaf.key"),
+        p("leaf.csr"),
+        p("leaf.pem"),
+        p("leaf.ext"),
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<&str>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=outreach test CA",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=localhost", "-keyout", &key, "-out", &csr],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &leaf,
+            "-extfile",
+            &ext,
+        ],
+    ];
+    for args in steps {
+        let ok = Command::new("openssl")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl {args:?} failed");
+    }
+    (ca, leaf, key)
 }

@@ -1,0 +1,106 @@
+//! The SMTP adapter against a real SMTP server on 127.0.0.1 (aiosmtpd) that
+//! offers STARTTLS and AUTH and answers 451 / 550 for chosen recipients.
+
+mod support;
+
+use outreach::job::{Channel, Content};
+use outreach::provider::{self, ErrorKind, ProviderSettings};
+use support::smtp::{SmtpOptions, SmtpServer};
+
+const PASSWORD: &str = "s3cret-smtp-password";
+
+fn server(dir: &std::path::Path) -> SmtpServer {
+    SmtpServer::start(
+        dir,
+        SmtpOptions {
+            starttls: true,
+            require_tls: true,
+            auth: Some(("clinic".into(), PASSWORD.into())),
+        },
+    )
+}
+
+fn settings(smtp: &SmtpServer, password: &str) -> ProviderSettings {
+    serde_json::from_value(serde_json::json!({
+        "provider": "smtp", "host": "127.0.0.1", "port": smtp.port, "security": "starttls",
+        "username": "clinic", "password": password, "from_email": "reminders@clinic.example",
+        "from_name": "Clinic", "ca_file": smtp.cert,
+    }))
+    .unwrap()
+}
+
+fn mail_to(to: &str) -> outreach::job::Job {
+    support::job(
+        Channel::Email,
+        to,
+        Content::Email {
+            subject: "Reminder".into(),
+            text: Some("Tuesday".into()),
+            html: None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn mail_goes_over_starttls_with_auth_and_the_queue_id_is_the_receipt() {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = server(dir.path());
+    let p = provider::build(&settings(&smtp, PASSWORD), &support::context(), None).unwrap();
+
+    let receipt = p.send(&mail_to("pat@example.com")).await.unwrap();
+
+    assert!(
+        receipt.message_id.unwrap().starts_with('Q'),
+        "the id from the 250 reply"
+    );
+    let got = smtp.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["tls"], true);
+    assert_eq!(got[0]["auth"], true);
+    assert_eq!(got[0]["rcpt_tos"], serde_json::json!(["pat@example.com"]));
+}
+
+#[tokio::test]
+async fn a_451_for_the_recipient_is_transient_and_keeps_the_code() {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = server(dir.path());
+    let p = provider::build(&settings(&smtp, PASSWORD), &support::context(), None).unwrap();
+
+    let err = p.send(&mail_to("tempfail@example.com")).await.unwrap_err();
+
+    assert_eq!(err.kind, ErrorKind::Transient);
+    assert_eq!(err.code.as_deref(), Some("451"));
+}
+
+#[tokio::test]
+async fn a_550_unknown_user_is_a_recipient_error_no_provider_would_fix() {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = server(dir.path());
+    let p = provider::build(&settings(&smtp, PASSWORD), &support::context(), None).unwrap();
+
+    let err = p.send(&mail_to("unknown@example.com")).await.unwrap_err();
+
+    assert_eq!(err.kind, ErrorKind::Recipient);
+    assert_eq!(err.code.as_deref(), Some("550"));
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_provider_trouble_and_never_shows_the_password() {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = server(dir.path());
+    let wrong = "wrong-password-value";
+    let p = provider::build(&settings(&smtp, wrong), &support::context(), None).unwrap();
+
+    let err = p.send(&mail_to("pat@example.com")).await.unwrap_err();
+
+    assert_eq!(err.kind, ErrorKind::Provider, "{err}");
+    assert_eq!(err.code.as_deref(), Some("535"));
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains(wrong) && !shown.contains(PASSWORD));
+    }
+    assert!(smtp.messages().is_empty());
+}
