@@ -310,9 +310,21 @@ impl Binary {
         self.child.wait().unwrap()
     }
 
+    /// SIGKILL: no chance to finish anything.
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A failing test must not leave its worker running (it would hold the
+/// test's output pipe open and keep consuming).
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
