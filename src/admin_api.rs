@@ -100,22 +100,65 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-fn error(code: StatusCode, msg: &str, field: Option<&str>) -> Response {
-    (code, Json(json!({ "error": msg, "field": field }))).into_response()
+/// An answer other than success: status, message and the field at fault.
+/// Messages name fields, never values.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
 }
 
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>, field: Option<&str>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: field.map(str::to_owned),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.message, "field": self.field });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(e) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.to_string(),
+                Some(&e.field),
+            ),
+            e => {
+                tracing::error!(error = %e, "admin api: store failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store failed", None)
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
 /// Authorise the caller for `tenant`; returns the audit actor.
-fn authorise(s: &AdminState, headers: &HeaderMap, tenant: &str) -> Result<String, Response> {
+fn authorise(s: &AdminState, headers: &HeaderMap, tenant: &str) -> Result<String, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "bearer token required", None))?;
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required", None))?;
     match s.auth.authenticate(token.trim()) {
-        None => Err(error(StatusCode::UNAUTHORIZED, "unknown token", None)),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown token",
+            None,
+        )),
         Some(Principal::Operator) => Ok("api:operator".into()),
         Some(Principal::Tenant { tenant: t, name }) if t == tenant => Ok(format!("api:{name}")),
-        Some(Principal::Tenant { .. }) => Err(error(
+        Some(Principal::Tenant { .. }) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "this token may not manage this tenant",
             None,
@@ -123,105 +166,64 @@ fn authorise(s: &AdminState, headers: &HeaderMap, tenant: &str) -> Result<String
     }
 }
 
-fn parse_ids(tenant: &str, channel: Option<&str>) -> Result<(TenantId, Option<Channel>), Response> {
-    let t = TenantId::parse(tenant)
-        .map_err(|_| error(StatusCode::NOT_FOUND, "no such tenant", None))?;
-    let c = channel
-        .map(|c| c.parse::<Channel>())
-        .transpose()
-        .map_err(|_| error(StatusCode::NOT_FOUND, "no such channel", None))?;
-    Ok((t, c))
+fn tenant_id(tenant: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(tenant)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such tenant", None))
 }
 
-fn store_error(e: StoreError) -> Response {
-    match e {
-        StoreError::Invalid(e) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &e.to_string(),
-            Some(&e.field),
-        ),
-        e => {
-            tracing::error!(error = %e, "admin api: store failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "store failed", None)
-        }
-    }
+fn channel(c: &str) -> Result<Channel, ApiError> {
+    c.parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such channel", None))
 }
 
 async fn show(
     State(s): State<AdminState>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
-) -> Response {
-    if let Err(r) = authorise(&s, &headers, &tenant) {
-        return r;
+) -> ApiResult {
+    authorise(&s, &headers, &tenant)?;
+    let rows = s.store.get_tenant(&tenant_id(&tenant)?).await?;
+    let mut channels = serde_json::Map::new();
+    for r in &rows {
+        channels.insert(r.channel.to_string(), view::masked(&s.store, r));
     }
-    let (t, _) = match parse_ids(&tenant, None) {
-        Ok(ids) => ids,
-        Err(r) => return r,
-    };
-    match s.store.get_tenant(&t).await {
-        Ok(rows) => {
-            let mut channels = serde_json::Map::new();
-            for r in &rows {
-                channels.insert(r.channel.to_string(), view::masked(&s.store, r));
-            }
-            Json(json!({ "tenant": tenant, "channels": channels })).into_response()
-        }
-        Err(e) => store_error(e),
-    }
+    Ok(Json(json!({ "tenant": tenant, "channels": channels })).into_response())
 }
 
 async fn set(
     State(s): State<AdminState>,
     headers: HeaderMap,
-    Path((tenant, channel)): Path<(String, String)>,
+    Path((tenant, c)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Response {
-    let actor = match authorise(&s, &headers, &tenant) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let (t, Some(c)) = (match parse_ids(&tenant, Some(&channel)) {
-        Ok(ids) => ids,
-        Err(r) => return r,
-    }) else {
-        unreachable!("channel given")
-    };
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "body is not JSON", None),
-    };
-    let cfg = match ChannelConfig::from_json(value, c) {
-        Ok(cfg) => cfg,
-        Err(e) => return store_error(e.into()),
-    };
-    match s.store.put(&t, c, &cfg, &actor).await {
-        Ok(_) => match s.store.get(&t, c).await {
-            Ok(Some(row)) => Json(view::masked(&s.store, &row)).into_response(),
-            Ok(None) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => store_error(e),
-        },
-        Err(e) => store_error(e),
-    }
+) -> ApiResult {
+    let actor = authorise(&s, &headers, &tenant)?;
+    let (t, c) = (tenant_id(&tenant)?, channel(&c)?);
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "body is not JSON", None))?;
+    let cfg = ChannelConfig::from_json(value, c).map_err(StoreError::from)?;
+    s.store.put(&t, c, &cfg, &actor).await?;
+    Ok(match s.store.get(&t, c).await? {
+        Some(row) => Json(view::masked(&s.store, &row)).into_response(),
+        // Deleted again in between.
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 async fn remove(
     State(s): State<AdminState>,
     headers: HeaderMap,
-    Path((tenant, channel)): Path<(String, String)>,
-) -> Response {
-    let actor = match authorise(&s, &headers, &tenant) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let (t, c) = match parse_ids(&tenant, Some(&channel)) {
-        Ok(ids) => ids,
-        Err(r) => return r,
-    };
-    match s.store.delete(&t, c, &actor).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, "no config for this channel", None),
-        Err(e) => store_error(e),
+    Path((tenant, c)): Path<(String, String)>,
+) -> ApiResult {
+    let actor = authorise(&s, &headers, &tenant)?;
+    let (t, c) = (tenant_id(&tenant)?, channel(&c)?);
+    if s.store.delete(&t, Some(c), &actor).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no config for this channel",
+            None,
+        ))
     }
 }
 
@@ -234,30 +236,16 @@ struct TestBody {
 async fn test(
     State(s): State<AdminState>,
     headers: HeaderMap,
-    Path((tenant, channel)): Path<(String, String)>,
+    Path((tenant, c)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Response {
-    if let Err(r) = authorise(&s, &headers, &tenant) {
-        return r;
-    }
-    let (t, Some(c)) = (match parse_ids(&tenant, Some(&channel)) {
-        Ok(ids) => ids,
-        Err(r) => return r,
-    }) else {
-        unreachable!("channel given")
-    };
-    let Ok(b) = serde_json::from_slice::<TestBody>(&body) else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "expected {\"to\": ...}",
-            Some("to"),
-        );
-    };
-    let job = match test_job(&t, c, &b.to) {
-        Ok(j) => j,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e, Some("to")),
-    };
-    Json(send_test(&s.directory, &job, &s.quick_retry).await).into_response()
+) -> ApiResult {
+    authorise(&s, &headers, &tenant)?;
+    let (t, c) = (tenant_id(&tenant)?, channel(&c)?);
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m, Some("to"));
+    let b: TestBody = serde_json::from_slice(&body)
+        .map_err(|_| unprocessable("expected {\"to\": ...}".into()))?;
+    let job = test_job(&t, c, &b.to).map_err(unprocessable)?;
+    Ok(Json(send_test(&s.directory, &job, &s.quick_retry).await).into_response())
 }
 
 /// A small test message for `tenant test` and the test endpoint.

@@ -1,12 +1,12 @@
 //! Wiring: build the worker's parts from settings and run them.
 
+use crate::admin_api::{AdminState, Tokens};
 use crate::broker::Topology;
 use crate::delivery_log::DeliveryLog;
 use crate::dispatch::{QuickRetry, RetryBudget};
 use crate::health::Health;
 use crate::provider::ProviderContext;
 use crate::settings::Settings;
-use crate::admin_api::{AdminState, Tokens};
 use crate::tenant::{self, Directory, TenantStore};
 use crate::worker::{self, ConsumerConfig, Shared};
 use crate::{db, http, metrics};

@@ -213,13 +213,23 @@ impl Settings {
             return bad("tenant_config.cache_max_entries", "must be at least 1");
         }
         let is_digest = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
-        if !self.admin.operator_token_sha256.iter().all(|h| is_digest(h)) {
+        if !self
+            .admin
+            .operator_token_sha256
+            .iter()
+            .all(|h| is_digest(h))
+        {
             return bad(
                 "admin.operator_token_sha256",
                 "each entry must be 64 hex characters (outreach admin hash-token)",
             );
         }
-        if !self.admin.tenant_tokens.iter().all(|t| is_digest(&t.sha256)) {
+        if !self
+            .admin
+            .tenant_tokens
+            .iter()
+            .all(|t| is_digest(&t.sha256))
+        {
             return bad(
                 "admin.tenant_tokens",
                 "each sha256 must be 64 hex characters (outreach admin hash-token)",

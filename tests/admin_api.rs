@@ -41,17 +41,31 @@ impl Api {
             store,
             directory,
             auth: Arc::new(Tokens::new(&settings.admin)),
-            quick_retry: QuickRetry { times: 0, base: Duration::from_millis(10) },
+            quick_retry: QuickRetry {
+                times: 0,
+                base: Duration::from_millis(10),
+            },
         };
         let app = axum::Router::new().nest("/admin/v1", admin_api::router(state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/admin/v1", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { base, client: reqwest::Client::new() }
+        Self {
+            base,
+            client: reqwest::Client::new(),
+        }
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
-        let mut r = self.client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let mut r = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -72,13 +86,25 @@ async fn an_operator_sets_and_reads_any_tenant_and_sees_only_masked_secrets() {
     let env = TestEnv::new().await;
     let api = Api::start(&env).await;
 
-    let (put, put_body) = api.call("PUT", "/tenants/clinic-2/messaging/email", Some(OPERATOR), Some(email_config(SECRET))).await;
-    let (get, body) = api.call("GET", "/tenants/clinic-2/messaging", Some(OPERATOR), None).await;
+    let (put, put_body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-2/messaging/email",
+            Some(OPERATOR),
+            Some(email_config(SECRET)),
+        )
+        .await;
+    let (get, body) = api
+        .call("GET", "/tenants/clinic-2/messaging", Some(OPERATOR), None)
+        .await;
 
     assert_eq!((put, get), (200, 200));
     assert!(!put_body.contains(SECRET) && !body.contains(SECRET));
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["channels"]["email"]["chain"][0]["api_key"], "SG.****…6789");
+    assert_eq!(
+        v["channels"]["email"]["chain"][0]["api_key"],
+        "SG.****…6789"
+    );
     env.cleanup().await;
 }
 
@@ -87,10 +113,20 @@ async fn a_tenant_token_manages_its_own_tenant_and_is_recorded_by_name() {
     let env = TestEnv::new().await;
     let api = Api::start(&env).await;
 
-    let (status, _) = api.call("PUT", "/tenants/clinic-1/messaging/email", Some(CLINIC_1), Some(email_config(SECRET))).await;
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(CLINIC_1),
+            Some(email_config(SECRET)),
+        )
+        .await;
 
     assert_eq!(status, 200);
-    let actor: String = sqlx::query_scalar("SELECT actor FROM config_audit").fetch_one(&env.pool).await.unwrap();
+    let actor: String = sqlx::query_scalar("SELECT actor FROM config_audit")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(actor, "api:clinic-1 portal");
     env.cleanup().await;
 }
@@ -99,11 +135,33 @@ async fn a_tenant_token_manages_its_own_tenant_and_is_recorded_by_name() {
 async fn a_tenant_token_on_another_tenant_is_forbidden_and_sees_no_data() {
     let env = TestEnv::new().await;
     let api = Api::start(&env).await;
-    api.call("PUT", "/tenants/clinic-2/messaging/email", Some(OPERATOR), Some(email_config(SECRET))).await;
+    api.call(
+        "PUT",
+        "/tenants/clinic-2/messaging/email",
+        Some(OPERATOR),
+        Some(email_config(SECRET)),
+    )
+    .await;
 
-    let (get, body) = api.call("GET", "/tenants/clinic-2/messaging", Some(CLINIC_1), None).await;
-    let (put, _) = api.call("PUT", "/tenants/clinic-2/messaging/email", Some(CLINIC_1), Some(email_config(SECRET))).await;
-    let (del, _) = api.call("DELETE", "/tenants/clinic-2/messaging/email", Some(CLINIC_1), None).await;
+    let (get, body) = api
+        .call("GET", "/tenants/clinic-2/messaging", Some(CLINIC_1), None)
+        .await;
+    let (put, _) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-2/messaging/email",
+            Some(CLINIC_1),
+            Some(email_config(SECRET)),
+        )
+        .await;
+    let (del, _) = api
+        .call(
+            "DELETE",
+            "/tenants/clinic-2/messaging/email",
+            Some(CLINIC_1),
+            None,
+        )
+        .await;
 
     assert_eq!((get, put, del), (403, 403, 403));
     assert!(!body.contains("sendgrid") && !body.contains("clinic.example"));
@@ -115,8 +173,12 @@ async fn requests_without_a_token_or_with_an_unknown_one_are_unauthorised() {
     let env = TestEnv::new().await;
     let api = Api::start(&env).await;
 
-    let (none, _) = api.call("GET", "/tenants/clinic-1/messaging", None, None).await;
-    let (unknown, _) = api.call("GET", "/tenants/clinic-1/messaging", Some("guessed"), None).await;
+    let (none, _) = api
+        .call("GET", "/tenants/clinic-1/messaging", None, None)
+        .await;
+    let (unknown, _) = api
+        .call("GET", "/tenants/clinic-1/messaging", Some("guessed"), None)
+        .await;
 
     assert_eq!((none, unknown), (401, 401));
     env.cleanup().await;
@@ -127,13 +189,23 @@ async fn an_invalid_config_is_refused_with_422_naming_the_field_and_not_echoing_
     let env = TestEnv::new().await;
     let api = Api::start(&env).await;
 
-    let (status, body) = api.call("PUT", "/tenants/clinic-1/messaging/email", Some(OPERATOR), Some(email_config("not-a-sendgrid-key"))).await;
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(OPERATOR),
+            Some(email_config("not-a-sendgrid-key")),
+        )
+        .await;
 
     assert_eq!(status, 422);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["field"], "chain[0].api_key");
     assert!(!body.contains("not-a-sendgrid-key"));
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs").fetch_one(&env.pool).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(stored, 0);
     env.cleanup().await;
 }

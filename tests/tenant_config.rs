@@ -44,7 +44,10 @@ async fn a_stored_config_reads_back_with_secrets_encrypted_at_rest_and_audited()
     let store = TenantStore::new(env.pool.clone(), ring(&[("k1", K1)], None));
     let t = tenant("clinic-1");
 
-    store.put(&t, Channel::Email, &sendgrid(SECRET, true), "cli:test").await.unwrap();
+    store
+        .put(&t, Channel::Email, &sendgrid(SECRET, true), "cli:test")
+        .await
+        .unwrap();
 
     let raw: String = sqlx::query_scalar("SELECT chain::text FROM tenant_channel_configs")
         .fetch_one(&env.pool)
@@ -76,7 +79,10 @@ async fn a_bad_sendgrid_key_is_refused_naming_the_field_and_nothing_is_stored() 
     )
     .unwrap();
 
-    let err = store.put(&tenant("clinic-1"), Channel::Email, &cfg, "cli:test").await.unwrap_err();
+    let err = store
+        .put(&tenant("clinic-1"), Channel::Email, &cfg, "cli:test")
+        .await
+        .unwrap_err();
 
     match err {
         StoreError::Invalid(e) => assert_eq!(e.field, "chain[0].api_key"),
@@ -96,17 +102,40 @@ async fn a_bad_sendgrid_key_is_refused_naming_the_field_and_nothing_is_stored() 
 async fn ciphertext_copied_to_another_tenant_fails_naming_tenant_and_field() {
     let env = TestEnv::new().await;
     let store = TenantStore::new(env.pool.clone(), ring(&[("k1", K1)], None));
-    store.put(&tenant("clinic-a"), Channel::Email, &sendgrid(SECRET, true), "t").await.unwrap();
-    store.put(&tenant("clinic-b"), Channel::Email, &sendgrid("SG.other-key-000000000", true), "t").await.unwrap();
+    store
+        .put(
+            &tenant("clinic-a"),
+            Channel::Email,
+            &sendgrid(SECRET, true),
+            "t",
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            &tenant("clinic-b"),
+            Channel::Email,
+            &sendgrid("SG.other-key-000000000", true),
+            "t",
+        )
+        .await
+        .unwrap();
 
     sqlx::query("UPDATE tenant_channel_configs SET chain = (SELECT chain FROM tenant_channel_configs WHERE tenant_id = 'clinic-a') WHERE tenant_id = 'clinic-b'")
         .execute(&env.pool)
         .await
         .unwrap();
 
-    let row = store.get(&tenant("clinic-b"), Channel::Email).await.unwrap().unwrap();
+    let row = store
+        .get(&tenant("clinic-b"), Channel::Email)
+        .await
+        .unwrap()
+        .unwrap();
     let err = store.open_chain(&row).unwrap_err().to_string();
-    assert!(err.contains("clinic-b") && err.contains("email.chain.0.api_key"), "{err}");
+    assert!(
+        err.contains("clinic-b") && err.contains("email.chain.0.api_key"),
+        "{err}"
+    );
     assert!(!err.contains("tenant-secret"));
     env.cleanup().await;
 }
@@ -116,15 +145,29 @@ async fn an_interrupted_rotation_resumes_and_leaves_every_value_on_the_new_key()
     let env = TestEnv::new().await;
     let old = TenantStore::new(env.pool.clone(), ring(&[("k1", K1)], None));
     for t in ["clinic-a", "clinic-b", "clinic-c"] {
-        old.put(&tenant(t), Channel::Email, &sendgrid(SECRET, true), "t").await.unwrap();
+        old.put(&tenant(t), Channel::Email, &sendgrid(SECRET, true), "t")
+            .await
+            .unwrap();
     }
-    let both = TenantStore::new(env.pool.clone(), ring(&[("k1", K1), ("k2", K2)], Some("k2")));
+    let both = TenantStore::new(
+        env.pool.clone(),
+        ring(&[("k1", K1), ("k2", K2)], Some("k2")),
+    );
 
     // The "interrupted" run got through one row only.
-    assert_eq!(rotate::rotate_row(&both, &tenant("clinic-b"), Channel::Email, "t").await.unwrap(), 2);
-    let report = rotate::rotate_all(&both, "t", |_, _, _, _, _| {}).await.unwrap();
+    assert_eq!(
+        rotate::rotate_row(&both, &tenant("clinic-b"), Channel::Email, "t")
+            .await
+            .unwrap(),
+        2
+    );
+    let report = rotate::rotate_all(&both, "t", |_, _, _, _, _| {})
+        .await
+        .unwrap();
     assert_eq!((report.rows, report.values), (3, 4));
-    let again = rotate::rotate_all(&both, "t", |_, _, _, _, _| {}).await.unwrap();
+    let again = rotate::rotate_all(&both, "t", |_, _, _, _, _| {})
+        .await
+        .unwrap();
     assert_eq!(again.values, 0);
 
     let new_only = TenantStore::new(env.pool.clone(), ring(&[("k2", K2)], None));
@@ -139,35 +182,74 @@ async fn an_interrupted_rotation_resumes_and_leaves_every_value_on_the_new_key()
 async fn a_tenant_encrypted_with_an_unknown_key_fails_alone_while_another_tenant_resolves() {
     let env = TestEnv::new().await;
     let with_k1 = TenantStore::new(env.pool.clone(), ring(&[("k1", K1)], None));
-    with_k1.put(&tenant("clinic-old"), Channel::Email, &sendgrid(SECRET, false), "t").await.unwrap();
+    with_k1
+        .put(
+            &tenant("clinic-old"),
+            Channel::Email,
+            &sendgrid(SECRET, false),
+            "t",
+        )
+        .await
+        .unwrap();
     let with_k2 = TenantStore::new(env.pool.clone(), ring(&[("k2", K2)], None));
-    with_k2.put(&tenant("clinic-new"), Channel::Email, &sendgrid(SECRET, true), "t").await.unwrap();
+    with_k2
+        .put(
+            &tenant("clinic-new"),
+            Channel::Email,
+            &sendgrid(SECRET, true),
+            "t",
+        )
+        .await
+        .unwrap();
     let directory = Directory::new(&env.settings, &support::context())
         .unwrap()
         .with_store(with_k2);
 
-    let err = directory.resolve(&tenant("clinic-old"), Channel::Email).await.err().unwrap();
-    let ok = directory.resolve(&tenant("clinic-new"), Channel::Email).await.unwrap();
+    let err = directory
+        .resolve(&tenant("clinic-old"), Channel::Email)
+        .await
+        .err()
+        .unwrap();
+    let ok = directory
+        .resolve(&tenant("clinic-new"), Channel::Email)
+        .await
+        .unwrap();
 
     assert_eq!(err.kind, ErrorKind::Config);
     let kinds: Vec<_> = ok.steps.iter().map(|s| (s.kind, s.is_system)).collect();
     assert_eq!(
         kinds,
-        [(ProviderKind::Sendgrid, false), (ProviderKind::Smtp, false), (ProviderKind::Sandbox, true)]
+        [
+            (ProviderKind::Sendgrid, false),
+            (ProviderKind::Smtp, false),
+            (ProviderKind::Sandbox, true)
+        ]
     );
     env.cleanup().await;
 }
 
 #[tokio::test]
-async fn a_tenant_without_config_resolves_to_the_system_default_and_a_disabled_channel_to_disabled() {
+async fn a_tenant_without_config_resolves_to_the_system_default_and_a_disabled_channel_to_disabled()
+{
     let env = TestEnv::new().await;
     let store = TenantStore::new(env.pool.clone(), ring(&[("k1", K1)], None));
     let off = ChannelConfig::from_json(json!({"enabled": false}), Channel::Sms).unwrap();
-    store.put(&tenant("clinic-off"), Channel::Sms, &off, "t").await.unwrap();
-    let directory = Directory::new(&env.settings, &support::context()).unwrap().with_store(store);
+    store
+        .put(&tenant("clinic-off"), Channel::Sms, &off, "t")
+        .await
+        .unwrap();
+    let directory = Directory::new(&env.settings, &support::context())
+        .unwrap()
+        .with_store(store);
 
-    let none = directory.resolve(&tenant("clinic-none"), Channel::Sms).await.unwrap();
-    let disabled = directory.resolve(&tenant("clinic-off"), Channel::Sms).await.unwrap();
+    let none = directory
+        .resolve(&tenant("clinic-none"), Channel::Sms)
+        .await
+        .unwrap();
+    let disabled = directory
+        .resolve(&tenant("clinic-off"), Channel::Sms)
+        .await
+        .unwrap();
 
     assert!(none.enabled && none.steps.len() == 1 && none.steps[0].is_system);
     assert!(!disabled.enabled);

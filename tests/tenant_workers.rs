@@ -44,10 +44,17 @@ impl Worker {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Self { child, stderr, reader, port }
+        Self {
+            child,
+            stderr,
+            reader,
+            port,
+        }
     }
 
     /// SIGTERM, wait, and return everything it wrote to stderr.
@@ -56,15 +63,17 @@ impl Worker {
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         self.child.wait().unwrap();
         self.reader.join().unwrap();
-        let s = self.stderr.lock().unwrap().clone();
-        s
+        self.stderr.lock().unwrap().clone()
     }
 }
 
 fn env_with_keys(env: &TestEnv) -> HashMap<String, String> {
     let mut vars = env.env_vars();
     vars.insert("OUTREACH_ENCRYPTION_KEYS".into(), format!("k1:{KEY}"));
-    vars.insert("OUTREACH__ADMIN__OPERATOR_TOKEN_SHA256".into(), outreach::admin_api::hash_token(OPERATOR));
+    vars.insert(
+        "OUTREACH__ADMIN__OPERATOR_TOKEN_SHA256".into(),
+        outreach::admin_api::hash_token(OPERATOR),
+    );
     vars
 }
 
@@ -74,7 +83,18 @@ fn set_sendgrid(env: &TestEnv, vars: &HashMap<String, String>, server: &MockServ
         {"provider": "sendgrid", "api_key": SENDGRID_KEY, "from_email": "a@clinic.example", "base_url": server.uri()}
     ]});
     std::fs::write(&file, cfg.to_string()).unwrap();
-    run_cli(vars, &["tenant", "set", "clinic-1", "--channel", "email", "--file", &file]);
+    run_cli(
+        vars,
+        &[
+            "tenant",
+            "set",
+            "clinic-1",
+            "--channel",
+            "email",
+            "--file",
+            &file,
+        ],
+    );
 }
 
 async fn received(server: &MockServer) -> usize {
@@ -85,7 +105,9 @@ async fn send_and_wait(env: &TestEnv, ids: &[String]) {
     let publisher = env.publisher().await;
     for id in ids {
         publisher
-            .publish(&serde_json::to_vec(&email_payload(id, "clinic-1", "patient@example.org")).unwrap())
+            .publish(
+                &serde_json::to_vec(&email_payload(id, "clinic-1", "patient@example.org")).unwrap(),
+            )
             .await
             .unwrap();
     }
@@ -152,7 +174,11 @@ async fn no_credential_appears_in_debug_logs_events_metrics_or_admin_answers() {
 
     let ids: Vec<String> = (0..5).map(|i| format!("leak-{i}")).collect();
     send_and_wait(&env, &ids).await;
-    assert_eq!(received(&server).await, 5, "the tenant's credentials were used");
+    assert_eq!(
+        received(&server).await,
+        5,
+        "the tenant's credentials were used"
+    );
     let mut seen = String::new();
     while let Some((key, body)) = events.next(Duration::from_millis(500)).await {
         seen.push_str(&format!("{key} {body}\n"));
@@ -172,7 +198,12 @@ async fn no_credential_appears_in_debug_logs_events_metrics_or_admin_answers() {
     assert!(seen.contains("leak-0"), "events were captured");
     assert!(logs.contains("DEBUG"), "debug logging was on");
     let secret_part = &SENDGRID_KEY[3..];
-    for (what, text) in [("stderr", &logs), ("events", &seen), ("metrics", &metrics), ("admin", &admin)] {
+    for (what, text) in [
+        ("stderr", &logs),
+        ("events", &seen),
+        ("metrics", &metrics),
+        ("admin", &admin),
+    ] {
         assert!(!text.contains(secret_part), "credential leaked in {what}");
         assert!(!text.contains(KEY), "encryption key leaked in {what}");
     }

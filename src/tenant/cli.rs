@@ -106,7 +106,10 @@ pub async fn tenant(settings: &Settings, cmd: TenantCommand) -> anyhow::Result<(
                 println!("{tenant}: no config (system defaults)");
             }
             for r in rows {
-                println!("{}", serde_json::to_string_pretty(&view::masked(&store, &r))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view::masked(&store, &r))?
+                );
             }
         }
         TenantCommand::List => {
@@ -128,8 +131,17 @@ pub async fn tenant(settings: &Settings, cmd: TenantCommand) -> anyhow::Result<(
             }
         }
         TenantCommand::Delete { tenant, channel } => {
-            let found = store.delete(&tenant_id(&tenant)?, channel, &actor()).await?;
-            println!("{}", if found { "deleted" } else { "nothing to delete" });
+            let found = store
+                .delete(&tenant_id(&tenant)?, channel, &actor())
+                .await?;
+            println!(
+                "{}",
+                if found {
+                    "deleted"
+                } else {
+                    "nothing to delete"
+                }
+            );
         }
         TenantCommand::Test {
             tenant,

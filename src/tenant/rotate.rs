@@ -38,7 +38,8 @@ pub async fn rotate_all(
     let mut report = RotateReport::default();
     let total = rows.len();
     for (tenant, channel) in rows {
-        let tenant = TenantId::parse(&tenant).map_err(|_| sqlx::Error::Decode("tenant_id".into()))?;
+        let tenant =
+            TenantId::parse(&tenant).map_err(|_| sqlx::Error::Decode("tenant_id".into()))?;
         let n = rotate_row(store, &tenant, channel, actor).await?;
         report.rows += 1;
         report.values += n;

@@ -23,7 +23,10 @@ pub fn masked(store: &TenantStore, s: &StoredConfig) -> Value {
             let kind = entry
                 .get("provider")
                 .and_then(|k| serde_json::from_value::<ProviderKind>(k.clone()).ok());
-            for name in kind.map(ProviderSettings::secret_fields).unwrap_or_default() {
+            for name in kind
+                .map(ProviderSettings::secret_fields)
+                .unwrap_or_default()
+            {
                 if let Some(Value::String(stored)) = entry.get(*name) {
                     let path = sealed::field_path(s.channel, i, name);
                     let ctx = FieldContext::new(s.tenant.as_str(), &path);
