@@ -1,12 +1,13 @@
 //! Wiring: build the worker's parts from settings and run them.
 
+use crate::admin_api::{AdminState, Tokens};
 use crate::broker::Topology;
 use crate::delivery_log::DeliveryLog;
 use crate::dispatch::{QuickRetry, RetryBudget};
 use crate::health::Health;
 use crate::provider::ProviderContext;
 use crate::settings::Settings;
-use crate::tenant::Directory;
+use crate::tenant::{self, Directory, TenantStore};
 use crate::worker::{self, ConsumerConfig, Shared};
 use crate::{db, http, metrics};
 use anyhow::Context;
@@ -36,21 +37,44 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         db::migrate(&pool).await?;
     }
     let ctx = provider_context(&settings);
-    let directory = Arc::new(Directory::new(&settings, &ctx).context("system default providers")?);
+    // No keys is valid: tenants with stored credentials then fail one by one.
+    let keys = Arc::new(settings.key_ring().context("crypto.keys")?);
+    let store = TenantStore::new(pool.clone(), keys);
+    let directory = Arc::new(
+        Directory::new(&settings, &ctx)
+            .context("system default providers")?
+            .with_store(store.clone()),
+    );
+    let listener_stop = CancellationToken::new();
+    let listener_task = tokio::spawn(tenant::listener::run(
+        pool.clone(),
+        directory.clone(),
+        listener_stop.clone(),
+    ));
     let health = Arc::new(Health::new(pool.clone()));
 
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
         .with_context(|| format!("cannot listen on http.bind = {}", settings.http.bind))?;
     tracing::info!(addr = %listener.local_addr()?, "http listening (/metrics, /healthz, /readyz)");
+    let w = &settings.worker;
+    let quick_retry = QuickRetry {
+        times: w.quick_retries,
+        base: Duration::from_millis(w.quick_retry_base_ms),
+    };
     let router = http::router(http::HttpState {
         metrics: handle,
         health: health.clone(),
+        admin: Some(AdminState {
+            store,
+            directory: directory.clone(),
+            auth: Arc::new(Tokens::new(&settings.admin)),
+            quick_retry: quick_retry.clone(),
+        }),
     });
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
 
-    let w = &settings.worker;
     let log = DeliveryLog::new(
         pool.clone(),
         settings.delivery_log.batch_size,
@@ -61,10 +85,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         log,
         directory,
         topology: Topology::new(&settings.amqp, &w.retry_delays_secs),
-        quick_retry: QuickRetry {
-            times: w.quick_retries,
-            base: Duration::from_millis(w.quick_retry_base_ms),
-        },
+        quick_retry,
         budget: RetryBudget {
             max_attempts: w.max_attempts,
             max_age: Duration::from_secs(w.max_age_secs),
@@ -79,7 +100,9 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     };
     worker::run(shared, cfg, health, shutdown).await;
     http_stop.cancel();
+    listener_stop.cancel();
     let _ = http_task.await;
+    let _ = listener_task.await;
     pool.close().await;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! HTTP: `/metrics` (Prometheus), `/healthz` (process alive), `/readyz`
-//! (broker connected and database reachable).
+//! (broker connected and database reachable), and the admin API under
+//! `/admin/v1` ([`crate::admin_api`]).
 
 use crate::health::Health;
 use axum::extract::State;
@@ -14,14 +15,21 @@ use std::sync::Arc;
 pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub health: Arc<Health>,
+    /// The admin API, mounted under `/admin/v1` when given.
+    pub admin: Option<crate::admin_api::AdminState>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let admin = state.admin.clone();
+    let r = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(state)
+        .with_state(state);
+    match admin {
+        Some(a) => r.nest("/admin/v1", crate::admin_api::router(a)),
+        None => r,
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

@@ -331,7 +331,8 @@ impl Job {
     }
 }
 
-fn validate_recipient(channel: Channel, r: &str) -> Result<(), JobError> {
+/// Check a recipient for a channel (email address or E.164 number).
+pub fn validate_recipient(channel: Channel, r: &str) -> Result<(), JobError> {
     let bad = |reason: String| JobError::InvalidRecipient { channel, reason };
     match channel {
         Channel::Email => {

@@ -7,9 +7,11 @@
 //! - [`tenant`]: tenants' provider chains; [`provider`]: one adapter per provider.
 //! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
 //! - [`events`]: delivery events; [`metrics`], [`http`], [`health`]: observability.
+//! - [`admin_api`]: `/admin/v1`, tenants' config over HTTP.
 //! - [`app`]: wiring; [`demo`]: the one-command demonstration.
 #![forbid(unsafe_code)]
 
+pub mod admin_api;
 pub mod app;
 pub mod batch;
 pub mod broker;

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use outreach::broker::Topology;
 use outreach::enqueue::JobPublisher;
 use outreach::settings::Settings;
+use outreach::tenant::cli::{self as tenant_cli, AdminCommand, KeysCommand, TenantCommand};
 use outreach::{app, db, demo, telemetry};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,15 @@ enum Command {
     },
     /// Publish a job (from a JSON file or flags) to the jobs exchange.
     Enqueue(Box<EnqueueArgs>),
+    /// Manage tenants' messaging config.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Encryption keys of stored credentials.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Admin API helpers.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Run the whole pipeline on a few hundred demo jobs and summarise.
     Demo {
         #[arg(long, default_value_t = 300)]
@@ -105,6 +115,12 @@ fn main() -> anyhow::Result<()> {
                 app::run_worker(settings, app::shutdown_on_signals()).await
             }
             Command::Enqueue(args) => enqueue(&settings, *args).await,
+            Command::Tenant(cmd) => tenant_cli::tenant(&settings, cmd).await,
+            Command::Keys(cmd) => tenant_cli::keys(&settings, cmd).await,
+            Command::Admin(cmd) => {
+                tenant_cli::admin(cmd);
+                Ok(())
+            }
             Command::Demo {
                 jobs,
                 tenants,

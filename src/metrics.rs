@@ -20,6 +20,8 @@ pub const LOG_BATCH_SIZE: &str = "outreach_delivery_log_batch_size";
 pub const CONFIG_CACHE_HITS: &str = "outreach_tenant_config_cache_hits_total";
 pub const CONFIG_CACHE_MISSES: &str = "outreach_tenant_config_cache_misses_total";
 pub const CONFIG_LOAD_DURATION: &str = "outreach_tenant_config_load_seconds";
+/// Tenant configs that could not be decrypted or built (per-tenant errors).
+pub const CONFIG_ERRORS: &str = "outreach_tenant_config_errors_total";
 pub const BROKER_CONNECTED: &str = "outreach_broker_connected";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -2,6 +2,7 @@
 //! then `OUTREACH__SECTION__KEY` environment variables. Each field is
 //! documented in `config/default.toml`.
 
+use crate::crypto::KeyConfig;
 use crate::provider::ProviderSettings;
 use serde::Deserialize;
 use std::path::Path;
@@ -19,6 +20,51 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub providers: ProvidersSettings,
     pub defaults: SystemDefaults,
+    pub crypto: CryptoSettings,
+    pub tenant_config: TenantConfigSettings,
+    pub admin: AdminSettings,
+}
+
+/// Keys that encrypt tenants' stored credentials (see `crypto`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CryptoSettings {
+    /// Every key that may have encrypted a stored value: `{ id, key }`, key in hex.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// The key new values are encrypted with; the last of `keys` when unset.
+    #[serde(default)]
+    pub active_key: Option<String>,
+}
+
+/// The per-process cache of tenants' resolved provider chains.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TenantConfigSettings {
+    /// Seconds a resolved chain is kept; changes also invalidate it at once (NOTIFY).
+    pub cache_ttl_secs: u64,
+    /// Most (tenant, channel) chains kept in memory.
+    pub cache_max_entries: u64,
+}
+
+/// Bearer tokens of the admin API, stored as SHA-256 hex digests only.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    /// Digests of tokens that may manage every tenant.
+    #[serde(default)]
+    pub operator_token_sha256: Vec<String>,
+    /// Digests of tokens limited to one tenant.
+    #[serde(default)]
+    pub tenant_tokens: Vec<TenantToken>,
+}
+
+/// A token that manages one tenant's config.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TenantToken {
+    /// The tenant it may manage.
+    pub tenant: String,
+    /// SHA-256 of the token, 64 hex characters (`outreach admin hash-token`).
+    pub sha256: String,
+    /// Who holds it; recorded as the actor in `config_audit`.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,8 +167,12 @@ impl Settings {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("worker.retry_delays_secs")
+            .with_list_parse_key("admin.operator_token_sha256")
             .try_parsing(true);
-        let s: Settings = b.add_source(env).build()?.try_deserialize()?;
+        let mut s: Settings = b.add_source(env).build()?.try_deserialize()?;
+        if let Ok(keys) = std::env::var(KEYS_ENV) {
+            s.crypto.keys.extend(parse_key_list(&keys)?);
+        }
         s.validate()?;
         Ok(s)
     }
@@ -159,6 +209,39 @@ impl Settings {
                 "batch_size and concurrent_batches must be at least 1",
             );
         }
+        if self.tenant_config.cache_max_entries == 0 {
+            return bad("tenant_config.cache_max_entries", "must be at least 1");
+        }
+        let is_digest = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        if !self
+            .admin
+            .operator_token_sha256
+            .iter()
+            .all(|h| is_digest(h))
+        {
+            return bad(
+                "admin.operator_token_sha256",
+                "each entry must be 64 hex characters (outreach admin hash-token)",
+            );
+        }
+        if !self
+            .admin
+            .tenant_tokens
+            .iter()
+            .all(|t| is_digest(&t.sha256))
+        {
+            return bad(
+                "admin.tenant_tokens",
+                "each sha256 must be 64 hex characters (outreach admin hash-token)",
+            );
+        }
+        // Builds the ring once so a bad key stops start-up, not the first tenant.
+        if let Err(e) = self.key_ring() {
+            return Err(SettingsError::Invalid {
+                key: "crypto.keys",
+                reason: e.to_string(),
+            });
+        }
         for (key, p) in [
             ("defaults.email", &self.defaults.email),
             ("defaults.sms", &self.defaults.sms),
@@ -182,6 +265,11 @@ impl Settings {
         }
     }
 
+    /// The configured encryption keys (possibly none).
+    pub fn key_ring(&self) -> Result<crate::crypto::KeyRing, crate::crypto::CryptoError> {
+        crate::crypto::KeyRing::from_config(&self.crypto.keys, self.crypto.active_key.as_deref())
+    }
+
     pub fn provider_timeout(&self) -> Duration {
         Duration::from_secs(self.providers.timeout_secs)
     }
@@ -189,6 +277,30 @@ impl Settings {
     pub fn provider_connect_timeout(&self) -> Duration {
         Duration::from_secs(self.providers.connect_timeout_secs)
     }
+}
+
+/// Keys in one variable, `kid:hex,kid:hex` (the `config` crate's nested-list
+/// env form, `OUTREACH__CRYPTO__KEYS__0__ID`, is too awkward for secrets
+/// managers). Appended after the keys from files, so the last one here is
+/// active unless `crypto.active_key` says otherwise.
+pub const KEYS_ENV: &str = "OUTREACH_ENCRYPTION_KEYS";
+
+fn parse_key_list(list: &str) -> Result<Vec<KeyConfig>, SettingsError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once(':') {
+            Some((id, key)) => Ok(KeyConfig {
+                id: id.trim().to_owned(),
+                key: key.trim().into(),
+            }),
+            // The entry is not quoted: it may be a bare key.
+            None => Err(SettingsError::Invalid {
+                key: KEYS_ENV,
+                reason: "expected kid:hexkey pairs separated by commas".into(),
+            }),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -204,6 +316,15 @@ mod tests {
             s.defaults.email.kind(),
             crate::provider::ProviderKind::Sandbox
         );
+    }
+
+    #[test]
+    fn the_key_list_variable_is_read_as_kid_colon_key_pairs() {
+        let keys = parse_key_list(&format!("a:{}, b:{}", "0".repeat(64), "1".repeat(64))).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].id, "b");
+        let err = parse_key_list("justakey").unwrap_err().to_string();
+        assert!(!err.contains("justakey"));
     }
 
     #[test]

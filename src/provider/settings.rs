@@ -26,7 +26,11 @@ impl SettingsError {
 }
 
 /// One provider account: which provider, its credentials and sender identity.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Serialize` writes every field except the secrets (they are
+/// `skip_serializing`), so serialized settings are safe to store or show; the
+/// tenant store adds each secret back as ciphertext (see [`Self::secret`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "provider", rename_all = "lowercase")]
 pub enum ProviderSettings {
     Sandbox(SandboxSettings),
@@ -59,7 +63,7 @@ pub enum SmtpSecurity {
     Tls,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSettings {
     pub host: String,
@@ -71,6 +75,7 @@ pub struct SmtpSettings {
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing)]
     pub password: Option<SecretString>,
     pub from_email: String,
     #[serde(default)]
@@ -93,9 +98,10 @@ fn default_pool_idle() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendgridSettings {
+    #[serde(skip_serializing)]
     pub api_key: SecretString,
     pub from_email: String,
     #[serde(default)]
@@ -111,11 +117,12 @@ pub struct SendgridSettings {
     pub base_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SesSettings {
     pub region: String,
     pub access_key_id: String,
+    #[serde(skip_serializing)]
     pub secret_access_key: SecretString,
     pub from_email: String,
     #[serde(default)]
@@ -127,10 +134,11 @@ pub struct SesSettings {
     pub base_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TwilioSettings {
     pub account_sid: String,
+    #[serde(skip_serializing)]
     pub auth_token: SecretString,
     /// Sender number (E.164) for SMS, or WhatsApp sender number.
     #[serde(default)]
@@ -143,9 +151,10 @@ pub struct TwilioSettings {
     pub base_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetaSettings {
+    #[serde(skip_serializing)]
     pub access_token: SecretString,
     pub phone_number_id: String,
     /// Graph API version, `v23.0` by default.
@@ -156,10 +165,11 @@ pub struct MetaSettings {
     pub base_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VonageSettings {
     pub api_key: String,
+    #[serde(skip_serializing)]
     pub api_secret: SecretString,
     /// Sender: E.164 number or alphanumeric sender id.
     pub from: String,
@@ -191,6 +201,19 @@ impl ProviderSettings {
             ProviderKind::Twilio => &["auth_token"],
             ProviderKind::Meta => &["access_token"],
             ProviderKind::Vonage => &["api_secret"],
+        }
+    }
+
+    /// The secret stored in field `name` (one of [`Self::secret_fields`]), if set.
+    pub fn secret(&self, name: &str) -> Option<&SecretString> {
+        match (self, name) {
+            (ProviderSettings::Smtp(s), "password") => s.password.as_ref(),
+            (ProviderSettings::Sendgrid(s), "api_key") => Some(&s.api_key),
+            (ProviderSettings::Ses(s), "secret_access_key") => Some(&s.secret_access_key),
+            (ProviderSettings::Twilio(s), "auth_token") => Some(&s.auth_token),
+            (ProviderSettings::Meta(s), "access_token") => Some(&s.access_token),
+            (ProviderSettings::Vonage(s), "api_secret") => Some(&s.api_secret),
+            _ => None,
         }
     }
 
@@ -404,6 +427,18 @@ mod tests {
         for v in ok {
             parse(v).validate().unwrap();
         }
+    }
+
+    #[test]
+    fn serialized_settings_leave_the_secrets_out() {
+        let s = parse(
+            serde_json::json!({"provider": "sendgrid", "api_key": "SG.very-secret", "from_email": "a@b.co"}),
+        );
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["provider"], "sendgrid");
+        assert_eq!(v["from_email"], "a@b.co");
+        assert!(v.get("api_key").is_none());
+        assert!(!v.to_string().contains("very-secret"));
     }
 
     #[test]

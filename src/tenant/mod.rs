@@ -1,14 +1,29 @@
 //! Tenants' messaging config, resolved into provider chains.
 //!
-//! [`Directory::resolve`] answers "which providers, in which order, for this
-//! tenant and channel": the tenant's primary, its fallbacks, then the system
-//! default (when the tenant allows it). Tenants without config get the system
-//! default alone, as in the seed systems.
+//! - [`model`]: the config a tenant writes for a channel, and its validation.
+//! - [`sealed`]: chain entries as stored, secrets encrypted per field.
+//! - [`store`]: PostgreSQL reads and writes, audit and NOTIFY; [`rotate`]: key rotation.
+//! - [`view`]: the masked form for `tenant show` and the admin API.
+//! - [`directory`]: [`Directory::resolve`], the cached chains workers send through;
+//!   [`listener`]: invalidation on every change.
+//! - [`cli`]: the `tenant`, `keys` and `admin` commands.
 
-use crate::job::{Channel, TenantId};
-use crate::provider::{self, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind};
-use crate::settings::Settings;
+pub mod cli;
+pub mod directory;
+pub mod listener;
+pub mod model;
+pub mod rotate;
+pub mod sealed;
+pub mod store;
+pub mod view;
+
+use crate::job::Channel;
+use crate::provider::{ErrorKind, Provider, ProviderError, ProviderKind};
 use std::sync::Arc;
+
+pub use directory::Directory;
+pub use model::{ChannelConfig, ConfigError, RateLimits};
+pub use store::{StoreError, StoredConfig, TenantStore};
 
 /// One provider in a chain.
 #[derive(Clone)]
@@ -29,61 +44,6 @@ pub struct ChainStep {
 pub struct ResolvedChannel {
     pub enabled: bool,
     pub steps: Vec<ChainStep>,
-}
-
-/// Resolves tenants' chains.
-pub struct Directory {
-    system: [Arc<ResolvedChannel>; 3],
-}
-
-impl Directory {
-    pub fn new(
-        settings: &Settings,
-        ctx: &ProviderContext,
-    ) -> Result<Self, provider::SettingsError> {
-        let system = |channel: Channel| -> Result<Arc<ResolvedChannel>, provider::SettingsError> {
-            let s = settings.system_default(channel);
-            if !s.kind().supports(channel) {
-                return Err(provider::SettingsError::new(
-                    format!("defaults.{channel}.provider"),
-                    format!("{} cannot carry {channel}", s.kind()),
-                ));
-            }
-            let p = provider::build(s, ctx, None).map_err(|e| {
-                provider::SettingsError::new(format!("defaults.{channel}.{}", e.field), e.reason)
-            })?;
-            Ok(Arc::new(ResolvedChannel {
-                enabled: true,
-                steps: vec![ChainStep {
-                    kind: p.kind(),
-                    provider: p,
-                    step: 0,
-                    is_system: true,
-                    account: format!("system:{channel}").into(),
-                }],
-            }))
-        };
-        Ok(Self {
-            system: [
-                system(Channel::Email)?,
-                system(Channel::Sms)?,
-                system(Channel::Whatsapp)?,
-            ],
-        })
-    }
-
-    /// The chain for a tenant and channel.
-    pub async fn resolve(
-        &self,
-        _tenant: &TenantId,
-        channel: Channel,
-    ) -> Result<Arc<ResolvedChannel>, ProviderError> {
-        Ok(self.system_chain(channel))
-    }
-
-    pub fn system_chain(&self, channel: Channel) -> Arc<ResolvedChannel> {
-        self.system[channel as usize].clone()
-    }
 }
 
 /// The error for a channel a tenant switched off.

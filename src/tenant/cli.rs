@@ -1,0 +1,209 @@
+//! The `tenant`, `keys` and `admin` commands (glue: errors are `anyhow`).
+
+use super::{ChannelConfig, Directory, TenantStore, rotate, view};
+use crate::admin_api;
+use crate::dispatch::QuickRetry;
+use crate::job::{Channel, TenantId};
+use crate::settings::Settings;
+use crate::{app, crypto, db};
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use secrecy::ExposeSecret;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Store a channel's config from a TOML or JSON file (creates the tenant).
+    Set {
+        tenant: String,
+        #[arg(long)]
+        channel: Channel,
+        /// `.toml` or `.json` (anything else is read as JSON).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Show a tenant's configs with secrets masked.
+    Show { tenant: String },
+    /// List every stored config.
+    List,
+    /// Delete one channel's config, or the tenant with all of them.
+    Delete {
+        tenant: String,
+        #[arg(long)]
+        channel: Option<Channel>,
+    },
+    /// Send a real test message through the tenant's chain.
+    Test {
+        tenant: String,
+        #[arg(long)]
+        channel: Channel,
+        /// Email address or E.164 number.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Print a new key id and key, and how to configure them.
+    Generate,
+    /// Re-encrypt every stored credential with the active key (re-runnable).
+    Rotate,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Print the SHA-256 of an API token, for admin.operator_token_sha256 / tenant_tokens.
+    HashToken { token: String },
+}
+
+/// `cli:<user>`, the audit actor of CLI changes.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+async fn store(settings: &Settings) -> anyhow::Result<TenantStore> {
+    let pool = db::connect_creating(&settings.database).await?;
+    db::migrate(&pool).await?;
+    let keys = settings.key_ring().context("crypto.keys")?;
+    Ok(TenantStore::new(pool, Arc::new(keys)))
+}
+
+fn tenant_id(s: &str) -> anyhow::Result<TenantId> {
+    TenantId::parse(s).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub async fn tenant(settings: &Settings, cmd: TenantCommand) -> anyhow::Result<()> {
+    let store = store(settings).await?;
+    match cmd {
+        TenantCommand::Set {
+            tenant,
+            channel,
+            file,
+        } => {
+            let t = tenant_id(&tenant)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let is_toml = file.extension().is_some_and(|e| e == "toml");
+            let cfg = if is_toml {
+                ChannelConfig::from_toml(&text, channel)
+            } else {
+                let v = serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("not valid JSON at line {}", e.line()))?;
+                ChannelConfig::from_json(v, channel)
+            }?;
+            let version = store.put(&t, channel, &cfg, &actor()).await?;
+            println!("{tenant} {channel}: stored version {version}");
+        }
+        TenantCommand::Show { tenant } => {
+            let rows = store.get_tenant(&tenant_id(&tenant)?).await?;
+            if rows.is_empty() {
+                println!("{tenant}: no config (system defaults)");
+            }
+            for r in rows {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view::masked(&store, &r))?
+                );
+            }
+        }
+        TenantCommand::List => {
+            for r in store.list().await? {
+                let providers: Vec<String> = r
+                    .providers()
+                    .iter()
+                    .map(|p| p.map_or("?".into(), |k| k.to_string()))
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\tchain=[{}]\tfallback_to_system={}\tv{}",
+                    r.tenant,
+                    r.channel,
+                    if r.enabled { "enabled" } else { "disabled" },
+                    providers.join(","),
+                    r.fallback_to_system,
+                    r.version
+                );
+            }
+        }
+        TenantCommand::Delete { tenant, channel } => {
+            let found = store
+                .delete(&tenant_id(&tenant)?, channel, &actor())
+                .await?;
+            println!(
+                "{}",
+                if found {
+                    "deleted"
+                } else {
+                    "nothing to delete"
+                }
+            );
+        }
+        TenantCommand::Test {
+            tenant,
+            channel,
+            to,
+        } => {
+            let t = tenant_id(&tenant)?;
+            app::install_crypto();
+            let ctx = app::provider_context(settings);
+            let directory = Directory::new(settings, &ctx)
+                .context("system default providers")?
+                .with_store(store);
+            let job = admin_api::test_job(&t, channel, &to).map_err(|e| anyhow::anyhow!(e))?;
+            let quick = QuickRetry {
+                times: settings.worker.quick_retries,
+                base: Duration::from_millis(settings.worker.quick_retry_base_ms),
+            };
+            let result = admin_api::send_test(&directory, &job, &quick).await;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            if result["sent"] != true {
+                bail!("the test message was not sent");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn keys(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Generate => {
+            let (kid, key) = crypto::generate_key();
+            println!("kid: {kid}\nkey: {}", key.expose_secret());
+            println!(
+                "\nConfigure it (keep older keys listed until `outreach keys rotate` has run):\n  \
+                 OUTREACH_ENCRYPTION_KEYS=\"<older kid:key,>{kid}:<key>\"\n\
+                 or in the config file:\n  [[crypto.keys]]\n  id = \"{kid}\"\n  key = \"<key>\"\n\
+                 The last key listed encrypts unless crypto.active_key names another."
+            );
+        }
+        KeysCommand::Rotate => {
+            let store = store(settings).await?;
+            let active = store
+                .keys()
+                .active_kid()
+                .context("no encryption key configured")?
+                .to_owned();
+            println!("re-encrypting stored credentials with key {active}");
+            let report = rotate::rotate_all(&store, &actor(), |done, total, t, c, n| {
+                println!("[{done}/{total}] {t} {c}: {n} value(s) re-encrypted");
+            })
+            .await?;
+            println!(
+                "done: {} row(s), {} value(s) re-encrypted",
+                report.rows, report.values
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn admin(cmd: AdminCommand) {
+    match cmd {
+        AdminCommand::HashToken { token } => println!("{}", admin_api::hash_token(&token)),
+    }
+}

@@ -1,0 +1,266 @@
+//! [`Directory::resolve`]: which providers, in which order, for a tenant and
+//! channel. The tenant's chain, then the system default (when the tenant
+//! allows it); tenants without config get the system default alone.
+//!
+//! Resolved chains are cached (moka, TTL `tenant_config.cache_ttl_secs`), so
+//! the hot path neither queries the database nor decrypts. The
+//! [`listener`](super::listener) invalidates a tenant's entries when its config
+//! changes; a reload then reuses every provider whose settings are unchanged
+//! (same SHA-256 fingerprint), keeping its connection pools.
+
+use super::sealed::{self, SealError};
+use super::{ChainStep, ResolvedChannel, StoredConfig, TenantStore};
+use crate::job::{Channel, TenantId};
+use crate::metrics as m;
+use crate::provider::{self, ErrorKind, Provider, ProviderContext, ProviderError};
+use crate::settings::Settings;
+use moka::future::Cache;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+type Key = (TenantId, Channel);
+/// Providers built for a tenant's channel, by fingerprint of their settings.
+type Built = HashMap<[u8; 32], Arc<dyn Provider>>;
+
+/// Resolves tenants' chains.
+pub struct Directory {
+    system: [Arc<ResolvedChannel>; 3],
+    store: Option<TenantStore>,
+    ctx: ProviderContext,
+    cache: Cache<Key, Arc<ResolvedChannel>>,
+    /// Kept across invalidations so unchanged providers are reused.
+    built: Mutex<HashMap<Key, Built>>,
+    /// Bumped on every invalidation: a load that raced one is dropped.
+    epoch: AtomicU64,
+}
+
+impl Directory {
+    /// System defaults only (no tenant store).
+    pub fn new(
+        settings: &Settings,
+        ctx: &ProviderContext,
+    ) -> Result<Self, provider::SettingsError> {
+        let system = |channel: Channel| -> Result<Arc<ResolvedChannel>, provider::SettingsError> {
+            let s = settings.system_default(channel);
+            if !s.kind().supports(channel) {
+                return Err(provider::SettingsError::new(
+                    format!("defaults.{channel}.provider"),
+                    format!("{} cannot carry {channel}", s.kind()),
+                ));
+            }
+            let p = provider::build(s, ctx, None).map_err(|e| {
+                provider::SettingsError::new(format!("defaults.{channel}.{}", e.field), e.reason)
+            })?;
+            Ok(Arc::new(ResolvedChannel {
+                enabled: true,
+                steps: vec![system_step(p, channel)],
+            }))
+        };
+        let tc = &settings.tenant_config;
+        Ok(Self {
+            system: [
+                system(Channel::Email)?,
+                system(Channel::Sms)?,
+                system(Channel::Whatsapp)?,
+            ],
+            store: None,
+            ctx: ctx.clone(),
+            cache: Cache::builder()
+                .max_capacity(tc.cache_max_entries)
+                .time_to_live(Duration::from_secs(tc.cache_ttl_secs))
+                .build(),
+            built: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// Resolve tenants' own configs from `store`.
+    pub fn with_store(mut self, store: TenantStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The chain for a tenant and channel, from the cache when possible.
+    pub async fn resolve(
+        &self,
+        tenant: &TenantId,
+        channel: Channel,
+    ) -> Result<Arc<ResolvedChannel>, ProviderError> {
+        if self.store.is_none() {
+            return Ok(self.system_chain(channel));
+        }
+        let key = (tenant.clone(), channel);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let entry = self
+            .cache
+            .entry(key.clone())
+            .or_try_insert_with(self.load(tenant, channel))
+            .await
+            .map_err(|e| (*e).clone())?;
+        if entry.is_fresh() {
+            metrics::counter!(m::CONFIG_CACHE_MISSES, "channel" => channel.as_str()).increment(1);
+            // An invalidation during the load may have been for this tenant:
+            // serve what was read, but do not keep it.
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                self.cache.invalidate(&key).await;
+            }
+        } else {
+            metrics::counter!(m::CONFIG_CACHE_HITS, "channel" => channel.as_str()).increment(1);
+        }
+        Ok(entry.into_value())
+    }
+
+    /// The chain as stored right now, bypassing the cache (`tenant test`).
+    pub async fn resolve_uncached(
+        &self,
+        tenant: &TenantId,
+        channel: Channel,
+    ) -> Result<Arc<ResolvedChannel>, ProviderError> {
+        self.load(tenant, channel).await
+    }
+
+    pub fn system_chain(&self, channel: Channel) -> Arc<ResolvedChannel> {
+        self.system[channel as usize].clone()
+    }
+
+    /// Drop a tenant's cached chains (its config changed).
+    pub async fn invalidate_tenant(&self, tenant: &TenantId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for c in Channel::ALL {
+            self.cache.invalidate(&(tenant.clone(), c)).await;
+        }
+    }
+
+    /// Drop every cached chain (notifications may have been missed).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
+
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        channel: Channel,
+    ) -> Result<Arc<ResolvedChannel>, ProviderError> {
+        let Some(store) = &self.store else {
+            return Ok(self.system_chain(channel));
+        };
+        let started = Instant::now();
+        let row = store.get(tenant, channel).await.map_err(|e| {
+            // The database is down or slow: the job goes back to the broker.
+            ProviderError::new(
+                ErrorKind::Transient,
+                Some("config_unavailable".into()),
+                format!("tenant config could not be read: {e}"),
+            )
+        })?;
+        metrics::histogram!(m::CONFIG_LOAD_DURATION).record(started.elapsed().as_secs_f64());
+        let key = (tenant.clone(), channel);
+        let Some(row) = row else {
+            self.built_map().remove(&key);
+            return Ok(self.system_chain(channel));
+        };
+        if !row.enabled {
+            return Ok(Arc::new(ResolvedChannel {
+                enabled: false,
+                steps: vec![],
+            }));
+        }
+        match self.build_chain(store, &row) {
+            Ok(chain) => Ok(Arc::new(chain)),
+            Err(e) => {
+                // Field and reason only: the error types never carry values.
+                tracing::error!(tenant_id = %tenant, %channel, field = %e.field(), error = %e,
+                    "tenant config cannot be used");
+                metrics::counter!(m::CONFIG_ERRORS, "channel" => channel.as_str()).increment(1);
+                if row.fallback_to_system {
+                    Ok(self.system_chain(channel))
+                } else {
+                    Err(ProviderError::new(
+                        ErrorKind::Config,
+                        Some("tenant_config".into()),
+                        format!("tenant config unusable: {e}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn build_chain(
+        &self,
+        store: &TenantStore,
+        row: &StoredConfig,
+    ) -> Result<ResolvedChannel, ChainError> {
+        let (tenant, channel) = (&row.tenant, row.channel);
+        let key = (tenant.clone(), channel);
+        let previous = self.built_map().get(&key).cloned().unwrap_or_default();
+        let mut built = Built::new();
+        let mut steps = Vec::with_capacity(row.chain.len() + 1);
+        for (i, stored) in row.chain.iter().enumerate() {
+            let settings = sealed::open(store.keys(), tenant, channel, i, stored)?;
+            let fp = sealed::fingerprint(&settings);
+            let p = match previous.get(&fp).or_else(|| built.get(&fp)) {
+                Some(p) => p.clone(),
+                None => provider::build(&settings, &self.ctx, Some(tenant)).map_err(|e| {
+                    ChainError::Build {
+                        field: format!("chain[{i}].{}", e.field),
+                        reason: e.reason,
+                    }
+                })?,
+            };
+            built.insert(fp, p.clone());
+            steps.push(ChainStep {
+                kind: p.kind(),
+                provider: p,
+                step: i as u16,
+                is_system: false,
+                account: format!("tenant:{tenant}:{channel}:{i}").into(),
+            });
+        }
+        if row.fallback_to_system {
+            let mut system = self.system_chain(channel).steps[0].clone();
+            system.step = steps.len() as u16;
+            steps.push(system);
+        }
+        self.built_map().insert(key, built);
+        Ok(ResolvedChannel {
+            enabled: true,
+            steps,
+        })
+    }
+
+    fn built_map(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Built>> {
+        // A panic while holding this lock leaves a map that is still valid.
+        self.built.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn system_step(p: Arc<dyn Provider>, channel: Channel) -> ChainStep {
+    ChainStep {
+        kind: p.kind(),
+        provider: p,
+        step: 0,
+        is_system: true,
+        account: format!("system:{channel}").into(),
+    }
+}
+
+/// Why a stored chain could not be built; names the field, never a value.
+#[derive(Debug, thiserror::Error)]
+enum ChainError {
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("invalid `{field}`: {reason}")]
+    Build { field: String, reason: String },
+}
+
+impl ChainError {
+    fn field(&self) -> String {
+        match self {
+            ChainError::Seal(e) => e.field(),
+            ChainError::Build { field, .. } => field.clone(),
+        }
+    }
+}
