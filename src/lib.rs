@@ -7,11 +7,12 @@
 //! - [`tenant`]: tenants' provider chains; [`provider`]: one adapter per provider.
 //! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
 //! - [`events`]: delivery events; [`metrics`], [`http`], [`health`]: observability.
-//! - [`app`]: wiring; [`demo`]: the one-command demonstration.
+//! - [`app`]: wiring; [`demo`]: the one-command demonstration; [`bench`]: the benchmark.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod batch;
+pub mod bench;
 pub mod broker;
 pub mod crypto;
 pub mod db;
