@@ -5,7 +5,6 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
 COPY config config
-COPY benches benches
 RUN cargo build --release --locked --bin outreach
 
 FROM debian:bookworm-slim

@@ -210,7 +210,10 @@ async fn claim_batch(
 
     // `l` below reads the snapshot from before the insert: for a granted claim
     // it is the previous row (attempt count of a retry), for a refused one the
-    // row that refused it.
+    // row that refused it. It is a LATERAL primary-key lookup with `LIMIT 1`
+    // so the planner cannot flatten it into a hash join over a sequential scan
+    // of the whole table (what it chose for a plain LEFT JOIN: the cost of
+    // every claim batch grew with the table; see BENCHMARKS.md).
     let sql = format!(
         "WITH input AS (
             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(job_id, tenant_id, channel)
@@ -223,10 +226,12 @@ async fn claim_batch(
              WHERE l.status = 'retrying' OR (l.status = 'processing' AND l.lease_until < now())
             RETURNING l.job_id
          )
-         SELECT i.job_id AS input_id, g.job_id IS NOT NULL AS granted, {COLUMNS}
+         SELECT i.job_id AS input_id, g.job_id IS NOT NULL AS granted, l.*
          FROM input i
          LEFT JOIN granted g ON g.job_id = i.job_id
-         LEFT JOIN outreach_logs l ON l.job_id = i.job_id"
+         LEFT JOIN LATERAL (
+            SELECT {COLUMNS} FROM outreach_logs l WHERE l.job_id = i.job_id LIMIT 1
+         ) l ON true"
     );
     let rows: Vec<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(unique.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())

@@ -8,12 +8,13 @@
 //! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
 //! - [`events`]: delivery events; [`metrics`], [`http`], [`health`]: observability.
 //! - [`admin_api`]: `/admin/v1`, tenants' config over HTTP.
-//! - [`app`]: wiring; [`demo`]: the one-command demonstration.
+//! - [`app`]: wiring; [`demo`]: the one-command demonstration; [`bench`]: the benchmark.
 #![forbid(unsafe_code)]
 
 pub mod admin_api;
 pub mod app;
 pub mod batch;
+pub mod bench;
 pub mod broker;
 pub mod crypto;
 pub mod db;

@@ -6,7 +6,7 @@ use outreach::broker::Topology;
 use outreach::enqueue::JobPublisher;
 use outreach::settings::Settings;
 use outreach::tenant::cli::{self as tenant_cli, AdminCommand, KeysCommand, TenantCommand};
-use outreach::{app, db, demo, telemetry};
+use outreach::{app, bench, db, demo, telemetry};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
+    /// Measure throughput, latency, CPU and memory against a broker-only baseline.
+    Bench(Box<bench::BenchOptions>),
 }
 
 #[derive(Args)]
@@ -96,7 +98,11 @@ struct EnqueueArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::Bench(_)) {
+        // Per-job info logs would cost the bench CPU; RUST_LOG still overrides.
+        settings.telemetry.filter = "warn".into();
+    }
     telemetry::init(&settings.telemetry);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -121,6 +127,7 @@ fn main() -> anyhow::Result<()> {
                 tenant_cli::admin(cmd);
                 Ok(())
             }
+            Command::Bench(opts) => bench::run(settings, *opts).await,
             Command::Demo {
                 jobs,
                 tenants,

@@ -1,0 +1,248 @@
+//! Load for the bench: job payloads (each carrying its index and enqueue time
+//! in `metadata`), confirmed publishing (all at once or paced), the event
+//! collector that sees every delivery event, and clean-up of a prefix.
+
+use crate::broker::{self, Topology};
+use crate::enqueue::JobPublisher;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use serde::Deserialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// Job `i` of run `run` for `tenant`: half email, a quarter SMS, a quarter
+/// WhatsApp free text, about 400-600 bytes each.
+pub fn payload(run: &str, i: usize, tenant: &str) -> Vec<u8> {
+    let meta = serde_json::json!({"bench_i": i, "enq_us": now_us()});
+    let job = match i % 4 {
+        0 | 2 => serde_json::json!({
+            "job_id": format!("b-{run}-{i}"), "tenant_id": tenant, "channel": "email",
+            "recipient": format!("patient{i}@example.com"),
+            "content": {"subject": "Your appointment on Tuesday",
+                        "text": "Dear patient, this is a reminder of your appointment on Tuesday at 10:00. Reply to reschedule.",
+                        "html": "<p>Dear patient, this is a reminder of your appointment on <b>Tuesday at 10:00</b>. Reply to reschedule.</p>"},
+            "metadata": meta}),
+        1 => serde_json::json!({
+            "job_id": format!("b-{run}-{i}"), "tenant_id": tenant, "channel": "sms",
+            "recipient": format!("+1415555{:04}", i % 10_000),
+            "content": {"text": "Reminder: your appointment is on Tuesday at 10:00. Reply STOP to opt out."},
+            "metadata": meta}),
+        _ => serde_json::json!({
+            "job_id": format!("b-{run}-{i}"), "tenant_id": tenant, "channel": "whatsapp",
+            "recipient": format!("+4477009{:05}", i % 100_000),
+            "content": {"text": "Reminder: your appointment is on Tuesday at 10:00."},
+            "metadata": meta}),
+    };
+    serde_json::to_vec(&job).expect("json")
+}
+
+/// Publish jobs `range` with `tenant_of(i)`, in confirmed chunks of 2,000,
+/// as fast as the broker takes them. Calls `progress(n)` after each chunk.
+pub async fn enqueue_all(
+    publisher: &JobPublisher,
+    run: &str,
+    range: std::ops::Range<usize>,
+    tenant_of: &(dyn Fn(usize) -> String + Sync),
+    progress: &(dyn Fn(usize) + Sync),
+) -> anyhow::Result<()> {
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + 2_000).min(range.end);
+        let chunk: Vec<Vec<u8>> = (start..end)
+            .map(|i| payload(run, i, &tenant_of(i)))
+            .collect();
+        publisher.publish_many(&chunk).await?;
+        progress(end - start);
+        start = end;
+    }
+    Ok(())
+}
+
+/// Publish jobs `range` at `per_sec` (open loop: each 10 ms tick publishes
+/// what is due, so a slow confirm does not lower the offered rate).
+pub async fn enqueue_paced(
+    publisher: &JobPublisher,
+    run: &str,
+    range: std::ops::Range<usize>,
+    tenant_of: &(dyn Fn(usize) -> String + Sync),
+    per_sec: f64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut next = range.start;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while next < range.end {
+        tick.tick().await;
+        let due = range.start + (started.elapsed().as_secs_f64() * per_sec) as usize;
+        let end = due.min(range.end);
+        if end > next {
+            let chunk: Vec<Vec<u8>> = (next..end)
+                .map(|i| payload(run, i, &tenant_of(i)))
+                .collect();
+            publisher.publish_many(&chunk).await?;
+            next = end;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct EventView {
+    status: String,
+    metadata: Option<BenchMeta>,
+}
+
+#[derive(Deserialize)]
+struct BenchMeta {
+    bench_i: usize,
+    enq_us: u64,
+}
+
+/// Per job index: when its final event arrived and its enqueue-to-final time.
+#[derive(Default)]
+pub struct Samples {
+    /// Receive time (µs since epoch) of the first final event; 0 = not yet.
+    pub done_at_us: Vec<u64>,
+    /// Enqueue-to-final latency in µs.
+    pub latency_us: Vec<u64>,
+}
+
+/// Consumes every event of a prefix (a private queue bound with `#`,
+/// no-ack) and records the first final event of each job.
+#[derive(Clone)]
+pub struct Collector {
+    samples: Arc<Mutex<Samples>>,
+    events: Arc<AtomicUsize>,
+}
+
+impl Collector {
+    /// Bind and start consuming; `capacity` is the number of job indices.
+    /// Runs on the caller's runtime until the connection is closed.
+    pub async fn start(
+        amqp_url: &str,
+        topology: &Topology,
+        capacity: usize,
+    ) -> anyhow::Result<(Collector, lapin::Connection)> {
+        let conn = broker::connect(amqp_url, "bench-events").await?;
+        let ch = conn.create_channel().await?;
+        let q = format!("{}.bench-events", topology.events_exchange);
+        // Exclusive and auto-delete: it goes away with the bench's connection.
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(q.as_str().into(), opts, FieldTable::default())
+            .await?;
+        ch.queue_bind(
+            q.as_str().into(),
+            topology.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let mut consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                "bench-collector".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let c = Collector {
+            samples: Arc::new(Mutex::new(Samples {
+                done_at_us: vec![0; capacity],
+                latency_us: vec![0; capacity],
+            })),
+            events: Arc::new(AtomicUsize::new(0)),
+        };
+        let me = c.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                me.events.fetch_add(1, Ordering::Relaxed);
+                me.observe(&d.data, now_us());
+            }
+        });
+        Ok((c, conn))
+    }
+
+    fn observe(&self, body: &[u8], at_us: u64) {
+        let Ok(ev) = serde_json::from_slice::<EventView>(body) else {
+            return;
+        };
+        if !matches!(ev.status.as_str(), "sent" | "failed" | "expired") {
+            return;
+        }
+        let Some(m) = ev.metadata else { return };
+        let mut s = self.samples.lock().expect("not poisoned");
+        if m.bench_i < s.done_at_us.len() && s.done_at_us[m.bench_i] == 0 {
+            s.done_at_us[m.bench_i] = at_us;
+            s.latency_us[m.bench_i] = at_us.saturating_sub(m.enq_us);
+        }
+    }
+
+    /// Events seen so far (final or not, replays included).
+    pub fn events(&self) -> usize {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Jobs in `range` with a final event.
+    pub fn finals_in(&self, range: std::ops::Range<usize>) -> usize {
+        let s = self.samples.lock().expect("not poisoned");
+        s.done_at_us[range].iter().filter(|t| **t != 0).count()
+    }
+
+    /// Completion times and latencies of jobs in `range` that finished.
+    pub fn take(&self, range: std::ops::Range<usize>) -> (Vec<u64>, Vec<u64>) {
+        let s = self.samples.lock().expect("not poisoned");
+        let done = s.done_at_us[range.clone()]
+            .iter()
+            .copied()
+            .filter(|t| *t != 0)
+            .collect();
+        let lat = range
+            .filter(|i| s.done_at_us[*i] != 0)
+            .map(|i| s.latency_us[i])
+            .collect();
+        (done, lat)
+    }
+}
+
+/// Delete a prefix's queues and exchanges.
+pub async fn delete_topology(amqp_url: &str, t: &Topology) -> anyhow::Result<()> {
+    let conn = broker::connect(amqp_url, "bench-cleanup").await?;
+    let ch = conn.create_channel().await?;
+    let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
+    queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
+    for q in queues {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for e in [
+        &t.jobs_exchange,
+        &t.retry_exchange,
+        &t.dead_letter_exchange,
+        &t.events_exchange,
+    ] {
+        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The bench's private world: a fresh database with its tenants, the system
+//! default providers pointed at the fake, and the workers under test (tasks
+//! in this process, or `outreach worker` child processes).
+
+use crate::provider::ProviderSettings;
+use crate::settings::Settings;
+use crate::{app, db};
+use anyhow::Context;
+use sqlx::PgPool;
+use std::process::{Child, Command, Stdio};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Point `settings` at a database of its own name and create it, migrated.
+pub async fn fresh_database(settings: &mut Settings, name: &str) -> anyhow::Result<PgPool> {
+    let mut url = url::Url::parse(&settings.database.url).context("database.url")?;
+    url.set_path(&format!("/{name}"));
+    settings.database.url = url.to_string();
+    let pool = db::connect_creating(&settings.database).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Drop the bench database (closing other sessions first).
+pub async fn drop_database(settings: &Settings, name: &str) -> anyhow::Result<()> {
+    let mut url = url::Url::parse(&settings.database.url)?;
+    url.set_path("/postgres");
+    let admin = PgPool::connect(url.as_str()).await?;
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    Ok(())
+}
+
+/// The id of bench tenant `i`.
+pub fn tenant_id(i: usize) -> String {
+    format!("bench-tenant-{i}")
+}
+
+/// What the bench creates for one tenant.
+pub struct TenantSpec {
+    pub id: String,
+    pub name: String,
+}
+
+/// Configure tenant `i`: the hook for per-tenant provider configs. Today
+/// every tenant uses the system default providers, so a tenant is only its
+/// row; when tenant configs land, give `TenantSpec` the tenant's chain (for
+/// example a SendGrid primary at the fake, with a per-tenant key encrypted by
+/// `crypto::KeyRing`) and write it in [`configure_tenants`].
+pub fn configure_tenant(i: usize) -> TenantSpec {
+    let id = tenant_id(i);
+    TenantSpec {
+        name: format!("Bench clinic {i}"),
+        id,
+    }
+}
+
+/// Create tenants `range` as [`configure_tenant`] describes them (one statement).
+pub async fn configure_tenants(pool: &PgPool, range: std::ops::Range<usize>) -> anyhow::Result<()> {
+    let (ids, names): (Vec<String>, Vec<String>) =
+        range.map(configure_tenant).map(|t| (t.id, t.name)).unzip();
+    sqlx::query(
+        "INSERT INTO tenants (id, name) SELECT * FROM UNNEST($1::text[], $2::text[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&names)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A well-formed (fake) Twilio account SID.
+const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+/// System defaults: SendGrid for email, Twilio for SMS and WhatsApp, all at the fake.
+pub fn point_defaults_at(settings: &mut Settings, fake_base: &str) -> anyhow::Result<()> {
+    let p = |v: serde_json::Value| -> anyhow::Result<ProviderSettings> {
+        Ok(serde_json::from_value(v)?)
+    };
+    settings.defaults.email = p(serde_json::json!({
+        "provider": "sendgrid", "api_key": "SG.bench-key", "from_email": "bench@example.com",
+        "base_url": fake_base}))?;
+    let twilio = serde_json::json!({
+        "provider": "twilio", "account_sid": ACCOUNT_SID, "auth_token": "bench-token",
+        "from": "+14155550100", "base_url": fake_base});
+    settings.defaults.sms = p(twilio.clone())?;
+    settings.defaults.whatsapp = p(twilio)?;
+    settings.validate()?;
+    Ok(())
+}
+
+/// The same settings as environment variables, for `outreach worker` children.
+pub fn worker_env(settings: &Settings, fake_base: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("DATABASE__URL", settings.database.url.clone()),
+        ("AMQP__URL", settings.amqp.url.clone()),
+        ("AMQP__PREFIX", settings.amqp.prefix.clone()),
+        ("AMQP__PREFETCH", settings.amqp.prefetch.to_string()),
+        (
+            "WORKER__CONCURRENCY",
+            settings.worker.concurrency.to_string(),
+        ),
+        ("HTTP__BIND", format!("127.0.0.1:{}", free_port())),
+        ("TELEMETRY__FILTER", "warn".into()),
+        ("DEFAULTS__EMAIL__PROVIDER", "sendgrid".into()),
+        ("DEFAULTS__EMAIL__API_KEY", "SG.bench-key".into()),
+        ("DEFAULTS__EMAIL__FROM_EMAIL", "bench@example.com".into()),
+        ("DEFAULTS__EMAIL__BASE_URL", fake_base.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("OUTREACH__{k}"), v))
+    .collect();
+    for ch in ["SMS", "WHATSAPP"] {
+        for (k, v) in [
+            ("PROVIDER", "twilio"),
+            ("ACCOUNT_SID", ACCOUNT_SID),
+            ("AUTH_TOKEN", "bench-token"),
+            ("FROM", "+14155550100"),
+            ("BASE_URL", fake_base),
+        ] {
+            env.push((format!("OUTREACH__DEFAULTS__{ch}__{k}"), v.into()));
+        }
+    }
+    env
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// The workers under test.
+pub enum Workers {
+    InProcess(Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>),
+    Children(Vec<Child>),
+}
+
+impl Workers {
+    /// `n` workers via [`app::run_worker`], each with its own token.
+    pub fn in_process(settings: &Settings, n: usize) -> Workers {
+        let mut s = settings.clone();
+        s.http.bind = "127.0.0.1:0".into();
+        s.worker.migrate_on_start = false;
+        Workers::InProcess(
+            (0..n)
+                .map(|_| {
+                    let token = CancellationToken::new();
+                    let task = tokio::spawn(app::run_worker(s.clone(), token.clone()));
+                    (token, task)
+                })
+                .collect(),
+        )
+    }
+
+    /// `n` `outreach worker --no-migrate` child processes.
+    pub fn processes(settings: &Settings, fake_base: &str, n: usize) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe().context("cannot find the outreach binary")?;
+        let children = (0..n)
+            .map(|_| {
+                Command::new(&exe)
+                    .args(["worker", "--no-migrate"])
+                    .envs(worker_env(settings, fake_base))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .context("spawn outreach worker")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Workers::Children(children))
+    }
+
+    /// Process ids, for `/proc` sampling (`None`: this process).
+    pub fn pids(&self) -> Option<Vec<u32>> {
+        match self {
+            Workers::InProcess(_) => None,
+            Workers::Children(c) => Some(c.iter().map(Child::id).collect()),
+        }
+    }
+
+    /// Graceful stop: cancel / SIGTERM, then wait.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Workers::InProcess(ws) => {
+                for (token, _) in &ws {
+                    token.cancel();
+                }
+                for (_, task) in ws {
+                    task.await??;
+                }
+            }
+            Workers::Children(children) => {
+                for c in &children {
+                    let _ = Command::new("kill")
+                        .args(["-TERM", &c.id().to_string()])
+                        .status();
+                }
+                for mut c in children {
+                    tokio::task::spawn_blocking(move || c.wait()).await??;
+                }
+            }
+        }
+        Ok(())
+    }
+}
