@@ -2,13 +2,15 @@
 
 use crate::admin_api::{AdminState, Tokens};
 use crate::broker::Topology;
+use crate::circuit::Breakers;
 use crate::delivery_log::DeliveryLog;
-use crate::dispatch::{QuickRetry, RetryBudget};
+use crate::dispatch::{Policy, QuickRetry, RetryBudget};
 use crate::health::Health;
 use crate::provider::ProviderContext;
+use crate::ratelimit::RateLimiter;
 use crate::settings::Settings;
 use crate::tenant::{self, Directory, TenantStore};
-use crate::worker::{self, ConsumerConfig, Shared};
+use crate::worker::{self, ConsumerConfig, Holds, Shared};
 use crate::{db, http, metrics};
 use anyhow::Context;
 use std::sync::Arc;
@@ -81,11 +83,25 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         settings.delivery_log.concurrent_batches,
         w.lease_secs,
     );
+    let topology = Topology::new(&settings.amqp, &w.retry_delays_secs);
+    let rl = &settings.rate_limits;
     let shared = Arc::new(Shared {
         log,
         directory,
-        topology: Topology::new(&settings.amqp, &w.retry_delays_secs),
-        quick_retry,
+        policy: Policy {
+            quick: quick_retry,
+            limiter: Some(Arc::new(RateLimiter::new(Some(pool.clone())))),
+            breakers: Some(Arc::new(Breakers::new(settings.circuit.clone()))),
+            max_inline_wait: settings.max_inline_wait(),
+        },
+        holds: Holds::new(
+            pool.clone(),
+            topology.clone(),
+            rl.max_inline_waiters,
+            settings.max_inline_wait(),
+            rl.held_prefetch,
+        ),
+        topology,
         budget: RetryBudget {
             max_attempts: w.max_attempts,
             max_age: Duration::from_secs(w.max_age_secs),

@@ -62,6 +62,7 @@ pub struct Topology {
     pub events_exchange: String,
     /// Retry delay tiers in seconds, ascending.
     pub retry_tiers: Vec<u64>,
+    prefix: String,
     queue_type: QueueType,
     delivery_limit: u32,
 }
@@ -80,9 +81,15 @@ impl Topology {
             dead_letter_queue: format!("{p}.dlq"),
             events_exchange: format!("{p}.events"),
             retry_tiers: tiers,
+            prefix: p.clone(),
             queue_type: s.queue_type,
             delivery_limit: s.delivery_limit,
         }
+    }
+
+    /// The prefix every name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn retry_queue(&self, tier_secs: u64) -> String {
@@ -148,25 +155,7 @@ impl Topology {
         )
         .await?;
 
-        let mut work = self.queue_type_args();
-        // Messages the broker gives up on (delivery limit) keep their x-death
-        // history and land in the dead-letter queue instead of vanishing.
-        work.insert(
-            "x-dead-letter-exchange".into(),
-            long(&self.dead_letter_exchange),
-        );
-        if self.queue_type == QueueType::Quorum && self.delivery_limit > 0 {
-            // A job that crashes workers again and again (poison) is
-            // dead-lettered after this many redeliveries.
-            work.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongInt(self.delivery_limit as i32),
-            );
-            // Dead-letter safely: the message leaves the work queue only once
-            // the dead-letter queue has confirmed it.
-            work.insert("x-dead-letter-strategy".into(), long("at-least-once"));
-            work.insert("x-overflow".into(), long("reject-publish"));
-        }
+        let work = self.consumed_queue_args();
         ch.queue_declare(self.work_queue.as_str().into(), q_durable, work)
             .await?;
         ch.queue_bind(
@@ -217,6 +206,30 @@ impl Topology {
             .await?;
         }
         Ok(())
+    }
+
+    /// Arguments of the queues workers consume (the work queue, held queues).
+    pub(crate) fn consumed_queue_args(&self) -> FieldTable {
+        let mut args = self.queue_type_args();
+        // Messages the broker gives up on (delivery limit) keep their x-death
+        // history and land in the dead-letter queue instead of vanishing.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long(&self.dead_letter_exchange),
+        );
+        if self.queue_type == QueueType::Quorum && self.delivery_limit > 0 {
+            // A job that crashes workers again and again (poison) is
+            // dead-lettered after this many redeliveries.
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(self.delivery_limit as i32),
+            );
+            // Dead-letter safely: the message leaves the queue only once the
+            // dead-letter queue has confirmed it.
+            args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+            args.insert("x-overflow".into(), long("reject-publish"));
+        }
+        args
     }
 
     fn queue_type_args(&self) -> FieldTable {

@@ -1,13 +1,17 @@
-//! The dispatch policy: walk the provider chain with quick retries, then
-//! decide the job's fate. [`decide`] is the one place that fate is chosen.
+//! The dispatch policy: [`Policy::admit`] a job (rate limits, paused
+//! accounts, open circuits), walk the provider chain with quick retries
+//! ([`Policy::dispatch`]), then [`decide`] the job's fate, the one place that
+//! fate is chosen.
 
+use crate::circuit::{Breakers, Verdict};
 use crate::delivery_log::Attempt;
 use crate::job::Job;
 use crate::metrics as m;
-use crate::provider::{Disposition, ProviderError, Receipt};
+use crate::provider::{Disposition, ErrorKind, ProviderError, Receipt};
+use crate::ratelimit::{LimitSet, RateLimiter, Take};
 use crate::tenant::{ChainStep, ResolvedChannel};
 use backon::{ExponentialBuilder, Retryable};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -32,6 +36,28 @@ impl QuickRetry {
     }
 }
 
+/// How a round goes through the chain: quick retries, and (in workers)
+/// rate limits, 429 pauses and circuit breakers.
+pub struct Policy {
+    pub quick: QuickRetry,
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub breakers: Option<Arc<Breakers>>,
+    /// Longest rate-limit wait inside a round (for a fallback step).
+    pub max_inline_wait: Duration,
+}
+
+/// May a job start its round?
+#[derive(Debug)]
+pub enum Admission {
+    /// Send from step `from` on; that step's sends (tenant's and account's)
+    /// are already taken.
+    Go { from: usize },
+    /// The tenant's or the first usable account's limit is full.
+    Wait(Duration),
+    /// No step is usable now (circuits open, accounts paused).
+    Blocked(ProviderError),
+}
+
 /// What the chain did with a job.
 #[derive(Debug)]
 pub struct Report {
@@ -46,96 +72,294 @@ pub struct StepInfo {
     pub step: u16,
 }
 
-/// Send through the chain: primary, fallbacks, system default.
-pub async fn dispatch(job: &Job, chain: &ResolvedChannel, quick: &QuickRetry) -> Report {
-    let attempts = Mutex::new(Vec::new());
-    let mut last_err: Option<ProviderError> = None;
-    for step in &chain.steps {
-        match send_with_quick_retries(job, step, quick, &attempts).await {
-            Ok(receipt) => {
-                let info = StepInfo {
-                    kind: step.kind,
-                    step: step.step,
-                };
-                return Report {
-                    outcome: Ok((info, receipt)),
-                    attempts: attempts.into_inner().unwrap_or_default(),
-                };
-            }
-            // Bad recipient or content: no other provider would do better.
-            Err(e) if e.disposition() == Disposition::GiveUp => {
-                return Report {
-                    outcome: Err(e),
-                    attempts: attempts.into_inner().unwrap_or_default(),
-                };
-            }
-            Err(e) => {
-                tracing::info!(job_id = %job.id, provider = %step.kind, step = step.step, error = %e, "moving down the chain");
-                // Keep the most useful error: a retry hint beats a credential problem.
-                last_err = Some(match last_err {
-                    Some(prev)
-                        if prev.disposition() == Disposition::Retry
-                            && e.disposition() != Disposition::Retry =>
-                    {
-                        prev
-                    }
-                    _ => e,
-                });
-            }
+/// Why a step was passed over without a call.
+enum Skip {
+    CircuitOpen,
+    Paused(Duration),
+}
+
+impl Policy {
+    /// Quick retries only: `tenant test` and the admin API's test send.
+    pub fn plain(quick: QuickRetry) -> Self {
+        Self {
+            quick,
+            limiter: None,
+            breakers: None,
+            max_inline_wait: Duration::ZERO,
         }
     }
-    let err = last_err.unwrap_or_else(|| {
-        ProviderError::new(
-            crate::provider::ErrorKind::Config,
-            Some("no_provider".into()),
-            "no provider configured for this channel",
-        )
-    });
-    Report {
-        outcome: Err(err),
-        attempts: attempts.into_inner().unwrap_or_default(),
+
+    /// Find the first usable step and take its sends. Called before the job
+    /// is claimed, so a job that must wait costs nothing but this.
+    pub async fn admit(&self, chain: &ResolvedChannel) -> Result<Admission, sqlx::Error> {
+        let mut tenant_pending = true;
+        let mut paused: Option<Duration> = None;
+        for (i, step) in chain.steps.iter().enumerate() {
+            if let Some(skip) = self.skip(step) {
+                paused = paused_min(paused, &skip);
+                continue;
+            }
+            if let Some(limiter) = &self.limiter {
+                let sets: &[&LimitSet] = if tenant_pending {
+                    &[&chain.limits, &step.limits]
+                } else {
+                    &[&step.limits]
+                };
+                match limiter.take(sets).await? {
+                    Take::Granted => tenant_pending = false,
+                    Take::Wait { wait, paused: true } => {
+                        note_skip(step, &Skip::Paused(wait));
+                        paused = paused_min(paused, &Skip::Paused(wait));
+                        continue;
+                    }
+                    Take::Wait { wait, .. } => return Ok(Admission::Wait(wait)),
+                }
+            }
+            if self
+                .breakers
+                .as_ref()
+                .is_some_and(|b| !b.allow(&step.account, step.kind))
+            {
+                note_skip(step, &Skip::CircuitOpen);
+                continue;
+            }
+            return Ok(Admission::Go { from: i });
+        }
+        Ok(Admission::Blocked(blocked_error(chain, paused)))
+    }
+
+    /// Send through the chain from an admitted step: primary, fallbacks,
+    /// system default.
+    pub async fn dispatch(&self, job: &Job, chain: &ResolvedChannel, from: usize) -> Report {
+        let attempts = Mutex::new(Vec::new());
+        let mut last_err: Option<ProviderError> = None;
+        for (i, step) in chain.steps.iter().enumerate().skip(from) {
+            if i > from {
+                if let Err(e) = self.ready(step).await {
+                    last_err = Some(keep_most_useful(last_err, e));
+                    continue;
+                }
+            }
+            match self.send_with_quick_retries(job, step, &attempts).await {
+                Ok(receipt) => {
+                    let info = StepInfo {
+                        kind: step.kind,
+                        step: step.step,
+                    };
+                    return Report {
+                        outcome: Ok((info, receipt)),
+                        attempts: attempts.into_inner().unwrap_or_default(),
+                    };
+                }
+                // Bad recipient or content: no other provider would do better.
+                Err(e) if e.disposition() == Disposition::GiveUp => {
+                    return Report {
+                        outcome: Err(e),
+                        attempts: attempts.into_inner().unwrap_or_default(),
+                    };
+                }
+                Err(e) => {
+                    if e.kind == ErrorKind::RateLimited {
+                        self.pause(step, &e).await;
+                    }
+                    tracing::info!(job_id = %job.id, provider = %step.kind, step = step.step, error = %e, "moving down the chain");
+                    last_err = Some(keep_most_useful(last_err, e));
+                }
+            }
+        }
+        let err = last_err.unwrap_or_else(|| blocked_error(chain, None));
+        Report {
+            outcome: Err(err),
+            attempts: attempts.into_inner().unwrap_or_default(),
+        }
+    }
+
+    /// A step after the admitted one: usable now, within `max_inline_wait`?
+    async fn ready(&self, step: &ChainStep) -> Result<(), ProviderError> {
+        if let Some(skip) = self.skip(step) {
+            return Err(skip_error(&skip));
+        }
+        if let Some(limiter) = &self.limiter {
+            let deadline = Instant::now() + self.max_inline_wait;
+            loop {
+                match limiter.take(&[&step.limits]).await {
+                    Ok(Take::Granted) => break,
+                    Ok(Take::Wait { wait, paused: true }) => {
+                        note_skip(step, &Skip::Paused(wait));
+                        return Err(skip_error(&Skip::Paused(wait)));
+                    }
+                    Ok(Take::Wait { wait, .. }) if Instant::now() + wait <= deadline => {
+                        metrics::counter!(m::RATE_LIMITED, "scope" => "account").increment(1);
+                        tokio::time::sleep(wait).await;
+                    }
+                    Ok(Take::Wait { wait, .. }) => {
+                        return Err(ProviderError::new(
+                            ErrorKind::RateLimited,
+                            Some("rate_limit".into()),
+                            format!("{} account at its rate limit", step.kind),
+                        )
+                        .with_retry_after(Some(wait)));
+                    }
+                    Err(e) => {
+                        return Err(ProviderError::transient(format!(
+                            "rate limiter unavailable: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        if self
+            .breakers
+            .as_ref()
+            .is_some_and(|b| !b.allow(&step.account, step.kind))
+        {
+            note_skip(step, &Skip::CircuitOpen);
+            return Err(skip_error(&Skip::CircuitOpen));
+        }
+        Ok(())
+    }
+
+    fn skip(&self, step: &ChainStep) -> Option<Skip> {
+        let skip = if self
+            .breakers
+            .as_ref()
+            .is_some_and(|b| b.is_open(&step.account))
+        {
+            Skip::CircuitOpen
+        } else {
+            Skip::Paused(self.limiter.as_ref()?.paused_for(&step.account)?)
+        };
+        note_skip(step, &skip);
+        Some(skip)
+    }
+
+    /// The provider said 429: stop using the account until its hint.
+    async fn pause(&self, step: &ChainStep, e: &ProviderError) {
+        let Some(limiter) = &self.limiter else { return };
+        let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
+        metrics::counter!(m::PROVIDER_PAUSES, "provider" => step.kind.as_str()).increment(1);
+        tracing::warn!(account = %step.account, provider = %step.kind, pause_ms = pause.as_millis() as u64,
+            "provider rate-limited us: pausing the account");
+        if let Err(err) = limiter.pause(&step.limits, pause).await {
+            // This process still pauses it; others find out from their own 429.
+            tracing::warn!(error = %err, "could not share the pause through the database");
+        }
+    }
+
+    async fn send_with_quick_retries(
+        &self,
+        job: &Job,
+        step: &ChainStep,
+        attempts: &Mutex<Vec<Attempt>>,
+    ) -> Result<Receipt, ProviderError> {
+        let once = || async {
+            let started = Instant::now();
+            let result = step.provider.send(job).await;
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.kind.as_str(),
+            };
+            metrics::histogram!(m::SEND_DURATION, "channel" => job.channel.as_str(), "provider" => step.kind.as_str(), "outcome" => outcome)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(m::PROVIDER_CALLS, "provider" => step.kind.as_str(), "outcome" => outcome).increment(1);
+            let err = result.as_ref().err();
+            if let Some(b) = &self.breakers {
+                b.record(&step.account, step.kind, Verdict::of(err.map(|e| e.kind)));
+            }
+            attempts.lock().expect("not poisoned").push(Attempt {
+                provider: step.kind,
+                step: step.step,
+                kind: err.map(|e| e.kind),
+                code: err.and_then(|e| e.code.clone()),
+                at: OffsetDateTime::now_utc(),
+            });
+            result
+        };
+        once.retry(self.quick.backoff())
+            .when(|e: &ProviderError| {
+                e.disposition() == Disposition::Retry
+                    && e.retry_after
+                        .is_none_or(|d| d <= QuickRetry::MAX_INLINE_WAIT)
+                    // An account whose circuit just opened gets no more calls.
+                    && !self
+                        .breakers
+                        .as_ref()
+                        .is_some_and(|b| b.is_open(&step.account))
+            })
+            .adjust(|e: &ProviderError, d| {
+                Some(
+                    e.retry_after
+                        .map_or(d.unwrap_or_default(), |h| h.max(d.unwrap_or_default())),
+                )
+            })
+            .await
     }
 }
 
-async fn send_with_quick_retries(
-    job: &Job,
-    step: &ChainStep,
-    quick: &QuickRetry,
-    attempts: &Mutex<Vec<Attempt>>,
-) -> Result<Receipt, ProviderError> {
-    let once = || async {
-        let started = Instant::now();
-        let result = step.provider.send(job).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind.as_str(),
-        };
-        metrics::histogram!(m::SEND_DURATION, "channel" => job.channel.as_str(), "provider" => step.kind.as_str(), "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::PROVIDER_CALLS, "provider" => step.kind.as_str(), "outcome" => outcome).increment(1);
-        let err = result.as_ref().err();
-        attempts.lock().expect("not poisoned").push(Attempt {
-            provider: step.kind,
-            step: step.step,
-            kind: err.map(|e| e.kind),
-            code: err.and_then(|e| e.code.clone()),
-            at: OffsetDateTime::now_utc(),
-        });
-        result
+/// Send with quick retries only (no limits, no breakers).
+pub async fn dispatch(job: &Job, chain: &ResolvedChannel, quick: &QuickRetry) -> Report {
+    Policy::plain(quick.clone()).dispatch(job, chain, 0).await
+}
+
+fn note_skip(step: &ChainStep, skip: &Skip) {
+    let reason = match skip {
+        Skip::CircuitOpen => "circuit_open",
+        Skip::Paused(_) => "paused",
     };
-    once.retry(quick.backoff())
-        .when(|e: &ProviderError| {
-            e.disposition() == Disposition::Retry
-                && e.retry_after
-                    .is_none_or(|d| d <= QuickRetry::MAX_INLINE_WAIT)
-        })
-        .adjust(|e: &ProviderError, d| {
-            Some(
-                e.retry_after
-                    .map_or(d.unwrap_or_default(), |h| h.max(d.unwrap_or_default())),
-            )
-        })
-        .await
+    metrics::counter!(m::STEPS_SKIPPED, "provider" => step.kind.as_str(), "reason" => reason)
+        .increment(1);
+    tracing::debug!(account = %step.account, provider = %step.kind, reason, "skipping chain step");
+}
+
+fn paused_min(acc: Option<Duration>, skip: &Skip) -> Option<Duration> {
+    match skip {
+        Skip::Paused(d) => Some(acc.map_or(*d, |a| a.min(*d))),
+        Skip::CircuitOpen => acc,
+    }
+}
+
+fn skip_error(skip: &Skip) -> ProviderError {
+    match skip {
+        Skip::CircuitOpen => ProviderError::new(
+            ErrorKind::Transient,
+            Some("circuit_open".into()),
+            "provider account skipped: its circuit is open",
+        ),
+        Skip::Paused(d) => ProviderError::new(
+            ErrorKind::RateLimited,
+            Some("paused".into()),
+            "provider account paused after a 429",
+        )
+        .with_retry_after(Some(*d)),
+    }
+}
+
+/// Why no step could be used.
+fn blocked_error(chain: &ResolvedChannel, paused: Option<Duration>) -> ProviderError {
+    if chain.steps.is_empty() {
+        return ProviderError::new(
+            ErrorKind::Config,
+            Some("no_provider".into()),
+            "no provider configured for this channel",
+        );
+    }
+    match paused {
+        Some(d) => skip_error(&Skip::Paused(d)),
+        None => skip_error(&Skip::CircuitOpen),
+    }
+}
+
+/// Keep the most useful error: a retry hint beats a credential problem.
+fn keep_most_useful(prev: Option<ProviderError>, e: ProviderError) -> ProviderError {
+    match prev {
+        Some(prev)
+            if prev.disposition() == Disposition::Retry
+                && e.disposition() != Disposition::Retry =>
+        {
+            prev
+        }
+        _ => e,
+    }
 }
 
 /// A job's fate after one round through the chain.

@@ -3,7 +3,8 @@
 //! - [`job`]: the wire format and its validation.
 //! - [`settings`]: layered configuration.
 //! - [`broker`]: RabbitMQ topology and confirmed publishing; [`enqueue`]: job publisher.
-//! - [`worker`]: the consumer; per delivery: decode, claim, [`dispatch`], record, report.
+//! - [`worker`]: the consumer; per delivery: decode, admit, claim, [`dispatch`], record, report.
+//! - [`ratelimit`]: deployment-wide limits; [`circuit`]: breakers per provider account.
 //! - [`tenant`]: tenants' provider chains; [`provider`]: one adapter per provider.
 //! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
 //! - [`events`]: delivery events; [`metrics`], [`http`], [`health`]: observability.
@@ -16,6 +17,7 @@ pub mod app;
 pub mod batch;
 pub mod bench;
 pub mod broker;
+pub mod circuit;
 pub mod crypto;
 pub mod db;
 pub mod delivery_log;
@@ -28,6 +30,7 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod provider;
+pub mod ratelimit;
 pub mod settings;
 pub mod telemetry;
 pub mod tenant;

@@ -23,6 +23,17 @@ pub const CONFIG_LOAD_DURATION: &str = "outreach_tenant_config_load_seconds";
 /// Tenant configs that could not be decrypted or built (per-tenant errors).
 pub const CONFIG_ERRORS: &str = "outreach_tenant_config_errors_total";
 pub const BROKER_CONNECTED: &str = "outreach_broker_connected";
+/// Circuit state per provider account: 0 closed, 1 half-open, 2 open.
+pub const CIRCUIT_STATE: &str = "outreach_circuit_state";
+pub const CIRCUIT_TRANSITIONS: &str = "outreach_circuit_transitions_total";
+/// Chain steps skipped (circuit open, account paused by a 429).
+pub const STEPS_SKIPPED: &str = "outreach_chain_steps_skipped_total";
+/// Times a job had to wait for a rate limit (`scope`: tenant or account).
+pub const RATE_LIMITED: &str = "outreach_rate_limited_total";
+/// Provider accounts paused after a 429.
+pub const PROVIDER_PAUSES: &str = "outreach_provider_pauses_total";
+/// Jobs moved to their tenant's held queue to wait for its limit.
+pub const JOBS_HELD: &str = "outreach_jobs_held_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -23,6 +23,67 @@ pub struct Settings {
     pub crypto: CryptoSettings,
     pub tenant_config: TenantConfigSettings,
     pub admin: AdminSettings,
+    pub rate_limits: RateLimitSettings,
+    pub circuit: crate::circuit::CircuitSettings,
+}
+
+/// Provider and system-wide sending limits (tenants' own are in their config).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    /// Longest wait for a send while holding a delivery, in milliseconds.
+    pub max_inline_wait_ms: u64,
+    /// Jobs of one tenant channel waiting in one worker at once.
+    pub max_inline_waiters: usize,
+    /// Deliveries in flight per held queue.
+    pub held_prefetch: u16,
+    pub provider_per_second: ProviderRates,
+    pub system_per_second: ChannelRates,
+}
+
+/// Sends per second per account of each provider (0: none).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderRates {
+    pub sandbox: u32,
+    pub smtp: u32,
+    pub sendgrid: u32,
+    pub ses: u32,
+    pub twilio: u32,
+    pub meta: u32,
+    pub vonage: u32,
+}
+
+impl ProviderRates {
+    pub fn of(&self, kind: crate::provider::ProviderKind) -> u32 {
+        use crate::provider::ProviderKind as K;
+        match kind {
+            K::Sandbox => self.sandbox,
+            K::Smtp => self.smtp,
+            K::Sendgrid => self.sendgrid,
+            K::Ses => self.ses,
+            K::Twilio => self.twilio,
+            K::Meta => self.meta,
+            K::Vonage => self.vonage,
+        }
+    }
+}
+
+/// Sends per second of each channel's system default account (0: none).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelRates {
+    pub email: u32,
+    pub sms: u32,
+    pub whatsapp: u32,
+}
+
+impl ChannelRates {
+    pub fn of(&self, channel: crate::job::Channel) -> u32 {
+        use crate::job::Channel as C;
+        match channel {
+            C::Email => self.email,
+            C::Sms => self.sms,
+            C::Whatsapp => self.whatsapp,
+        }
+    }
 }
 
 /// Keys that encrypt tenants' stored credentials (see `crypto`).
@@ -209,6 +270,17 @@ impl Settings {
                 "batch_size and concurrent_batches must be at least 1",
             );
         }
+        if self.rate_limits.held_prefetch == 0 {
+            return bad("rate_limits.held_prefetch", "must be at least 1");
+        }
+        let c = &self.circuit;
+        if c.min_calls == 0 || c.half_open_probes == 0 || !(0.0..=1.0).contains(&c.min_success_rate)
+        {
+            return bad(
+                "circuit",
+                "min_calls and half_open_probes must be at least 1, min_success_rate within 0..1",
+            );
+        }
         if self.tenant_config.cache_max_entries == 0 {
             return bad("tenant_config.cache_max_entries", "must be at least 1");
         }
@@ -268,6 +340,10 @@ impl Settings {
     /// The configured encryption keys (possibly none).
     pub fn key_ring(&self) -> Result<crate::crypto::KeyRing, crate::crypto::CryptoError> {
         crate::crypto::KeyRing::from_config(&self.crypto.keys, self.crypto.active_key.as_deref())
+    }
+
+    pub fn max_inline_wait(&self) -> Duration {
+        Duration::from_millis(self.rate_limits.max_inline_wait_ms)
     }
 
     pub fn provider_timeout(&self) -> Duration {

@@ -13,7 +13,8 @@ use super::{ChainStep, ResolvedChannel, StoredConfig, TenantStore};
 use crate::job::{Channel, TenantId};
 use crate::metrics as m;
 use crate::provider::{self, ErrorKind, Provider, ProviderContext, ProviderError};
-use crate::settings::Settings;
+use crate::ratelimit::{Limit, LimitSet};
+use crate::settings::{ProviderRates, Settings};
 use moka::future::Cache;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ type Built = HashMap<[u8; 32], Arc<dyn Provider>>;
 pub struct Directory {
     system: [Arc<ResolvedChannel>; 3],
     store: Option<TenantStore>,
+    provider_rates: ProviderRates,
     ctx: ProviderContext,
     cache: Cache<Key, Arc<ResolvedChannel>>,
     /// Kept across invalidations so unchanged providers are reused.
@@ -53,9 +55,15 @@ impl Directory {
             let p = provider::build(s, ctx, None).map_err(|e| {
                 provider::SettingsError::new(format!("defaults.{channel}.{}", e.field), e.reason)
             })?;
+            let mut limits = account_limits(&settings.rate_limits.provider_per_second, p.kind());
+            limits.extend(Limit::new(
+                settings.rate_limits.system_per_second.of(channel),
+                Duration::from_secs(1),
+            ));
             Ok(Arc::new(ResolvedChannel {
                 enabled: true,
-                steps: vec![system_step(p, channel)],
+                steps: vec![system_step(p, channel, limits)],
+                limits: LimitSet::default(),
             }))
         };
         let tc = &settings.tenant_config;
@@ -66,6 +74,7 @@ impl Directory {
                 system(Channel::Whatsapp)?,
             ],
             store: None,
+            provider_rates: settings.rate_limits.provider_per_second.clone(),
             ctx: ctx.clone(),
             cache: Cache::builder()
                 .max_capacity(tc.cache_max_entries)
@@ -166,6 +175,7 @@ impl Directory {
             return Ok(Arc::new(ResolvedChannel {
                 enabled: false,
                 steps: vec![],
+                limits: LimitSet::default(),
             }));
         }
         match self.build_chain(store, &row) {
@@ -211,12 +221,17 @@ impl Directory {
                 })?,
             };
             built.insert(fp, p.clone());
+            let account: Arc<str> = format!("tenant:{tenant}:{channel}:{i}").into();
             steps.push(ChainStep {
                 kind: p.kind(),
+                limits: LimitSet::new(
+                    account.clone(),
+                    account_limits(&self.provider_rates, p.kind()),
+                ),
                 provider: p,
                 step: i as u16,
                 is_system: false,
-                account: format!("tenant:{tenant}:{channel}:{i}").into(),
+                account,
             });
         }
         if row.fallback_to_system {
@@ -228,6 +243,10 @@ impl Directory {
         Ok(ResolvedChannel {
             enabled: true,
             steps,
+            limits: LimitSet::new(
+                format!("tenant:{tenant}:{channel}"),
+                row.rate_limits.limits(),
+            ),
         })
     }
 
@@ -237,14 +256,23 @@ impl Directory {
     }
 }
 
-fn system_step(p: Arc<dyn Provider>, channel: Channel) -> ChainStep {
+fn system_step(p: Arc<dyn Provider>, channel: Channel, limits: Vec<Limit>) -> ChainStep {
+    let account: Arc<str> = format!("system:{channel}").into();
     ChainStep {
         kind: p.kind(),
         provider: p,
         step: 0,
         is_system: true,
-        account: format!("system:{channel}").into(),
+        limits: LimitSet::new(account.clone(), limits),
+        account,
     }
+}
+
+/// The provider's own per-account limit, if it has one.
+fn account_limits(rates: &ProviderRates, kind: provider::ProviderKind) -> Vec<Limit> {
+    Limit::new(rates.of(kind), Duration::from_secs(1))
+        .into_iter()
+        .collect()
 }
 
 /// Why a stored chain could not be built; names the field, never a value.

@@ -37,6 +37,9 @@ pub struct ChainStep {
     /// Stable, secret-free name of the account, for rate limits and circuit
     /// breakers: `system:email`, `tenant:clinic-1:sms:0`.
     pub account: Arc<str>,
+    /// The account's own limits (provider's, and the system-wide one for
+    /// system defaults); scope = `account`.
+    pub limits: crate::ratelimit::LimitSet,
 }
 
 /// A tenant's channel, ready to dispatch.
@@ -44,6 +47,9 @@ pub struct ChainStep {
 pub struct ResolvedChannel {
     pub enabled: bool,
     pub steps: Vec<ChainStep>,
+    /// The tenant's limits on the channel, across the chain (scope
+    /// `tenant:<id>:<channel>`); empty for tenants without config.
+    pub limits: crate::ratelimit::LimitSet,
 }
 
 /// The error for a channel a tenant switched off.

@@ -25,8 +25,8 @@ pub struct ChannelConfig {
     pub time_zone: Option<String>,
 }
 
-/// Sending limits of the tenant's channel; all optional. Stored now,
-/// enforced by the rate limiter later.
+/// Sending limits of the tenant's channel, across its whole chain; all
+/// optional, all enforced together for the whole deployment (`ratelimit`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
@@ -38,6 +38,33 @@ pub struct RateLimits {
     pub per_hour: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_day: Option<u32>,
+    /// Sends allowed back to back above the per-second rate (default: the
+    /// per-second limit itself). Longer windows allow their whole count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimits {
+    /// The limits to enforce (empty when none is set).
+    pub fn limits(&self) -> Vec<crate::ratelimit::Limit> {
+        use crate::ratelimit::Limit;
+        use std::time::Duration;
+        let per_second = self
+            .per_second
+            .and_then(|n| Limit::new(n, Duration::from_secs(1)))
+            .map(|l| match self.burst {
+                Some(b) => l.with_burst(b),
+                None => l,
+            });
+        let longer = [
+            (self.per_minute, 60),
+            (self.per_hour, 3600),
+            (self.per_day, 86_400),
+        ]
+        .into_iter()
+        .filter_map(|(n, secs)| Limit::new(n?, Duration::from_secs(secs)));
+        per_second.into_iter().chain(longer).collect()
+    }
 }
 
 /// Local times (`HH:MM`) between which nothing should be sent.
@@ -136,6 +163,7 @@ impl ChannelConfig {
             ("per_minute", r.per_minute),
             ("per_hour", r.per_hour),
             ("per_day", r.per_day),
+            ("burst", r.burst),
         ] {
             if v == Some(0) {
                 return Err(ConfigError::new(

@@ -4,11 +4,12 @@
 use super::Shared;
 use crate::broker::{self, BrokerError, headers};
 use crate::delivery_log::{Claim, ClaimRequest, DeliveryStatus, LogError, LogRow, Record};
-use crate::dispatch::{self, Fate};
+use crate::dispatch::{self, Admission, Fate};
 use crate::events::DeliveryEvent;
 use crate::job::{Job, JobError, Salvaged};
 use crate::metrics as m;
 use crate::provider::{ErrorKind, ProviderError};
+use crate::tenant::ResolvedChannel;
 use lapin::message::Delivery;
 use lapin::types::FieldTable;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,13 +25,24 @@ pub enum HandleError {
     Broker(#[from] BrokerError),
 }
 
+/// Where a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The shared work queue: a job that must wait long moves to its held queue.
+    Work,
+    /// Its tenant's held queue: waits for the limit here.
+    Held,
+}
+
 /// Process one delivery. `Ok` means its outcome is durable (log row written,
-/// event and any retry / dead-letter message confirmed) and it may be acked.
+/// event and any retry / dead-letter / held-queue message confirmed) and it
+/// may be acked.
 #[tracing::instrument(skip_all, fields(job_id, tenant_id, channel))]
 pub async fn handle(
     shared: &Shared,
     publish: &lapin::Channel,
     delivery: &Delivery,
+    source: Source,
 ) -> Result<(), HandleError> {
     let job = match Job::decode(&delivery.data) {
         Ok(job) => job,
@@ -41,6 +53,31 @@ pub async fn handle(
     span.record("tenant_id", job.tenant_id.as_str());
     span.record("channel", job.channel.as_str());
     metrics::counter!(m::JOBS_CONSUMED, "channel" => job.channel.as_str()).increment(1);
+
+    // Which providers, and may the job go now? Before the claim, so a job
+    // that must wait for its tenant's limit costs no database write.
+    let expired = || {
+        job.not_after
+            .is_some_and(|t| t <= OffsetDateTime::now_utc())
+    };
+    let admitted = if expired() {
+        Err(not_after_passed())
+    } else {
+        match shared.directory.resolve(&job.tenant_id, job.channel).await {
+            Ok(chain) if !chain.enabled => Err(crate::tenant::disabled(job.channel)),
+            Ok(chain) => match admit(shared, publish, delivery, &job, &chain, source).await? {
+                Admit::Go(from) => Ok((chain, from)),
+                Admit::Blocked(e) => Err(e),
+                Admit::Diverted => return Ok(()),
+            },
+            Err(e) => Err(e),
+        }
+    };
+    // A wait for the limit may have outlived the job.
+    let admitted = match admitted {
+        Ok(_) if expired() => Err(not_after_passed()),
+        a => a,
+    };
 
     let claim = shared
         .log
@@ -75,27 +112,12 @@ pub async fn handle(
         broker::header_u64(&delivery.properties, headers::FIRST_SEEN).unwrap_or_else(unix_now);
     let age = Duration::from_secs(unix_now().saturating_sub(first_seen));
 
-    let (report_outcome, attempts) = if job
-        .not_after
-        .is_some_and(|t| t <= OffsetDateTime::now_utc())
-    {
-        (
-            Err(ProviderError::new(
-                ErrorKind::Expired,
-                Some("not_after".into()),
-                "not_after passed before sending",
-            )),
-            vec![],
-        )
-    } else {
-        match shared.directory.resolve(&job.tenant_id, job.channel).await {
-            Ok(chain) if !chain.enabled => (Err(crate::tenant::disabled(job.channel)), vec![]),
-            Ok(chain) => {
-                let r = dispatch::dispatch(&job, &chain, &shared.quick_retry).await;
-                (r.outcome, r.attempts)
-            }
-            Err(e) => (Err(e), vec![]),
+    let (report_outcome, attempts) = match admitted {
+        Ok((chain, from)) => {
+            let r = shared.policy.dispatch(&job, &chain, from).await;
+            (r.outcome, r.attempts)
         }
+        Err(e) => (Err(e), vec![]),
     };
     let fate = match report_outcome {
         Err(e) if e.kind == ErrorKind::Expired => Fate::Expired { error: e },
@@ -182,6 +204,70 @@ pub async fn handle(
         }
     }
     Ok(())
+}
+
+enum Admit {
+    Go(usize),
+    Blocked(ProviderError),
+    /// Moved to the tenant's held queue: ack it.
+    Diverted,
+}
+
+/// Wait for the tenant's and the account's limits: briefly in place, or in
+/// the tenant's held queue so the work queue keeps moving for everyone else.
+async fn admit(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    delivery: &Delivery,
+    job: &Job,
+    chain: &ResolvedChannel,
+    source: Source,
+) -> Result<Admit, HandleError> {
+    let holds = &shared.holds;
+    let queue = holds.queue_name(&job.tenant_id, job.channel);
+    // Its tenant's earlier jobs are waiting in the held queue: queue up behind them.
+    if source == Source::Work && holds.is_holding(&queue) {
+        holds
+            .divert(publish, delivery, &job.tenant_id, job.channel)
+            .await?;
+        return Ok(Admit::Diverted);
+    }
+    let mut slot = None;
+    loop {
+        match shared.policy.admit(chain).await.map_err(LogError::from)? {
+            Admission::Go { from } => return Ok(Admit::Go(from)),
+            Admission::Blocked(e) => return Ok(Admit::Blocked(e)),
+            Admission::Wait(wait) => {
+                metrics::counter!(m::RATE_LIMITED, "channel" => job.channel.as_str()).increment(1);
+                let wait_here = source == Source::Held
+                    || (wait <= holds.max_inline_wait && {
+                        if slot.is_none() {
+                            slot = holds.wait_slot(&queue);
+                        }
+                        slot.is_some()
+                    });
+                if !wait_here {
+                    tracing::debug!(
+                        wait_ms = wait.as_millis() as u64,
+                        "rate limited: moving the job to its tenant's held queue"
+                    );
+                    holds
+                        .divert(publish, delivery, &job.tenant_id, job.channel)
+                        .await?;
+                    return Ok(Admit::Diverted);
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn not_after_passed() -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Expired,
+        Some("not_after".into()),
+        "not_after passed before sending",
+    )
 }
 
 /// A payload that is not a valid job: failed log row (when its id can be

@@ -8,12 +8,14 @@
 //! the broker redelivers them and the delivery log stops a second send.
 
 mod handler;
+pub mod held;
 
-pub use handler::{HandleError, handle};
+pub use handler::{HandleError, Source, handle};
+pub use held::Holds;
 
 use crate::broker::{self, BrokerError, Topology};
 use crate::delivery_log::DeliveryLog;
-use crate::dispatch::{QuickRetry, RetryBudget};
+use crate::dispatch::{Policy, RetryBudget};
 use crate::events::EventPublisher;
 use crate::health::Health;
 use crate::metrics as m;
@@ -23,6 +25,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -34,7 +37,8 @@ pub struct Shared {
     pub log: DeliveryLog,
     pub directory: Arc<Directory>,
     pub topology: Topology,
-    pub quick_retry: QuickRetry,
+    pub policy: Policy,
+    pub holds: Holds,
     pub budget: RetryBudget,
     pub store_content: bool,
 }
@@ -89,7 +93,7 @@ async fn session(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let conn = broker::connect(&cfg.amqp_url, "worker").await?;
+    let conn = Arc::new(broker::connect(&cfg.amqp_url, "worker").await?);
     shared
         .topology
         .declare(&conn.create_channel().await?)
@@ -117,6 +121,13 @@ async fn session(
     tracing::info!(queue = %shared.topology.work_queue, prefetch = cfg.prefetch, concurrency = cfg.concurrency, "consuming");
 
     let tracker = TaskTracker::new();
+    let held_stop = CancellationToken::new();
+    tracker.spawn(consume_held(
+        shared.clone(),
+        conn.clone(),
+        publish.clone(),
+        held_stop.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(cfg.concurrency));
     let ended: Result<(), BrokerError> = loop {
         tokio::select! {
@@ -128,7 +139,7 @@ async fn session(
                     let (shared, publish) = (shared.clone(), publish.clone());
                     tracker.spawn(async move {
                         metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
-                        settle(&shared, &publish, delivery).await;
+                        settle(&shared, &publish, delivery, Source::Work).await;
                         metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
                         drop(permit);
                     });
@@ -139,6 +150,7 @@ async fn session(
         }
     };
     // Stop deliveries first, then let the jobs in flight finish.
+    held_stop.cancel();
     let _ = consume
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await;
@@ -158,9 +170,120 @@ async fn session(
     ended
 }
 
+/// Consume every held queue listed in the database, as one of its single
+/// active consumers; look for new ones every couple of seconds.
+async fn consume_held(
+    shared: Arc<Shared>,
+    conn: Arc<lapin::Connection>,
+    publish: lapin::Channel,
+    stop: CancellationToken,
+) {
+    // Held jobs ack on `channel`: it must outlive them.
+    let tracker = TaskTracker::new();
+    let mut consuming: HashSet<String> = HashSet::new();
+    let mut channel: Option<lapin::Channel> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let queues = match shared.holds.listed().await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list held queues");
+                continue;
+            }
+        };
+        if channel.as_ref().is_none_or(|c| !c.status().connected()) {
+            // A new channel: its consumers are gone with the old one.
+            consuming.clear();
+            channel = match conn.create_channel().await {
+                Ok(ch) => Some(ch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a channel for held queues");
+                    continue;
+                }
+            };
+        }
+        let ch = channel.as_ref().expect("opened above");
+        for queue in queues {
+            match shared.topology.declare_held(ch, &queue).await {
+                Ok(messages) => shared.holds.saw_backlog(&queue, messages),
+                Err(e) => {
+                    tracing::warn!(%queue, error = %e, "cannot declare held queue");
+                    break;
+                }
+            }
+            if consuming.contains(&queue) {
+                continue;
+            }
+            let consumer = async {
+                ch.basic_qos(shared.holds.prefetch, BasicQosOptions::default())
+                    .await?;
+                ch.basic_consume(
+                    queue.as_str().into(),
+                    format!(
+                        "held-{}-{}",
+                        std::process::id(),
+                        uuid::Uuid::now_v7().simple()
+                    )
+                    .as_str()
+                    .into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            };
+            let mut consumer = match consumer.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%queue, error = %e, "cannot consume held queue");
+                    break;
+                }
+            };
+            tracing::info!(%queue, "consuming held queue");
+            consuming.insert(queue);
+            let (shared, publish, jobs, stop) = (
+                shared.clone(),
+                publish.clone(),
+                tracker.clone(),
+                stop.clone(),
+            );
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        next = consumer.next() => match next {
+                            Some(Ok(delivery)) => {
+                                let (shared, publish) = (shared.clone(), publish.clone());
+                                jobs.spawn(async move {
+                                    settle(&shared, &publish, delivery, Source::Held).await;
+                                });
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+            });
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    if let Some(ch) = channel {
+        // Prefetched, unstarted held jobs go back to their queues.
+        let _ = ch.close(200, "bye".into()).await;
+    }
+}
+
 /// Handle a delivery and ack or hand it back.
-async fn settle(shared: &Shared, publish: &lapin::Channel, delivery: lapin::message::Delivery) {
-    match handle(shared, publish, &delivery).await {
+async fn settle(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    delivery: lapin::message::Delivery,
+    source: Source,
+) {
+    match handle(shared, publish, &delivery, source).await {
         Ok(()) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The outcome is recorded; the redelivery will see it and only re-report it.

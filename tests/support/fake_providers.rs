@@ -477,3 +477,86 @@ impl Respond for Echo {
         ResponseTemplate::new(status).set_body_json(body)
     }
 }
+
+// ---------------------------------------------------------------- scripting
+
+/// When each request arrived, shared with the test.
+#[derive(Clone, Default)]
+pub struct Arrivals(pub std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>);
+
+impl Arrivals {
+    pub fn times(&self) -> Vec<std::time::Instant> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The most requests that arrived within any `window`.
+    pub fn max_in_window(&self, window: std::time::Duration) -> usize {
+        let mut t = self.times();
+        t.sort();
+        (0..t.len())
+            .map(|i| t[i..].iter().take_while(|x| **x - t[i] < window).count())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Answers the first requests from `script`, then delegates to `then`;
+/// records every arrival.
+pub struct Scripted<R> {
+    pub script: std::sync::Mutex<std::collections::VecDeque<ResponseTemplate>>,
+    pub then: R,
+    pub arrivals: Arrivals,
+}
+
+impl<R: Respond> Scripted<R> {
+    pub fn new(script: Vec<ResponseTemplate>, then: R) -> (Self, Arrivals) {
+        let arrivals = Arrivals::default();
+        let s = Self {
+            script: std::sync::Mutex::new(script.into()),
+            then,
+            arrivals: arrivals.clone(),
+        };
+        (s, arrivals)
+    }
+}
+
+impl<R: Respond> Respond for Scripted<R> {
+    fn respond(&self, r: &Request) -> ResponseTemplate {
+        self.arrivals
+            .0
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
+        match self.script.lock().unwrap().pop_front() {
+            Some(t) => t,
+            None => self.then.respond(r),
+        }
+    }
+}
+
+/// Always the same answer.
+pub struct Always(pub ResponseTemplate);
+
+impl Respond for Always {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.0.clone()
+    }
+}
+
+/// SendGrid's error shape.
+pub fn sendgrid_error(status: u16, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"errors": [{"field": null, "message": message, "help": null}]}))
+}
+
+/// Twilio's error shape.
+pub fn twilio_error(status: u16, code: u32, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "code": code, "message": message, "status": status,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+    }))
+}

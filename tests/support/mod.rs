@@ -214,6 +214,12 @@ impl TestEnv {
             let t = &self.topology;
             let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
             queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
+            // Tenants' held queues (rate limits), if any were made.
+            let held: Vec<String> = sqlx::query_scalar("SELECT queue FROM held_queues")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+            queues.extend(held);
             for q in queues {
                 let _ = ch
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

@@ -1,0 +1,573 @@
+//! The dispatch policy on the real broker and database, with fake providers
+//! on 127.0.0.1: fallback, circuit breaking, 429 pauses, deployment-wide rate
+//! limits, fairness between tenants, crash recovery and delay tiers.
+
+mod support;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use outreach::broker::{self, Topology};
+use outreach::crypto::{KeyConfig, KeyRing};
+use outreach::job::{Channel, TenantId};
+use outreach::settings::Settings;
+use outreach::tenant::{ChannelConfig, TenantStore};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::fake_providers::{
+    self as fake, Always, SENDGRID_KEY, Scripted, TWILIO_SID, TWILIO_TOKEN, sendgrid_error,
+    twilio_error,
+};
+use support::{AMQP_URL, Binary, TestEnv, eventually, free_port, http_get};
+use wiremock::MockServer;
+
+const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Settings of an in-process worker that can read tenants' credentials.
+fn worker_settings(env: &TestEnv) -> Settings {
+    let mut s = env.settings.clone();
+    s.crypto.keys = vec![KeyConfig {
+        id: "k1".into(),
+        key: KEY.into(),
+    }];
+    s
+}
+
+/// The same for worker processes.
+fn worker_env(env: &TestEnv) -> HashMap<String, String> {
+    let mut vars = env.env_vars();
+    vars.insert("OUTREACH_ENCRYPTION_KEYS".into(), format!("k1:{KEY}"));
+    vars.insert("RUST_LOG".into(), "warn".into());
+    vars
+}
+
+async fn set_tenant(env: &TestEnv, tenant: &str, channel: Channel, cfg: Value) {
+    let ring = KeyRing::new(&[("k1".to_string(), KEY.into())], None).unwrap();
+    let store = TenantStore::new(env.pool.clone(), Arc::new(ring));
+    let cfg = ChannelConfig::from_json(cfg, channel).unwrap();
+    store
+        .put(&TenantId::parse(tenant).unwrap(), channel, &cfg, "test")
+        .await
+        .unwrap();
+}
+
+fn sendgrid_at(server: &MockServer) -> Value {
+    json!({"provider": "sendgrid", "api_key": SENDGRID_KEY, "from_email": "desk@clinic.example", "base_url": server.uri()})
+}
+
+fn twilio_at(server: &MockServer) -> Value {
+    json!({"provider": "twilio", "account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "from": "+14155550100", "base_url": server.uri()})
+}
+
+fn sms(id: &str, tenant: &str) -> Value {
+    json!({"version": 1, "job_id": id, "tenant_id": tenant, "channel": "sms",
+        "recipient": "+447700900123", "content": {"text": "Your appointment is tomorrow at 10:00."}})
+}
+
+fn email(id: &str, tenant: &str) -> Value {
+    support::email_payload(id, tenant, "patient@example.com")
+}
+
+async fn publish(env: &TestEnv, jobs: &[Value]) {
+    let publisher = env.publisher().await;
+    for job in jobs {
+        publisher.publish(job.to_string().as_bytes()).await.unwrap();
+    }
+}
+
+/// A job's log row as JSON (status, provider, chain_step, attempt_log…).
+async fn row(env: &TestEnv, job_id: &str) -> Option<Value> {
+    sqlx::query_scalar(
+        "SELECT json_build_object('status', status, 'provider', provider, 'chain_step', chain_step, \
+         'fallback_used', fallback_used, 'attempts', attempts, 'attempt_log', attempt_log, \
+         'error_kind', error_kind, 'error_code', error_code, 'sent_at', sent_at) \
+         FROM outreach_logs WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// Poll until the job's row is final (panics after `within`).
+async fn wait_final(env: &TestEnv, job_id: &str, within: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Some(r) = row(env, job_id).await
+            && ["sent", "failed", "expired"].contains(&r["status"].as_str().unwrap())
+        {
+            return r;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{job_id} not final after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count_sent(env: &TestEnv, tenant: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outreach_logs WHERE tenant_id = $1 AND status = 'sent'",
+    )
+    .bind(tenant)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_primary_answering_500_falls_back_and_the_log_and_event_name_the_fallback() {
+    let env = TestEnv::new().await;
+    let broken = fake::serve(
+        "/v3/mail/send",
+        Always(sendgrid_error(500, "Internal Server Error")),
+    )
+    .await;
+    let healthy = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    set_tenant(&env, "clinic-a", Channel::Email,
+        json!({"fallback_to_system": false, "chain": [sendgrid_at(&broken), sendgrid_at(&healthy)]})).await;
+    let mut events = env.event_queue().await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+
+    publish(&env, &[email("job-500", "clinic-a")]).await;
+    let r = wait_final(&env, "job-500", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "sent");
+    assert_eq!(r["provider"], "sendgrid");
+    assert_eq!(r["chain_step"], 1, "the fallback delivered");
+    assert_eq!(r["fallback_used"], true);
+    let log = r["attempt_log"].as_array().unwrap();
+    let primary: Vec<&Value> = log.iter().filter(|a| a["step"] == 0).collect();
+    assert!(!primary.is_empty());
+    assert!(
+        primary
+            .iter()
+            .all(|a| a["kind"] == "transient" && a["code"] == "500"),
+        "{log:?}"
+    );
+    assert_eq!(log.last().unwrap()["step"], 1);
+    assert_eq!(log.last().unwrap()["kind"], Value::Null);
+    assert_eq!(healthy.received_requests().await.unwrap().len(), 1);
+
+    let (key, event) = events
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event");
+    assert_eq!(key, "sent.email");
+    assert_eq!(event["chain_step"], 1);
+    assert_eq!(event["fallback_used"], true);
+    assert_eq!(event["attempt_log"].as_array().unwrap().len(), log.len());
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_primary_answering_401_falls_back_and_its_circuit_opens_after_the_threshold() {
+    let env = TestEnv::new().await;
+    let refused = fake::serve(
+        "/v3/mail/send",
+        Always(sendgrid_error(
+            401,
+            "The provided authorization grant is invalid, expired, or revoked",
+        )),
+    )
+    .await;
+    let healthy = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    set_tenant(&env, "clinic-b", Channel::Email,
+        json!({"fallback_to_system": false, "chain": [sendgrid_at(&refused), sendgrid_at(&healthy)]})).await;
+    let mut s = worker_settings(&env);
+    s.circuit.min_calls = 3;
+    s.circuit.open_secs = 600;
+    let port = free_port();
+    s.http.bind = format!("127.0.0.1:{port}");
+    let (stop, worker) = env.spawn_worker(s);
+
+    // One at a time, so each outcome is known before the next call.
+    for i in 0..8 {
+        let id = format!("job-401-{i}");
+        publish(&env, &[email(&id, "clinic-b")]).await;
+        let r = wait_final(&env, &id, Duration::from_secs(30)).await;
+        assert_eq!(r["status"], "sent");
+        assert_eq!(r["chain_step"], 1);
+    }
+
+    // A 401 is not retried in place; three calls opened the circuit, then
+    // the primary was skipped.
+    assert_eq!(refused.received_requests().await.unwrap().len(), 3);
+    assert_eq!(healthy.received_requests().await.unwrap().len(), 8);
+    let (_, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let open = metrics.lines().find(|l| {
+        l.starts_with("outreach_circuit_state{")
+            && l.contains("account=\"tenant:clinic-b:email:0\"")
+    });
+    assert!(
+        open.is_some_and(|l| l.ends_with(" 2")),
+        "circuit gauge: {open:?}"
+    );
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_invalid_recipient_fails_without_fallback_and_is_dead_lettered() {
+    let env = TestEnv::new().await;
+    let primary = fake::serve(
+        &fake::twilio_path(),
+        Always(twilio_error(
+            400,
+            21211,
+            "The 'To' number +447700900123 is not a valid phone number.",
+        )),
+    )
+    .await;
+    let fallback = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    set_tenant(
+        &env,
+        "clinic-c",
+        Channel::Sms,
+        json!({"chain": [twilio_at(&primary), twilio_at(&fallback)]}),
+    )
+    .await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+
+    publish(&env, &[sms("job-bad-number", "clinic-c")]).await;
+    let r = wait_final(&env, "job-bad-number", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_kind"], "recipient");
+    assert_eq!(r["error_code"], "21211");
+    assert_eq!(
+        primary.received_requests().await.unwrap().len(),
+        1,
+        "not retried"
+    );
+    assert!(
+        fallback.received_requests().await.unwrap().is_empty(),
+        "no fallback for a bad number"
+    );
+    // The dead letter is published before the row's job is acked.
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0["x-outreach-job-id"], "job-bad-number");
+    assert_eq!(dead[0].0["x-outreach-reason"], "recipient");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_2_is_retried_no_sooner_and_other_tenants_keep_flowing() {
+    let env = TestEnv::new().await;
+    let (twilio, arrivals) = Scripted::new(
+        vec![twilio_error(429, 20429, "Too Many Requests").insert_header("Retry-After", "2")],
+        fake::Twilio,
+    );
+    let server = fake::serve(&fake::twilio_path(), twilio).await;
+    set_tenant(
+        &env,
+        "busy",
+        Channel::Sms,
+        json!({"fallback_to_system": false, "chain": [twilio_at(&server)]}),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    // A 2 s hint lands in the 3 s tier.
+    s.worker.retry_delays_secs = vec![1, 3, 10];
+    let (stop, worker) = env.spawn_worker(s);
+
+    publish(&env, &[sms("job-429", "busy")]).await;
+    eventually(
+        Duration::from_secs(20),
+        "the first attempt to be answered 429",
+        || async {
+            row(&env, "job-429")
+                .await
+                .is_some_and(|r| r["status"] == "retrying")
+        },
+    )
+    .await;
+    let others: Vec<Value> = (0..5)
+        .map(|i| sms(&format!("other-{i}"), "other"))
+        .collect();
+    publish(&env, &others).await;
+    eventually(
+        Duration::from_secs(20),
+        "the other tenant's jobs to be sent",
+        || async { count_sent(&env, "other").await == 5 },
+    )
+    .await;
+    let still_waiting = row(&env, "job-429").await.unwrap();
+
+    let r = wait_final(&env, "job-429", Duration::from_secs(30)).await;
+    assert_eq!(r["status"], "sent");
+    assert_eq!(
+        still_waiting["status"], "retrying",
+        "other tenants were not held up behind it"
+    );
+    let t = arrivals.times();
+    assert_eq!(t.len(), 2, "one 429, then the retry");
+    assert!(
+        t[1] - t[0] >= Duration::from_secs(2),
+        "retried after {:?}",
+        t[1] - t[0]
+    );
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+/// A tenant limited to 5 per second (burst 5) sends 30 SMS; the provider
+/// must never see more than limit + burst in any second, however many
+/// workers share the work.
+async fn rate_limit_holds_with(workers: usize) {
+    let env = TestEnv::new().await;
+    let (twilio, arrivals) = Scripted::new(vec![], fake::Twilio);
+    let server = fake::serve(&fake::twilio_path(), twilio).await;
+    set_tenant(
+        &env,
+        "limited",
+        Channel::Sms,
+        json!({"fallback_to_system": false,
+        "chain": [twilio_at(&server)], "rate_limits": {"per_second": 5, "burst": 5}}),
+    )
+    .await;
+    let mut vars = worker_env(&env);
+    // Only the tenant's own limit is under test.
+    vars.insert(
+        "OUTREACH__RATE_LIMITS__PROVIDER_PER_SECOND__TWILIO".into(),
+        "0".into(),
+    );
+    let procs: Vec<Binary> = (0..workers)
+        .map(|_| {
+            let mut v = vars.clone();
+            v.insert(
+                "OUTREACH__HTTP__BIND".into(),
+                format!("127.0.0.1:{}", free_port()),
+            );
+            Binary::worker(&v)
+        })
+        .collect();
+
+    let jobs: Vec<Value> = (0..30)
+        .map(|i| sms(&format!("limited-{i}"), "limited"))
+        .collect();
+    publish(&env, &jobs).await;
+    eventually(
+        Duration::from_secs(90),
+        "all 30 jobs to be sent",
+        || async { count_sent(&env, "limited").await == 30 },
+    )
+    .await;
+
+    assert_eq!(arrivals.count(), 30, "each job sent once");
+    let peak = arrivals.max_in_window(Duration::from_secs(1));
+    assert!(
+        peak <= 10,
+        "{peak} sends within one second with {workers} workers (limit 5 + burst 5)"
+    );
+    drop(procs);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_tenant_rate_limit_holds_with_one_worker() {
+    rate_limit_holds_with(1).await;
+}
+
+#[tokio::test]
+async fn a_tenant_rate_limit_holds_across_three_worker_processes() {
+    rate_limit_holds_with(3).await;
+}
+
+#[tokio::test]
+async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
+    let env = TestEnv::new().await;
+    // The system default (sandbox) carries both tenants; only "noisy" is limited.
+    set_tenant(&env, "noisy", Channel::Sms,
+        json!({"chain": [], "fallback_to_system": true, "rate_limits": {"per_second": 2, "burst": 2}})).await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+
+    let backlog: Vec<Value> = (0..300)
+        .map(|i| sms(&format!("noisy-{i}"), "noisy"))
+        .collect();
+    publish(&env, &backlog).await;
+    let quiet: Vec<Value> = (0..10)
+        .map(|i| sms(&format!("quiet-{i}"), "quiet"))
+        .collect();
+    publish(&env, &quiet).await;
+
+    eventually(
+        Duration::from_secs(60),
+        "the quiet tenant's jobs to be sent",
+        || async { count_sent(&env, "quiet").await == 10 },
+    )
+    .await;
+    let noisy_sent = count_sent(&env, "noisy").await;
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM held_queues")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(held, 1, "the backlog waits in the tenant's held queue");
+    assert!(
+        noisy_sent < 100,
+        "the quiet jobs waited for {noisy_sent} noisy ones"
+    );
+    // ... and the backlog keeps draining at its limit meanwhile.
+    eventually(
+        Duration::from_secs(30),
+        "the backlog to keep draining",
+        || async { count_sent(&env, "noisy").await >= noisy_sent + 4 },
+    )
+    .await;
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), worker).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn after_a_sigkill_mid_batch_every_job_ends_in_exactly_one_final_state() {
+    let env = TestEnv::new().await;
+    let record = env.path("sent.jsonl");
+    let mut vars = worker_env(&env);
+    vars.insert(
+        "OUTREACH__DEFAULTS__EMAIL__RECORD_FILE".into(),
+        record.clone(),
+    );
+    // Leases of the killed worker's jobs must lapse within the test.
+    vars.insert("OUTREACH__WORKER__LEASE_SECS".into(), "2".into());
+    let first = Binary::worker(&vars);
+
+    let jobs: Vec<Value> = (0..1500)
+        .map(|i| email(&format!("crash-{i:04}"), "clinic-k"))
+        .collect();
+    publish(&env, &jobs).await;
+    eventually(
+        Duration::from_secs(60),
+        "the first worker to be mid-way",
+        || async { env.count_final().await >= 200 },
+    )
+    .await;
+    first.kill();
+    let second = Binary::worker(&vars);
+    eventually(
+        Duration::from_secs(120),
+        "every job to be final",
+        || async { env.count_final().await == 1500 },
+    )
+    .await;
+
+    let rows = env.log_rows().await;
+    assert_eq!(rows.len(), 1500, "one row per job");
+    assert!(
+        rows.iter().all(|(_, status, _)| status == "sent"),
+        "all sent"
+    );
+    let sent = std::fs::read_to_string(&record).unwrap();
+    let mut sends: HashMap<String, usize> = HashMap::new();
+    for line in sent.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        *sends
+            .entry(v["job_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(sends.len(), 1500, "no job lost");
+    // A second send is possible only for jobs the provider accepted just
+    // before the kill, whose outcome was not yet written (README).
+    let twice = sends.values().filter(|n| **n > 1).count();
+    assert!(
+        twice <= 1000,
+        "{twice} jobs sent twice: more than were in flight"
+    );
+    second.terminate();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_short_retry_delay_is_not_held_behind_a_long_one() {
+    let env = TestEnv::new().await;
+    let mut amqp = env.settings.amqp.clone();
+    amqp.prefix = format!("{}-tiers", env.prefix);
+    let topology = Topology::new(&amqp, &[2, 3600]);
+    let conn = broker::connect(AMQP_URL, "test-tiers").await.unwrap();
+    let ch = broker::confirm_channel(&conn).await.unwrap();
+    topology.declare(&ch).await.unwrap();
+
+    // The long one first: a single delay queue would hold the short one behind it.
+    for (tier, id) in [(3600, "long"), (2, "short")] {
+        broker::publish_confirmed(
+            &ch,
+            &topology.retry_exchange,
+            &tier.to_string(),
+            sms(id, "clinic-t").to_string().as_bytes(),
+            broker::persistent_json(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut work = ch
+        .basic_consume(
+            topology.work_queue.as_str().into(),
+            "tiers".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(20), work.next())
+        .await
+        .expect("the short retry came back")
+        .unwrap()
+        .unwrap();
+    let job: Value = serde_json::from_slice(&d.data).unwrap();
+    assert_eq!(job["job_id"], "short");
+    d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    let q = ch
+        .queue_declare(
+            topology.retry_queue(3600).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 1, "the long retry is still waiting");
+
+    let mut queues = vec![
+        topology.work_queue.clone(),
+        topology.dead_letter_queue.clone(),
+    ];
+    queues.extend(
+        topology
+            .retry_tiers
+            .iter()
+            .map(|t| topology.retry_queue(*t)),
+    );
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [
+        &topology.jobs_exchange,
+        &topology.retry_exchange,
+        &topology.dead_letter_exchange,
+        &topology.events_exchange,
+    ] {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), Default::default())
+            .await;
+    }
+    env.cleanup().await;
+}
