@@ -134,11 +134,11 @@ impl Policy {
         let attempts = Mutex::new(Vec::new());
         let mut last_err: Option<ProviderError> = None;
         for (i, step) in chain.steps.iter().enumerate().skip(from) {
-            if i > from {
-                if let Err(e) = self.ready(step).await {
-                    last_err = Some(keep_most_useful(last_err, e));
-                    continue;
-                }
+            if i > from
+                && let Err(e) = self.ready(step).await
+            {
+                last_err = Some(keep_most_useful(last_err, e));
+                continue;
             }
             match self.send_with_quick_retries(job, step, &attempts).await {
                 Ok(receipt) => {

@@ -97,6 +97,8 @@ pub struct BenchOptions {
 const QUIET_TENANTS: usize = 100;
 const QUIET_JOBS_EACH: usize = 10;
 const QUIET_PER_SEC: f64 = 50.0;
+/// The noisy tenant's own rate limit: its backlog drains at this rate.
+const NOISY_PER_SEC: u32 = 1000;
 
 /// Run the bench and print its report.
 pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
@@ -220,6 +222,9 @@ impl Ctx<'_> {
         });
         let pool = setup::fresh_database(settings, db_name).await?;
         setup::configure_tenants(&pool, 0..tenants).await?;
+        if noisy {
+            setup::limit_tenant(&pool, 0, NOISY_PER_SEC).await?;
+        }
         settings.amqp.prefix = prefixes[0].clone();
         let extra = if noisy {
             QUIET_TENANTS * QUIET_JOBS_EACH

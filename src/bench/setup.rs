@@ -45,11 +45,9 @@ pub struct TenantSpec {
     pub name: String,
 }
 
-/// Configure tenant `i`: the hook for per-tenant provider configs. Today
-/// every tenant uses the system default providers, so a tenant is only its
-/// row; when tenant configs land, give `TenantSpec` the tenant's chain (for
-/// example a SendGrid primary at the fake, with a per-tenant key encrypted by
-/// `crypto::KeyRing`) and write it in [`configure_tenants`].
+/// Configure tenant `i`: every tenant uses the system default providers
+/// (at the fake), so a tenant is only its row; the noisy scenario adds a
+/// rate limit to its tenant 0 ([`limit_tenant`]).
 pub fn configure_tenant(i: usize) -> TenantSpec {
     let id = tenant_id(i);
     TenantSpec {
@@ -73,6 +71,25 @@ pub async fn configure_tenants(pool: &PgPool, range: std::ops::Range<usize>) -> 
     Ok(())
 }
 
+/// Give tenant `i` a limit of `per_second` on every channel (system default
+/// providers, no chain of its own).
+pub async fn limit_tenant(pool: &PgPool, i: usize, per_second: u32) -> anyhow::Result<()> {
+    let store = crate::tenant::TenantStore::new(
+        pool.clone(),
+        std::sync::Arc::new(crate::crypto::KeyRing::new(&[], None)?),
+    );
+    let tenant = crate::job::TenantId::parse(&tenant_id(i))?;
+    for channel in crate::job::Channel::ALL {
+        let cfg = crate::tenant::ChannelConfig::from_json(
+            serde_json::json!({"chain": [], "fallback_to_system": true,
+                "rate_limits": {"per_second": per_second}}),
+            channel,
+        )?;
+        store.put(&tenant, channel, &cfg, "bench").await?;
+    }
+    Ok(())
+}
+
 /// A well-formed (fake) Twilio account SID.
 const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 
@@ -89,6 +106,9 @@ pub fn point_defaults_at(settings: &mut Settings, fake_base: &str) -> anyhow::Re
         "from": "+14155550100", "base_url": fake_base});
     settings.defaults.sms = p(twilio.clone())?;
     settings.defaults.whatsapp = p(twilio)?;
+    // The fake has no per-number limit: the bench measures our code, not Twilio's.
+    settings.rate_limits.provider_per_second.sendgrid = 0;
+    settings.rate_limits.provider_per_second.twilio = 0;
     settings.validate()?;
     Ok(())
 }
@@ -110,6 +130,8 @@ pub fn worker_env(settings: &Settings, fake_base: &str) -> Vec<(String, String)>
         ("DEFAULTS__EMAIL__API_KEY", "SG.bench-key".into()),
         ("DEFAULTS__EMAIL__FROM_EMAIL", "bench@example.com".into()),
         ("DEFAULTS__EMAIL__BASE_URL", fake_base.into()),
+        ("RATE_LIMITS__PROVIDER_PER_SECOND__SENDGRID", "0".into()),
+        ("RATE_LIMITS__PROVIDER_PER_SECOND__TWILIO", "0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("OUTREACH__{k}"), v))
