@@ -9,6 +9,7 @@
 //! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
 //! - [`events`]: delivery events; [`metrics`], [`http`], [`health`]: observability.
 //! - [`admin_api`]: `/admin/v1`, tenants' config over HTTP.
+//! - [`dlq`]: the dead-letter queue: list and replay.
 //! - [`app`]: wiring; [`demo`]: the one-command demonstration; [`bench`]: the benchmark.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod db;
 pub mod delivery_log;
 pub mod demo;
 pub mod dispatch;
+pub mod dlq;
 pub mod enqueue;
 pub mod events;
 pub mod health;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use outreach::broker::Topology;
+use outreach::dlq::cli::{self as dlq_cli, DlqCommand};
 use outreach::enqueue::JobPublisher;
 use outreach::settings::Settings;
 use outreach::tenant::cli::{self as tenant_cli, AdminCommand, KeysCommand, TenantCommand};
@@ -45,6 +46,9 @@ enum Command {
     /// Admin API helpers.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Inspect and replay the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Run the whole pipeline on a few hundred demo jobs and summarise.
     Demo {
         #[arg(long, default_value_t = 300)]
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
                 tenant_cli::admin(cmd);
                 Ok(())
             }
+            Command::Dlq(cmd) => dlq_cli::dlq(&settings, cmd).await,
             Command::Bench(opts) => bench::run(settings, *opts).await,
             Command::Demo {
                 jobs,

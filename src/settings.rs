@@ -5,6 +5,7 @@
 use crate::crypto::KeyConfig;
 use crate::provider::ProviderSettings;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -201,9 +202,41 @@ pub struct ProvidersSettings {
 /// The system default provider of each channel.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SystemDefaults {
+    #[serde(deserialize_with = "provider_settings")]
     pub email: ProviderSettings,
+    #[serde(deserialize_with = "provider_settings")]
     pub sms: ProviderSettings,
+    #[serde(deserialize_with = "provider_settings")]
     pub whatsapp: ProviderSettings,
+}
+
+/// Read a system default provider so that environment strings still become
+/// numbers: `ProviderSettings` is tagged by `provider`, and serde buffers a
+/// tagged enum before choosing the variant, which loses the `config` crate's
+/// string-to-number conversion (`OUTREACH__DEFAULTS__EMAIL__PORT=2525` would
+/// be refused as "a string, expected u16"). So: read the tag, then the
+/// variant's own struct straight from the config value.
+fn provider_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProviderSettings, D::Error> {
+    use serde::de::Error;
+    let value = config::Value::deserialize(d)?;
+    let mut fields = value.clone().into_table().map_err(D::Error::custom)?;
+    let tag = fields.remove("provider").map(config::Value::into_string);
+    let rest = config::Value::new(None, fields);
+    let parsed = match tag {
+        Some(Ok(tag)) => match tag.as_str() {
+            "sandbox" => rest.try_deserialize().map(ProviderSettings::Sandbox),
+            "smtp" => rest.try_deserialize().map(ProviderSettings::Smtp),
+            "sendgrid" => rest.try_deserialize().map(ProviderSettings::Sendgrid),
+            "ses" => rest.try_deserialize().map(ProviderSettings::Ses),
+            "twilio" => rest.try_deserialize().map(ProviderSettings::Twilio),
+            "meta" => rest.try_deserialize().map(ProviderSettings::Meta),
+            "vonage" => rest.try_deserialize().map(ProviderSettings::Vonage),
+            // serde's own message lists the known providers.
+            _ => value.try_deserialize(),
+        },
+        _ => value.try_deserialize(),
+    };
+    parsed.map_err(D::Error::custom)
 }
 
 /// A setting that cannot work, named so it can be fixed.
@@ -218,21 +251,46 @@ pub enum SettingsError {
 impl Settings {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_with_env(file, outreach_env()?)
+    }
+
+    /// [`Self::load`] with the environment passed in (tests cannot safely
+    /// change the process's own).
+    fn load_with_env(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Self, SettingsError> {
         let mut b = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
             b = b.add_source(config::File::from(path).required(true));
         }
-        let env = config::Environment::with_prefix("OUTREACH")
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .with_list_parse_key("worker.retry_delays_secs")
-            .with_list_parse_key("admin.operator_token_sha256")
-            .try_parsing(true);
-        let mut s: Settings = b.add_source(env).build()?.try_deserialize()?;
-        if let Ok(keys) = std::env::var(KEYS_ENV) {
-            s.crypto.keys.extend(parse_key_list(&keys)?);
+        // Values stay strings (no `try_parsing`): serde reads "500" as a
+        // number where the field is one, while a phone number such as
+        // +14155550100 or a numeric Meta phone-number id stays text instead
+        // of being turned into an integer that the string field refuses.
+        b = b.add_source(
+            config::Environment::with_prefix("OUTREACH")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env.clone())),
+        );
+        // Without `try_parsing` the crate no longer splits lists, so the list
+        // settings are split here (a single value is a one-element list).
+        for key in LIST_KEYS {
+            if let Some(list) = env_value(&env, &env_name(key)) {
+                let items: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                b = b.set_override(key, items)?;
+            }
+        }
+        let mut s: Settings = b.build()?.try_deserialize()?;
+        if let Some(keys) = env_value(&env, KEYS_ENV) {
+            s.crypto.keys.extend(parse_key_list(keys)?);
         }
         s.validate()?;
         Ok(s)
@@ -361,6 +419,41 @@ impl Settings {
 /// active unless `crypto.active_key` says otherwise.
 pub const KEYS_ENV: &str = "OUTREACH_ENCRYPTION_KEYS";
 
+/// Settings given in the environment as one comma-separated variable, e.g.
+/// `OUTREACH__WORKER__RETRY_DELAYS_SECS=5,30,120`.
+const LIST_KEYS: [&str; 2] = ["worker.retry_delays_secs", "admin.operator_token_sha256"];
+
+/// `worker.retry_delays_secs` → `OUTREACH__WORKER__RETRY_DELAYS_SECS`.
+fn env_name(key: &str) -> String {
+    format!("OUTREACH__{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Case-insensitive, like the `config` crate's own reading of the names.
+fn env_value<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The process's `OUTREACH…` variables.
+fn outreach_env() -> Result<HashMap<String, String>, SettingsError> {
+    let mut env = HashMap::new();
+    for (k, v) in std::env::vars_os() {
+        let Some(k) = k
+            .to_str()
+            .filter(|k| k.to_ascii_uppercase().starts_with("OUTREACH"))
+        else {
+            continue;
+        };
+        let v = v.into_string().map_err(|_| SettingsError::Invalid {
+            key: "environment",
+            reason: format!("{k} is not valid UTF-8"),
+        })?;
+        env.insert(k.to_owned(), v);
+    }
+    Ok(env)
+}
+
 fn parse_key_list(list: &str) -> Result<Vec<KeyConfig>, SettingsError> {
     list.split(',')
         .map(str::trim)
@@ -401,6 +494,112 @@ mod tests {
         assert_eq!(keys[1].id, "b");
         let err = parse_key_list("justakey").unwrap_err().to_string();
         assert!(!err.contains("justakey"));
+    }
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with_env(None, env)
+    }
+
+    #[test]
+    fn a_phone_number_from_the_environment_stays_text_with_its_plus() {
+        let s = with_env(&[
+            ("OUTREACH__DEFAULTS__SMS__PROVIDER", "twilio"),
+            (
+                "OUTREACH__DEFAULTS__SMS__ACCOUNT_SID",
+                &format!("AC{}", "0".repeat(32)),
+            ),
+            ("OUTREACH__DEFAULTS__SMS__AUTH_TOKEN", "123456"),
+            ("OUTREACH__DEFAULTS__SMS__FROM", "+14155550100"),
+        ])
+        .unwrap();
+        let ProviderSettings::Twilio(t) = &s.defaults.sms else {
+            panic!("expected twilio, got {:?}", s.defaults.sms.kind());
+        };
+        assert_eq!(t.from.as_deref(), Some("+14155550100"));
+        use secrecy::ExposeSecret;
+        assert_eq!(t.auth_token.expose_secret(), "123456");
+    }
+
+    #[test]
+    fn a_numeric_id_from_the_environment_stays_text() {
+        let s = with_env(&[
+            ("OUTREACH__DEFAULTS__WHATSAPP__PROVIDER", "meta"),
+            ("OUTREACH__DEFAULTS__WHATSAPP__ACCESS_TOKEN", "EAAG-token"),
+            (
+                "OUTREACH__DEFAULTS__WHATSAPP__PHONE_NUMBER_ID",
+                "106540352242922",
+            ),
+        ])
+        .unwrap();
+        let ProviderSettings::Meta(m) = &s.defaults.whatsapp else {
+            panic!("expected meta");
+        };
+        assert_eq!(m.phone_number_id, "106540352242922");
+    }
+
+    #[test]
+    fn numbers_from_the_environment_are_parsed_where_the_setting_is_a_number() {
+        let s = with_env(&[
+            ("OUTREACH__AMQP__PREFETCH", "500"),
+            ("OUTREACH__DEFAULTS__EMAIL__PROVIDER", "smtp"),
+            ("OUTREACH__DEFAULTS__EMAIL__HOST", "127.0.0.1"),
+            ("OUTREACH__DEFAULTS__EMAIL__PORT", "2525"),
+            ("OUTREACH__DEFAULTS__EMAIL__SECURITY", "none"),
+            ("OUTREACH__DEFAULTS__EMAIL__FROM_EMAIL", "a@b.co"),
+        ])
+        .unwrap();
+        assert_eq!(s.amqp.prefetch, 500);
+        let ProviderSettings::Smtp(smtp) = &s.defaults.email else {
+            panic!("expected smtp");
+        };
+        assert_eq!(smtp.port, Some(2525));
+    }
+
+    #[test]
+    fn a_number_setting_that_is_not_a_number_is_refused_naming_it() {
+        let err = with_env(&[("OUTREACH__AMQP__PREFETCH", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch"), "{err}");
+    }
+
+    #[test]
+    fn booleans_from_the_environment_work() {
+        let s = with_env(&[
+            ("OUTREACH__WORKER__MIGRATE_ON_START", "false"),
+            ("OUTREACH__DELIVERY_LOG__STORE_CONTENT", "true"),
+        ])
+        .unwrap();
+        assert!(!s.worker.migrate_on_start);
+        assert!(s.delivery_log.store_content);
+    }
+
+    #[test]
+    fn lists_from_the_environment_are_split_on_commas() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let s = with_env(&[
+            (
+                "OUTREACH__ADMIN__OPERATOR_TOKEN_SHA256",
+                &format!("{a},{b}"),
+            ),
+            ("OUTREACH__WORKER__RETRY_DELAYS_SECS", "5, 30,120"),
+        ])
+        .unwrap();
+        assert_eq!(s.admin.operator_token_sha256, vec![a, b]);
+        assert_eq!(s.worker.retry_delays_secs, vec![5, 30, 120]);
+        let one = with_env(&[("OUTREACH__WORKER__RETRY_DELAYS_SECS", "7")]).unwrap();
+        assert_eq!(one.worker.retry_delays_secs, vec![7]);
+    }
+
+    #[test]
+    fn encryption_keys_from_their_own_variable_are_still_read() {
+        let s = with_env(&[(KEYS_ENV, &format!("k1:{}", "1".repeat(64)))]).unwrap();
+        assert_eq!(s.crypto.keys.len(), 1);
+        assert_eq!(s.crypto.keys[0].id, "k1");
     }
 
     #[test]
