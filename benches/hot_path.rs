@@ -13,7 +13,7 @@ use outreach::events::DeliveryEvent;
 use outreach::job::{Channel, Job, TenantId};
 use outreach::provider::{self, ErrorKind, ProviderKind, ProviderSettings};
 use outreach::settings::Settings;
-use outreach::tenant::{ChainStep, Directory, ResolvedChannel, TenantStore, sealed};
+use outreach::tenant::{Directory, ResolvedChannel, TenantStore, sealed};
 use outreach::{app, db, metrics};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
@@ -107,21 +107,16 @@ fn config_lookup(c: &mut Criterion) {
         let stored = sealed::seal(&keys, &tenant, Channel::Email, 0, &sendgrid_entry()).unwrap();
         let opened = sealed::open(&keys, &tenant, Channel::Email, 0, &stored).unwrap();
         let p = provider::build(&opened, &ctx, Some(&tenant)).unwrap();
-        let mut fallback = dir.system_chain(Channel::Email).steps[0].clone();
-        fallback.step = 1;
-        let chain = ResolvedChannel {
-            enabled: true,
-            steps: vec![
-                ChainStep {
-                    kind: p.kind(),
-                    provider: p,
-                    step: 0,
-                    is_system: false,
-                    account: format!("tenant:{tenant}:email:0").into(),
-                },
-                fallback,
-            ],
-        };
+        // Built from the system chain by field, so fields added to the chain
+        // types later keep their system values instead of breaking the bench.
+        let mut chain = ResolvedChannel::clone(&dir.system_chain(Channel::Email));
+        let mut first = chain.steps[0].clone();
+        first.kind = p.kind();
+        first.provider = p;
+        first.is_system = false;
+        first.account = format!("tenant:{tenant}:email:0").into();
+        chain.steps[0].step = 1;
+        chain.steps.insert(0, first);
         dir.prime_cache(&tenant, Channel::Email, Arc::new(chain))
             .await;
         dir
