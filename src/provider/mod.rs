@@ -15,7 +15,7 @@ pub mod smtp;
 pub mod twilio;
 pub mod vonage;
 
-use crate::job::{Channel, Job, TenantId};
+use crate::job::{Channel, Content, Job, TenantId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -87,6 +87,37 @@ pub trait Provider: Send + Sync + 'static {
     async fn send(&self, job: &Job) -> Result<Receipt, ProviderError>;
 }
 
+/// The parts of an email job an email adapter sends.
+pub(crate) struct EmailParts<'a> {
+    pub subject: &'a str,
+    pub text: Option<&'a str>,
+    pub html: Option<&'a str>,
+}
+
+/// The email parts of `job`, or a Content error naming `provider` for a job
+/// that is not an email (decode already checks channel and content agree).
+pub(crate) fn email_parts(
+    job: &Job,
+    provider: ProviderKind,
+) -> Result<EmailParts<'_>, ProviderError> {
+    match &job.content {
+        Content::Email {
+            subject,
+            text,
+            html,
+        } => Ok(EmailParts {
+            subject,
+            text: text.as_deref(),
+            html: html.as_deref(),
+        }),
+        _ => Err(ProviderError::new(
+            ErrorKind::Content,
+            None,
+            format!("{provider} carries email only"),
+        )),
+    }
+}
+
 /// What adapters share: one pooled HTTP client and the service-wide knobs.
 #[derive(Clone)]
 pub struct ProviderContext {
@@ -133,4 +164,24 @@ pub fn build(
         ProviderSettings::Meta(s) => Arc::new(meta::Meta::new(s, ctx)),
         ProviderSettings::Vonage(s) => Arc::new(vonage::Vonage::new(s, ctx)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_email_adapter_refuses_a_job_that_is_not_an_email_naming_itself() {
+        let sms = Job::decode(br#"{"job_id":"j","tenant_id":"t","channel":"sms","recipient":"+14155550100","content":{"text":"hi"}}"#).unwrap();
+        let e = email_parts(&sms, ProviderKind::Ses).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Content);
+        assert_eq!(e.message, "ses carries email only");
+    }
+
+    #[test]
+    fn an_email_job_lends_its_subject_and_bodies() {
+        let email = Job::decode(br#"{"job_id":"j","tenant_id":"t","channel":"email","recipient":"a@b.co","content":{"subject":"Hi","html":"<p>x</p>"}}"#).unwrap();
+        let p = email_parts(&email, ProviderKind::Smtp).ok().unwrap();
+        assert_eq!((p.subject, p.text, p.html), ("Hi", None, Some("<p>x</p>")));
+    }
 }

@@ -7,8 +7,11 @@
 
 use super::http::{self, Answer};
 use super::settings::SendgridSettings;
-use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
-use crate::job::{Content, Job};
+use super::{
+    EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
+    email_parts,
+};
+use crate::job::Job;
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -37,18 +40,11 @@ impl Sendgrid {
 
     /// The Mail Send body for one job.
     pub fn body(&self, job: &Job) -> Result<Value, ProviderError> {
-        let Content::Email {
+        let EmailParts {
             subject,
             text,
             html,
-        } = &job.content
-        else {
-            return Err(ProviderError::new(
-                ErrorKind::Content,
-                None,
-                "sendgrid carries email only",
-            ));
-        };
+        } = email_parts(job, ProviderKind::Sendgrid)?;
         let s = &self.settings;
         let mut personalization = json!({
             "to": [{"email": job.recipient}],

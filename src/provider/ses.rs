@@ -4,8 +4,11 @@
 
 use super::http::{self, Answer};
 use super::settings::SesSettings;
-use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
-use crate::job::{Content, Job};
+use super::{
+    EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
+    email_parts,
+};
+use crate::job::Job;
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -50,18 +53,11 @@ impl Ses {
 
     /// The `SendEmail` body for one job.
     pub fn body(&self, job: &Job) -> Result<Value, ProviderError> {
-        let Content::Email {
+        let EmailParts {
             subject,
             text,
             html,
-        } = &job.content
-        else {
-            return Err(ProviderError::new(
-                ErrorKind::Content,
-                None,
-                "ses carries email only",
-            ));
-        };
+        } = email_parts(job, ProviderKind::Ses)?;
         let mut parts = serde_json::Map::new();
         if let Some(t) = text {
             parts.insert("Text".into(), json!({"Data": t, "Charset": "UTF-8"}));

@@ -3,9 +3,10 @@
 
 use super::settings::{SmtpSecurity, SmtpSettings};
 use super::{
-    ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt, SettingsError,
+    EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
+    SettingsError, email_parts,
 };
-use crate::job::{Content, Job};
+use crate::job::Job;
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
 use lettre::transport::smtp::PoolConfig;
@@ -68,18 +69,11 @@ impl Smtp {
     }
 
     fn message(&self, job: &Job) -> Result<(Message, String), ProviderError> {
-        let Content::Email {
+        let EmailParts {
             subject,
             text,
             html,
-        } = &job.content
-        else {
-            return Err(ProviderError::new(
-                ErrorKind::Content,
-                None,
-                "smtp carries email only",
-            ));
-        };
+        } = email_parts(job, ProviderKind::Smtp)?;
         let to: Mailbox = job.recipient.parse().map_err(|_| {
             ProviderError::new(
                 ErrorKind::Recipient,
@@ -96,11 +90,12 @@ impl Smtp {
             .message_id(Some(message_id.clone()))
             .header(JobIdHeader(job.id.to_string()));
         let built = match (text, html) {
-            (Some(t), Some(h)) => {
-                b.multipart(MultiPart::alternative_plain_html(t.clone(), h.clone()))
-            }
-            (Some(t), None) => b.singlepart(SinglePart::plain(t.clone())),
-            (None, Some(h)) => b.singlepart(SinglePart::html(h.clone())),
+            (Some(t), Some(h)) => b.multipart(MultiPart::alternative_plain_html(
+                t.to_owned(),
+                h.to_owned(),
+            )),
+            (Some(t), None) => b.singlepart(SinglePart::plain(t.to_owned())),
+            (None, Some(h)) => b.singlepart(SinglePart::html(h.to_owned())),
             (None, None) => {
                 return Err(ProviderError::new(
                     ErrorKind::Content,

@@ -91,6 +91,19 @@ impl Directory {
         self
     }
 
+    /// Cache `chain` as if it had been loaded, so the cache-hit path of
+    /// [`Directory::resolve`] can be measured without a database
+    /// (`benches/hot_path.rs`). Workers never call it.
+    #[doc(hidden)]
+    pub async fn prime_cache(
+        &self,
+        tenant: &TenantId,
+        channel: Channel,
+        chain: Arc<ResolvedChannel>,
+    ) {
+        self.cache.insert((tenant.clone(), channel), chain).await;
+    }
+
     /// The chain for a tenant and channel, from the cache when possible.
     pub async fn resolve(
         &self,
