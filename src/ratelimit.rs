@@ -99,7 +99,23 @@ pub struct RateLimiter {
     pool: Option<PgPool>,
     local: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
     paused: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Bucket sets with a query in flight from this process. One at a time
+    /// per set: a backlog of one tenant must not queue on the connection
+    /// pool (and the bucket's row lock) in front of every other tenant's work.
+    in_flight: Mutex<std::collections::HashSet<String>>,
     clock: DefaultClock,
+}
+
+/// Removes a bucket set from `in_flight` when its query is done.
+struct InFlight<'a>(&'a Mutex<std::collections::HashSet<String>>, String);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
 }
 
 impl RateLimiter {
@@ -108,6 +124,7 @@ impl RateLimiter {
             pool,
             local: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(std::collections::HashSet::new()),
             clock: DefaultClock::default(),
         }
     }
@@ -136,6 +153,22 @@ impl RateLimiter {
         };
         buckets.sort_by(|a, b| a.0.cmp(&b.0));
         let keys: Vec<&str> = buckets.iter().map(|(k, _)| k.as_str()).collect();
+        let joined = keys.join(" ");
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(joined.clone())
+        {
+            // Another job of this process is asking right now: come back
+            // after about one send's interval.
+            let wait = buckets.iter().map(|(_, l)| l.interval()).min();
+            return Ok(Take::Wait {
+                wait: wait.unwrap_or_default().max(Duration::from_millis(1)),
+                paused: false,
+            });
+        }
+        let _in_flight = InFlight(&self.in_flight, joined);
         let intervals: Vec<i64> = buckets
             .iter()
             .map(|(_, l)| l.interval().as_micros() as i64)
