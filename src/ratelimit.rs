@@ -7,6 +7,9 @@
 //! when this process alone has used the whole allowance, it answers "wait"
 //! without a database round trip, so a backlog of jobs waiting for one tenant
 //! does not turn into a storm of queries. Unlimited keys never touch either.
+//! A query takes up to 20 ms worth of sends at once (a lease, used by this
+//! worker's next jobs or dropped), so a high limit costs ~50 queries a second,
+//! not one per send, and there is one query in flight per bucket set.
 //!
 //! A provider's 429 *pauses* an account until its `Retry-After`: recorded in
 //! this process (so its next jobs skip the account at once) and on the
@@ -99,22 +102,39 @@ pub struct RateLimiter {
     pool: Option<PgPool>,
     local: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
     paused: Mutex<HashMap<Arc<str>, Instant>>,
-    /// Bucket sets with a query in flight from this process. One at a time
-    /// per set: a backlog of one tenant must not queue on the connection
-    /// pool (and the bucket's row lock) in front of every other tenant's work.
-    in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Per bucket set: sends taken ahead and whether a query is in flight.
+    leases: Mutex<HashMap<String, Lease>>,
     clock: DefaultClock,
 }
 
-/// Removes a bucket set from `in_flight` when its query is done.
-struct InFlight<'a>(&'a Mutex<std::collections::HashSet<String>>, String);
+/// Sends taken from the database ahead of use, for [`LEASE_FOR`] at most
+/// (so a limit is overshot by at most that much of its rate), and the one
+/// query allowed in flight per set: a backlog of one tenant must not queue
+/// on the connection pool (and the bucket's row lock) in front of every
+/// other tenant's work.
+#[derive(Default)]
+struct Lease {
+    tokens: u32,
+    until: Option<Instant>,
+    querying: bool,
+}
 
-impl Drop for InFlight<'_> {
+/// How long sends taken ahead stay usable.
+const LEASE_FOR: Duration = Duration::from_millis(20);
+
+/// Clears `querying` when the query is done (or abandoned).
+struct Querying<'a>(&'a Mutex<HashMap<String, Lease>>, String);
+
+impl Drop for Querying<'_> {
     fn drop(&mut self) {
-        self.0
+        if let Some(l) = self
+            .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.1);
+            .get_mut(&self.1)
+        {
+            l.querying = false;
+        }
     }
 }
 
@@ -124,7 +144,7 @@ impl RateLimiter {
             pool,
             local: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(std::collections::HashSet::new()),
+            leases: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
         }
     }
@@ -154,21 +174,38 @@ impl RateLimiter {
         buckets.sort_by(|a, b| a.0.cmp(&b.0));
         let keys: Vec<&str> = buckets.iter().map(|(k, _)| k.as_str()).collect();
         let joined = keys.join(" ");
-        if !self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(joined.clone())
+        let min_interval = buckets
+            .iter()
+            .map(|(_, l)| l.interval())
+            .min()
+            .unwrap_or_default();
         {
-            // Another job of this process is asking right now: come back
-            // after about one send's interval.
-            let wait = buckets.iter().map(|(_, l)| l.interval()).min();
-            return Ok(Take::Wait {
-                wait: wait.unwrap_or_default().max(Duration::from_millis(1)),
-                paused: false,
-            });
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let lease = leases.entry(joined.clone()).or_default();
+            if lease.tokens > 0 && lease.until.is_some_and(|u| u > Instant::now()) {
+                lease.tokens -= 1;
+                return Ok(Take::Granted);
+            }
+            if lease.querying {
+                // Another job of this process is asking right now.
+                return Ok(Take::Wait {
+                    wait: min_interval.max(Duration::from_millis(1)),
+                    paused: false,
+                });
+            }
+            lease.querying = true;
+            lease.tokens = 0;
         }
-        let _in_flight = InFlight(&self.in_flight, joined);
+        let _querying = Querying(&self.leases, joined.clone());
+        // As many sends as the strictest limit allows in LEASE_FOR.
+        let want = buckets
+            .iter()
+            .map(|(_, l)| {
+                (LEASE_FOR.as_micros() / l.interval().as_micros().max(1))
+                    .clamp(1, l.burst.get() as u128)
+            })
+            .min()
+            .unwrap_or(1) as i32;
         let intervals: Vec<i64> = buckets
             .iter()
             .map(|(_, l)| l.interval().as_micros() as i64)
@@ -177,21 +214,32 @@ impl RateLimiter {
             .iter()
             .map(|(_, l)| l.burst.get().min(i32::MAX as u32) as i32)
             .collect();
-        let (wait_secs, paused): (f64, bool) =
-            sqlx::query_as("SELECT wait_secs, paused FROM outreach_rate_take($1, $2, $3)")
-                .bind(&keys)
-                .bind(&intervals)
-                .bind(&bursts)
-                .fetch_one(pool)
-                .await?;
-        Ok(if wait_secs > 0.0 {
-            Take::Wait {
-                wait: Duration::from_secs_f64(wait_secs),
+        let (granted, wait_secs, paused): (i32, f64, bool) = sqlx::query_as(
+            "SELECT granted, wait_secs, paused FROM outreach_rate_take($1, $2, $3, $4)",
+        )
+        .bind(&keys)
+        .bind(&intervals)
+        .bind(&bursts)
+        .bind(want)
+        .fetch_one(pool)
+        .await?;
+        if granted < 1 {
+            return Ok(Take::Wait {
+                wait: Duration::from_secs_f64(wait_secs.max(0.0)).max(Duration::from_millis(1)),
                 paused,
-            }
-        } else {
-            Take::Granted
-        })
+            });
+        }
+        if granted > 1
+            && let Some(lease) = self
+                .leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&joined)
+        {
+            lease.tokens = granted as u32 - 1;
+            lease.until = Some(Instant::now() + LEASE_FOR);
+        }
+        Ok(Take::Granted)
     }
 
     /// A provider said "not before `for_`" for this account.
