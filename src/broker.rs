@@ -295,6 +295,33 @@ pub async fn publish_confirmed(
     }
 }
 
+/// Messages ready in `queue`, or `None` if it does not exist. A passive
+/// declare (it creates nothing) on a channel of its own, since a failed one
+/// closes its channel.
+pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<Option<u32>, BrokerError> {
+    let ch = conn.create_channel().await?;
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(q) => {
+            let _ = ch.close(200, "done".into()).await;
+            Ok(Some(q.message_count()))
+        }
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Header lookup helpers.
 pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
     match props

@@ -3,7 +3,6 @@
 
 mod support;
 
-use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use outreach::broker;
 use outreach::job::{Channel, TenantId};
@@ -26,20 +25,12 @@ fn sms_payload(id: &str, tenant: &str) -> Vec<u8> {
 /// Messages ready in a queue.
 async fn depth(queue: &str) -> u32 {
     let conn = broker::connect(AMQP_URL, "test-depth").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let n = broker::queue_depth(&conn, queue)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("queue exists");
     let _ = conn.close(200, "bye".into()).await;
-    q.message_count()
+    n
 }
 
 /// Put a letter in the dead-letter queue the way the worker does, with the

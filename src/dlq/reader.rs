@@ -2,8 +2,7 @@
 
 use super::DlqError;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::{Channel, Connection};
 use std::time::{Duration, Instant};
 
@@ -103,30 +102,9 @@ impl Reader {
 /// Longest wait for returned messages to show in the queue again.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// Messages ready in `queue` (a passive declare: it creates nothing).
+/// Messages ready in `queue`.
 pub async fn depth(conn: &Connection, queue: &str) -> Result<u32, DlqError> {
-    // A failed passive declare closes its channel, hence a channel of its own.
-    let ch = conn.create_channel().await?;
-    let declared = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match declared {
-        Ok(q) => {
-            let _ = ch.close(200, "done".into()).await;
-            Ok(q.message_count())
-        }
-        Err(e) if is_not_found(&e) => Err(DlqError::NoQueue(queue.to_owned())),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
+    crate::broker::queue_depth(conn, queue)
+        .await?
+        .ok_or_else(|| DlqError::NoQueue(queue.to_owned()))
 }
