@@ -115,12 +115,7 @@ impl Policy {
                     Take::Wait { wait, .. } => return Ok(Admission::Wait(wait)),
                 }
             }
-            if self
-                .breakers
-                .as_ref()
-                .is_some_and(|b| !b.allow(&step.account, step.kind))
-            {
-                note_skip(step, &Skip::CircuitOpen);
+            if !self.breaker_allows(step) {
                 continue;
             }
             return Ok(Admission::Go { from: i });
@@ -208,15 +203,23 @@ impl Policy {
                 }
             }
         }
-        if self
-            .breakers
-            .as_ref()
-            .is_some_and(|b| !b.allow(&step.account, step.kind))
-        {
-            note_skip(step, &Skip::CircuitOpen);
+        if !self.breaker_allows(step) {
             return Err(skip_error(&Skip::CircuitOpen));
         }
         Ok(())
+    }
+
+    /// The step's breaker lets a call through (in half-open state, takes a
+    /// probe slot); when not, the skip is noted.
+    fn breaker_allows(&self, step: &ChainStep) -> bool {
+        let allowed = self
+            .breakers
+            .as_ref()
+            .is_none_or(|b| b.allow(&step.account, step.kind));
+        if !allowed {
+            note_skip(step, &Skip::CircuitOpen);
+        }
+        allowed
     }
 
     fn skip(&self, step: &ChainStep) -> Option<Skip> {

@@ -224,9 +224,8 @@ async fn admit(
     source: Source,
 ) -> Result<Admit, HandleError> {
     let holds = &shared.holds;
-    let queue = holds.queue_name(&job.tenant_id, job.channel);
     // Its tenant's earlier jobs are waiting in the held queue: queue up behind them.
-    if source == Source::Work && holds.is_holding(&queue) {
+    if source == Source::Work && holds.is_holding(&job.tenant_id, job.channel) {
         holds
             .divert(publish, delivery, &job.tenant_id, job.channel)
             .await?;
@@ -242,7 +241,7 @@ async fn admit(
                 let wait_here = source == Source::Held
                     || (wait <= holds.max_inline_wait && {
                         if slot.is_none() {
-                            slot = holds.wait_slot(&queue);
+                            slot = holds.wait_slot(&holds.queue_name(&job.tenant_id, job.channel));
                         }
                         slot.is_some()
                     });

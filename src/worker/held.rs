@@ -23,6 +23,7 @@ use lapin::types::AMQPValue;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long new jobs of a tenant keep following its held ones after the
@@ -46,6 +47,8 @@ pub struct Holds {
     pub max_inline_wait: Duration,
     pub prefetch: u16,
     state: Mutex<HashMap<String, Hold>>,
+    /// Set once any tenant has held jobs: until then no job needs the lookup.
+    any_hold: AtomicBool,
 }
 
 /// A place among a tenant's jobs waiting in process; released on drop.
@@ -77,6 +80,7 @@ impl Holds {
             max_inline_wait,
             prefetch,
             state: Mutex::new(HashMap::new()),
+            any_hold: AtomicBool::new(false),
         }
     }
 
@@ -85,9 +89,13 @@ impl Holds {
     }
 
     /// Should this tenant's new job go straight to its held queue?
-    pub fn is_holding(&self, queue: &str) -> bool {
+    pub fn is_holding(&self, tenant: &TenantId, channel: Channel) -> bool {
+        if !self.any_hold.load(Ordering::Relaxed) {
+            return false;
+        }
+        let queue = self.queue_name(tenant, channel);
         self.lock()
-            .get(queue)
+            .get(&queue)
             .and_then(|h| h.follow_until)
             .is_some_and(|t| t > Instant::now())
     }
@@ -115,6 +123,7 @@ impl Holds {
         channel: Channel,
     ) -> Result<(), HandleError> {
         let queue = self.queue_name(tenant, channel);
+        self.any_hold.store(true, Ordering::Relaxed);
         let register = {
             let mut state = self.lock();
             let h = state.entry(queue.clone()).or_default();
@@ -154,6 +163,7 @@ impl Holds {
     /// A held queue still has jobs: keep sending the tenant's new ones after them.
     pub fn saw_backlog(&self, queue: &str, messages: u32) {
         if messages > 0 {
+            self.any_hold.store(true, Ordering::Relaxed);
             let mut state = self.lock();
             state.entry(queue.to_owned()).or_default().follow_until =
                 Some(Instant::now() + FOLLOW_FOR);
