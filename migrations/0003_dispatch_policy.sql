@@ -12,15 +12,19 @@ CREATE TABLE rate_buckets (
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Take one send from every bucket in p_keys (sorted by the caller, so
--- concurrent takers lock rows in the same order), or none. Returns 0 when
--- granted, else the seconds to wait; `paused` says a bucket is paused by a
+-- Take up to p_want sends from every bucket in p_keys (sorted by the
+-- caller, so concurrent takers lock rows in the same order), as many as all
+-- of them allow, or none: a worker takes a few at once for its next jobs (a
+-- short lease), so a fast limit does not cost one round trip per send.
+-- `granted` = 0 means wait `wait_secs`; `paused` says a bucket is paused by a
 -- provider's 429 rather than merely full. The database clock is the one
 -- clock every worker agrees on.
 CREATE FUNCTION outreach_rate_take(
     p_keys        TEXT[],
     p_interval_us BIGINT[],
     p_burst       INTEGER[],
+    p_want        INTEGER,
+    OUT granted   INTEGER,
     OUT wait_secs DOUBLE PRECISION,
     OUT paused    BOOLEAN
 ) LANGUAGE plpgsql AS $$
@@ -31,7 +35,9 @@ DECLARE
     t       TIMESTAMPTZ;
     p_until TIMESTAMPTZ;
     slack   INTERVAL;
+    avail   INTEGER;
 BEGIN
+    granted := greatest(p_want, 1);
     wait_secs := 0;
     paused := false;
     INSERT INTO rate_buckets (key, tat)
@@ -44,18 +50,22 @@ BEGIN
             paused := true;
             wait_secs := greatest(wait_secs, extract(epoch FROM p_until - now_ts));
         END IF;
+        -- GCRA: k sends fit while t + (k - 1) x interval - now <= (burst - 1) x interval.
         slack := (p_burst[i] - 1) * p_interval_us[i] * INTERVAL '1 microsecond';
-        IF t - now_ts > slack THEN
+        avail := floor(extract(epoch FROM slack - (t - now_ts)) * 1000000 / p_interval_us[i])::INTEGER + 1;
+        IF avail < 1 THEN
             wait_secs := greatest(wait_secs, extract(epoch FROM (t - now_ts) - slack));
         END IF;
+        granted := least(granted, avail);
         tats := tats || t;
     END LOOP;
-    IF wait_secs > 0 THEN
+    IF paused OR granted < 1 THEN
+        granted := 0;
         RETURN;
     END IF;
     FOR i IN 1..n LOOP
         UPDATE rate_buckets
-           SET tat = tats[i] + p_interval_us[i] * INTERVAL '1 microsecond', updated_at = now_ts
+           SET tat = tats[i] + granted * p_interval_us[i] * INTERVAL '1 microsecond', updated_at = now_ts
          WHERE key = p_keys[i];
     END LOOP;
 END $$;
