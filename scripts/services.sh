@@ -28,3 +28,6 @@ fi
 wait_port RabbitMQ 5672
 # The port opens before the broker accepts connections on a cold start.
 rabbitmqctl await_startup >/dev/null 2>&1 || true
+# amqp.work_queues > 1 hashes tenants over several work queues with the
+# consistent-hash exchange, a plugin RabbitMQ ships but does not enable.
+rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null

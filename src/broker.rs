@@ -2,12 +2,23 @@
 //! confirmed publishing.
 //!
 //! ```text
-//!  upstream ──► {p}.jobs (direct, key "job") ──► {p}.work ──► workers
-//!                  ▲                                │ (delivery limit hit)
-//!                  │ dead-letter after TTL          ▼
-//!  {p}.retry (direct, key = tier secs) ──► {p}.retry.{n}s      {p}.dlx (fanout) ──► {p}.dlq
+//!  upstream ──► {p}.jobs (x-consistent-hash on the routing key = tenant id)
+//!                  ▲      ├──► {p}.work.0 ──┐
+//!                  │      ├──► …            ├──► workers (one consumer per queue)
+//!                  │      └──► {p}.work.N-1 ┘        │ (delivery limit hit)
+//!                  │ dead-letter after TTL, same key │
+//!  {p}.retry (headers, outreach-delay = tier) ──► {p}.retry.{n}s
+//!                                             {p}.dlx (fanout) ──► {p}.dlq
 //!  workers ──► {p}.events (topic, key "<status>.<channel>")
 //! ```
+//!
+//! Why several work queues: a queue is FIFO, so one tenant's burst of 100,000
+//! jobs would sit in front of everyone else's. Hashing tenants over N queues,
+//! each with its own consumer and an even share of the worker's slots, lets a
+//! burst delay only the tenants that hash to its queue (about 1/N of them)
+//! while the worker moves it out to the tenant's held queue. With
+//! `amqp.work_queues = 1` the jobs exchange is a fanout to `{p}.work` and no
+//! broker plugin is needed.
 
 use crate::settings::{AmqpSettings, QueueType};
 use lapin::options::{
@@ -20,8 +31,18 @@ use lapin::{
 };
 use std::time::Duration;
 
-/// Routing key of the work queue's binding.
-pub const JOB_ROUTING_KEY: &str = "job";
+/// The consistent-hash exchange type (plugin `rabbitmq_consistent_hash_exchange`).
+const CONSISTENT_HASH: &str = "x-consistent-hash";
+/// Points on the hash ring per work queue (the binding key): many, so the
+/// queues get even shares of the key space.
+const RING_POINTS: &str = "100";
+
+/// The routing key a job is published with: its tenant id, so all of a
+/// tenant's jobs land in the same work queue (its order is kept, and its
+/// burst stays in that queue). Payloads without a readable tenant use "".
+pub fn job_routing_key(tenant_id: Option<&str>) -> &str {
+    tenant_id.unwrap_or("")
+}
 
 /// Header names the service sets.
 pub mod headers {
@@ -37,6 +58,10 @@ pub mod headers {
     pub const TENANT_ID: &str = "x-outreach-tenant-id";
     /// RFC 3339 time of dead-lettering.
     pub const FAILED_AT: &str = "x-outreach-failed-at";
+    /// Which delay queue a retry goes to (seconds, as a string): matched by
+    /// the retry exchange's bindings, so the routing key can stay the tenant's.
+    /// No `x-` prefix: a headers exchange ignores such headers when matching.
+    pub const DELAY: &str = "outreach-delay";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,13 +74,20 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("RabbitMQ refused the message (nack) on {0}")]
     Nacked(String),
+    #[error("RabbitMQ refused to declare {name}: {fix} ({source})")]
+    Declare {
+        name: String,
+        fix: &'static str,
+        source: lapin::Error,
+    },
 }
 
 /// The names of everything this deployment declares.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub jobs_exchange: String,
-    pub work_queue: String,
+    /// The work queues, `{p}.work` alone or `{p}.work.0` … `{p}.work.{N-1}`.
+    pub work_queues: Vec<String>,
     pub retry_exchange: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
@@ -75,7 +107,10 @@ impl Topology {
         tiers.dedup();
         Self {
             jobs_exchange: format!("{p}.jobs"),
-            work_queue: format!("{p}.work"),
+            work_queues: match s.work_queues {
+                0 | 1 => vec![format!("{p}.work")],
+                n => (0..n).map(|i| format!("{p}.work.{i}")).collect(),
+            },
             retry_exchange: format!("{p}.retry"),
             dead_letter_exchange: format!("{p}.dlx"),
             dead_letter_queue: format!("{p}.dlq"),
@@ -115,6 +150,58 @@ impl Topology {
         tier
     }
 
+    /// Publish to the delay queue of `tier_secs` (confirmed). When the delay
+    /// is over the message goes back to the jobs exchange with `routing_key`
+    /// (the tenant's), so to the tenant's work queue.
+    pub async fn publish_delayed(
+        &self,
+        ch: &Channel,
+        tier_secs: u64,
+        routing_key: &str,
+        payload: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let mut h = props.headers().clone().unwrap_or_default();
+        h.insert(headers::DELAY.into(), long(&tier_secs.to_string()));
+        let props = props.with_headers(h);
+        publish_confirmed(ch, &self.retry_exchange, routing_key, payload, props).await
+    }
+
+    /// Delete every queue (with `extra`, e.g. held queues) and exchange of
+    /// this topology, and the messages in them: for the bench and tests.
+    pub async fn delete(&self, ch: &Channel, extra: &[String]) -> Result<(), BrokerError> {
+        let tiers = self.retry_tiers.iter().map(|s| self.retry_queue(*s));
+        let queues = self
+            .work_queues
+            .iter()
+            .cloned()
+            .chain(tiers)
+            .chain(extra.iter().cloned());
+        for q in queues.chain([self.dead_letter_queue.clone()]) {
+            ch.queue_delete(q.as_str().into(), Default::default())
+                .await?;
+        }
+        for e in [
+            &self.jobs_exchange,
+            &self.retry_exchange,
+            &self.dead_letter_exchange,
+            &self.events_exchange,
+        ] {
+            ch.exchange_delete(e.as_str().into(), Default::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Jobs waiting in all the work queues (passive declares).
+    pub async fn work_depth(&self, conn: &Connection) -> Result<u32, BrokerError> {
+        let mut n = 0;
+        for q in &self.work_queues {
+            n += queue_depth(conn, q).await?.unwrap_or(0);
+        }
+        Ok(n)
+    }
+
     /// Declare exchanges, queues and bindings. Idempotent: safe on every start
     /// and from every worker (arguments must match what exists).
     pub async fn declare(&self, ch: &Channel) -> Result<(), BrokerError> {
@@ -126,20 +213,28 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
+        let hashed = self.work_queues.len() > 1;
+        let jobs_kind = if hashed {
+            ExchangeKind::Custom(CONSISTENT_HASH.into())
+        } else {
+            ExchangeKind::Fanout
+        };
         ch.exchange_declare(
             self.jobs_exchange.as_str().into(),
-            ExchangeKind::Direct,
+            jobs_kind,
             durable,
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| self.declare_error(&self.jobs_exchange, e))?;
         ch.exchange_declare(
             self.retry_exchange.as_str().into(),
-            ExchangeKind::Direct,
+            ExchangeKind::Headers,
             durable,
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| self.declare_error(&self.retry_exchange, e))?;
         ch.exchange_declare(
             self.dead_letter_exchange.as_str().into(),
             ExchangeKind::Fanout,
@@ -155,17 +250,21 @@ impl Topology {
         )
         .await?;
 
-        let work = self.consumed_queue_args();
-        ch.queue_declare(self.work_queue.as_str().into(), q_durable, work)
+        for queue in &self.work_queues {
+            ch.queue_declare(queue.as_str().into(), q_durable, self.consumed_queue_args())
+                .await
+                .map_err(|e| self.declare_error(queue, e))?;
+            // Fanout ignores the key; the consistent-hash exchange reads it
+            // as the queue's weight.
+            ch.queue_bind(
+                queue.as_str().into(),
+                self.jobs_exchange.as_str().into(),
+                RING_POINTS.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
-        ch.queue_bind(
-            self.work_queue.as_str().into(),
-            self.jobs_exchange.as_str().into(),
-            JOB_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        }
 
         ch.queue_declare(
             self.dead_letter_queue.as_str().into(),
@@ -191,21 +290,53 @@ impl Topology {
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt((*tier * 1000) as i64),
             );
-            // Expired messages go back to the work queue.
+            // Expired messages go back to the jobs exchange with the key
+            // they were published with (the tenant's), so to its work queue.
             args.insert("x-dead-letter-exchange".into(), long(&self.jobs_exchange));
-            args.insert("x-dead-letter-routing-key".into(), long(JOB_ROUTING_KEY));
             let q = self.retry_queue(*tier);
-            ch.queue_declare(q.as_str().into(), q_durable, args).await?;
+            ch.queue_declare(q.as_str().into(), q_durable, args)
+                .await
+                .map_err(|e| self.declare_error(&q, e))?;
+            let mut on = FieldTable::default();
+            on.insert("x-match".into(), long("all"));
+            on.insert(headers::DELAY.into(), long(&tier.to_string()));
             ch.queue_bind(
                 q.as_str().into(),
                 self.retry_exchange.as_str().into(),
-                tier.to_string().as_str().into(),
+                "".into(),
                 QueueBindOptions::default(),
-                FieldTable::default(),
+                on,
             )
             .await?;
         }
         Ok(())
+    }
+
+    /// Say what to fix when RabbitMQ refuses a declaration.
+    fn declare_error(&self, name: &str, e: lapin::Error) -> BrokerError {
+        let code = match e.kind() {
+            lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
+            _ => None,
+        };
+        match code {
+            // COMMAND_INVALID: an exchange type the broker does not know.
+            Some(503) if name == self.jobs_exchange => BrokerError::Declare {
+                name: name.to_owned(),
+                fix: "RabbitMQ does not know the x-consistent-hash exchange type: run \
+                      `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`, or set \
+                      amqp.work_queues = 1 (one shared work queue, no per-tenant isolation)",
+                source: e,
+            },
+            // PRECONDITION_FAILED: it exists with another type or arguments.
+            Some(406) => BrokerError::Declare {
+                name: name.to_owned(),
+                fix: "it already exists with other settings (an earlier outreach version, \
+                      another amqp.work_queues or amqp.queue_type): drain and delete it, \
+                      or use a new amqp.prefix",
+                source: e,
+            },
+            _ => e.into(),
+        }
     }
 
     /// Arguments of the queues workers consume (the work queue, held queues).

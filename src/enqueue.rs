@@ -1,7 +1,7 @@
 //! Publishing jobs, for upstream apps written in Rust, the CLI and tests.
 
-use crate::broker::{self, BrokerError, JOB_ROUTING_KEY, Topology};
-use crate::job::{Job, JobError};
+use crate::broker::{self, BrokerError, Topology};
+use crate::job::{self, Job, JobError};
 use lapin::{Channel, Connection};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,8 @@ impl JobPublisher {
         Ok(job)
     }
 
-    /// Publish bytes as they are (for testing how workers treat bad input).
+    /// Publish bytes as they are (for testing how workers treat bad input),
+    /// routed by their `tenant_id` field when it can be read.
     pub async fn publish_raw(
         &self,
         payload: &[u8],
@@ -50,10 +51,11 @@ impl JobPublisher {
         if let Some(id) = message_id {
             props = props.with_message_id(id.into());
         }
+        let tenant = job::peek_tenant(payload);
         broker::publish_confirmed(
             &self.channel,
             &self.exchange,
-            JOB_ROUTING_KEY,
+            broker::job_routing_key(tenant.as_deref()),
             payload,
             props,
         )
@@ -64,11 +66,12 @@ impl JobPublisher {
     pub async fn publish_many(&self, payloads: &[Vec<u8>]) -> Result<(), BrokerError> {
         let mut confirms = Vec::with_capacity(payloads.len());
         for p in payloads {
+            let tenant = job::peek_tenant(p);
             let c = self
                 .channel
                 .basic_publish(
                     self.exchange.as_str().into(),
-                    JOB_ROUTING_KEY.into(),
+                    broker::job_routing_key(tenant.as_deref()).into(),
                     Default::default(),
                     p,
                     broker::persistent_json(),

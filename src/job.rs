@@ -231,6 +231,20 @@ pub struct Salvaged {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The `tenant_id` field of a payload, as written, without validating the
+/// rest (for routing: all of a tenant's jobs go to the same work queue).
+pub fn peek_tenant(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        tenant_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Peek>(bytes)
+        .ok()?
+        .tenant_id
+        .map(|t| t.into_owned())
+}
+
 impl Salvaged {
     /// Best-effort read of the ids from an invalid payload.
     pub fn from_payload(bytes: &[u8]) -> Self {

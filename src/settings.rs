@@ -149,6 +149,7 @@ pub struct AmqpSettings {
     pub prefix: String,
     pub queue_type: QueueType,
     pub prefetch: u16,
+    pub work_queues: u16,
     pub delivery_limit: u32,
 }
 
@@ -318,6 +319,9 @@ impl Settings {
                 "amqp.prefetch",
                 "must be at least 1 (0 would mean unlimited)",
             );
+        }
+        if !(1..=256).contains(&self.amqp.work_queues) {
+            return bad("amqp.work_queues", "must be between 1 and 256");
         }
         if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
             return bad("amqp.prefix", "must be a non-empty name without spaces");

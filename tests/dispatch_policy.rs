@@ -5,7 +5,7 @@
 mod support;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use outreach::broker::{self, Topology};
 use outreach::crypto::{KeyConfig, KeyRing};
@@ -504,25 +504,31 @@ async fn a_short_retry_delay_is_not_held_behind_a_long_one() {
 
     // The long one first: a single delay queue would hold the short one behind it.
     for (tier, id) in [(3600, "long"), (2, "short")] {
-        broker::publish_confirmed(
-            &ch,
-            &topology.retry_exchange,
-            &tier.to_string(),
-            sms(id, "clinic-t").to_string().as_bytes(),
-            broker::persistent_json(),
-        )
-        .await
-        .unwrap();
+        topology
+            .publish_delayed(
+                &ch,
+                tier,
+                "clinic-t",
+                sms(id, "clinic-t").to_string().as_bytes(),
+                broker::persistent_json(),
+            )
+            .await
+            .unwrap();
     }
-    let mut work = ch
-        .basic_consume(
-            topology.work_queue.as_str().into(),
-            "tiers".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumers = vec![];
+    for (i, q) in topology.work_queues.iter().enumerate() {
+        let c = ch
+            .basic_consume(
+                q.as_str().into(),
+                format!("tiers-{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        consumers.push(c);
+    }
+    let mut work = futures::stream::select_all(consumers);
     let d = tokio::time::timeout(Duration::from_secs(20), work.next())
         .await
         .expect("the short retry came back")
@@ -536,30 +542,6 @@ async fn a_short_retry_delay_is_not_held_behind_a_long_one() {
         .unwrap();
     assert_eq!(long, Some(1), "the long retry is still waiting");
 
-    let mut queues = vec![
-        topology.work_queue.clone(),
-        topology.dead_letter_queue.clone(),
-    ];
-    queues.extend(
-        topology
-            .retry_tiers
-            .iter()
-            .map(|t| topology.retry_queue(*t)),
-    );
-    for q in queues {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in [
-        &topology.jobs_exchange,
-        &topology.retry_exchange,
-        &topology.dead_letter_exchange,
-        &topology.events_exchange,
-    ] {
-        let _ = ch
-            .exchange_delete(e.as_str().into(), Default::default())
-            .await;
-    }
+    topology.delete(&ch, &[]).await.unwrap();
     env.cleanup().await;
 }

@@ -26,14 +26,20 @@ pub async fn consume(
     consume
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    let mut consumer = consume
-        .basic_consume(
-            topology.work_queue.as_str().into(),
-            "bench-baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // Every work queue, like the worker (one consumer each).
+    let mut consumers = Vec::new();
+    for (i, queue) in topology.work_queues.iter().enumerate() {
+        let consumer = consume
+            .basic_consume(
+                queue.as_str().into(),
+                format!("bench-baseline-{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.push(consumer);
+    }
+    let mut consumer = futures::stream::select_all(consumers);
     let slots = Arc::new(Semaphore::new(concurrency));
     let tracker = TaskTracker::new();
     let exchange: Arc<str> = topology.events_exchange.as_str().into();

@@ -5,10 +5,7 @@
 use crate::broker::{self, Topology};
 use crate::enqueue::JobPublisher;
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -210,39 +207,69 @@ impl Collector {
 
     /// Completion times and latencies of jobs in `range` that finished.
     pub fn take(&self, range: std::ops::Range<usize>) -> (Vec<u64>, Vec<u64>) {
+        self.take_if(range, |_| true)
+    }
+
+    /// The same, for the jobs in `range` that `keep` picks.
+    pub fn take_if(
+        &self,
+        range: std::ops::Range<usize>,
+        keep: impl Fn(usize) -> bool,
+    ) -> (Vec<u64>, Vec<u64>) {
         let s = self.samples.lock().expect("not poisoned");
-        let done = s.done_at_us[range.clone()]
-            .iter()
-            .copied()
-            .filter(|t| *t != 0)
+        let picked: Vec<usize> = range
+            .filter(|i| s.done_at_us[*i] != 0 && keep(*i))
             .collect();
-        let lat = range
-            .filter(|i| s.done_at_us[*i] != 0)
-            .map(|i| s.latency_us[i])
-            .collect();
+        let done = picked.iter().map(|i| s.done_at_us[*i]).collect();
+        let lat = picked.iter().map(|i| s.latency_us[*i]).collect();
         (done, lat)
     }
+}
+
+/// Which work queue each tenant's jobs land in (an index into
+/// `topology.work_queues`): one probe per tenant through the jobs exchange,
+/// then read back from every queue. Run before any worker consumes.
+pub async fn work_queue_of(
+    amqp_url: &str,
+    topology: &Topology,
+    publisher: &JobPublisher,
+    tenants: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+    for t in tenants {
+        let probe = serde_json::json!({ "tenant_id": t }).to_string();
+        publisher.publish_raw(probe.as_bytes(), None).await?;
+    }
+    let conn = broker::connect(amqp_url, "bench-probe").await?;
+    let ch = conn.create_channel().await?;
+    let mut found = std::collections::HashMap::new();
+    for (i, q) in topology.work_queues.iter().enumerate() {
+        while let Some(m) = ch
+            .basic_get(
+                q.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await?
+        {
+            if let Some(t) = crate::job::peek_tenant(&m.delivery.data) {
+                found.insert(t, i);
+            }
+        }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    anyhow::ensure!(
+        found.len() == tenants.len(),
+        "probes lost: {} of {} tenants found in the work queues",
+        found.len(),
+        tenants.len()
+    );
+    Ok(found)
 }
 
 /// Delete a prefix's queues and exchanges.
 pub async fn delete_topology(amqp_url: &str, t: &Topology) -> anyhow::Result<()> {
     let conn = broker::connect(amqp_url, "bench-cleanup").await?;
     let ch = conn.create_channel().await?;
-    let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
-    queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
-    for q in queues {
-        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    for e in [
-        &t.jobs_exchange,
-        &t.retry_exchange,
-        &t.dead_letter_exchange,
-        &t.events_exchange,
-    ] {
-        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await?;
-    }
+    t.delete(&ch, &[]).await?;
     let _ = conn.close(200, "bye".into()).await;
     Ok(())
 }

@@ -33,6 +33,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use load::Collector;
 use measure::{CpuSnapshot, WorkerProcs};
 use report::{CpuPer1k, Latency, Phase};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -240,6 +241,22 @@ impl Ctx<'_> {
 
         let (topology, publisher, collector, events_conn) =
             self.prepare(settings, n + extra).await?;
+        // Noisy: which quiet tenants share the noisy tenant's work queue.
+        let sharing: Option<HashSet<String>> = if noisy {
+            let tenants: Vec<String> = (0..=QUIET_TENANTS).map(setup::tenant_id).collect();
+            let queue_of =
+                load::work_queue_of(&settings.amqp.url, &topology, &publisher, &tenants).await?;
+            let noisy_queue = queue_of[&tenants[0]];
+            Some(
+                tenants[1..]
+                    .iter()
+                    .filter(|t| queue_of[*t] == noisy_queue)
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            None
+        };
         self.enqueue(&publisher, 0..n, &*tenant_of).await?;
         let workers = match o.processes {
             Some(p) => setup::Workers::processes(settings, &self.fake.base_url, p)?,
@@ -262,11 +279,20 @@ impl Ctx<'_> {
                 return Err(e);
             }
         };
+        let mut split = None;
         let (latency, quiet) = match trickle {
             Some(t) => {
                 t.await??;
                 self.wait("quiet tenants", &collector, n..n + extra).await?;
                 let q = Latency::from_micros(collector.take(n..n + extra).1, QUIET_PER_SEC);
+                if let Some(sharing) = &sharing {
+                    let shares = |i: usize| sharing.contains(&tenant_of(i));
+                    let pick = |want: bool| {
+                        let lat = collector.take_if(n..n + extra, |i| shares(i) == want).1;
+                        Latency::from_micros(lat, QUIET_PER_SEC)
+                    };
+                    split = Some((pick(true), pick(false), sharing.len()));
+                }
                 (q.clone(), Some(q))
             }
             None => {
@@ -333,6 +359,9 @@ impl Ctx<'_> {
             baseline,
             latency,
             quiet_tenants: quiet,
+            quiet_tenants_sharing: split.as_ref().map(|s| (s.2, QUIET_TENANTS)),
+            quiet_sharing_noisy_queue: split.as_ref().map(|s| s.0.clone()),
+            quiet_other_queues: split.map(|s| s.1),
             provider_calls: calls,
             provider_faults: faults,
             final_states,

@@ -103,6 +103,13 @@ pub struct Report {
     pub latency: Latency,
     /// Noisy scenario: the quiet tenants' jobs, offered during the backlog.
     pub quiet_tenants: Option<Latency>,
+    /// Noisy scenario, split by work queue: the quiet tenants whose jobs hash
+    /// to the noisy tenant's work queue (`sharing`, FIFO behind its backlog
+    /// until that is moved to its held queue) and all the others.
+    pub quiet_sharing_noisy_queue: Option<Latency>,
+    pub quiet_other_queues: Option<Latency>,
+    /// Quiet tenants in the noisy tenant's work queue, of all quiet tenants.
+    pub quiet_tenants_sharing: Option<(usize, usize)>,
     /// Latency scenario: workers × concurrency / provider latency.
     pub in_flight_limit_per_sec: Option<f64>,
     pub achieved_to_in_flight_limit_ratio: Option<f64>,
@@ -182,6 +189,14 @@ impl Report {
         line("enqueue-to-final latency", lat(&self.latency));
         if let Some(q) = &self.quiet_tenants {
             line("quiet tenants' latency", lat(q));
+        }
+        if let (Some(q), Some((k, of))) = (&self.quiet_other_queues, self.quiet_tenants_sharing) {
+            line(&format!("  {} not in the noisy queue", of - k), lat(q));
+        }
+        if let (Some(q), Some((k, _))) =
+            (&self.quiet_sharing_noisy_queue, self.quiet_tenants_sharing)
+        {
+            line(&format!("  {k} sharing the noisy queue"), lat(q));
         }
         let states: Vec<String> = self
             .final_states

@@ -14,7 +14,7 @@
 
 use super::reader::Reader;
 use super::{DeadLetter, DlqError, Filter};
-use crate::broker::{self, JOB_ROUTING_KEY, Topology, headers};
+use crate::broker::{self, Topology, headers};
 use crate::db;
 use crate::settings::Settings;
 use lapin::options::BasicPublishOptions;
@@ -125,7 +125,15 @@ pub async fn replay(
                     None => false,
                 };
                 let props = fresh(&delivery.properties);
-                publish_job(&publish, &topology.jobs_exchange, &delivery.data, props).await?;
+                let key = broker::job_routing_key(letter.tenant_id.as_deref());
+                publish_job(
+                    &publish,
+                    &topology.jobs_exchange,
+                    key,
+                    &delivery.data,
+                    props,
+                )
+                .await?;
                 reader.remove(&delivery).await?;
                 if already_sent {
                     ReplayOutcome::ReplayedAlreadySent
@@ -198,13 +206,14 @@ fn fresh(props: &BasicProperties) -> BasicProperties {
 async fn publish_job(
     ch: &Channel,
     exchange: &str,
+    routing_key: &str,
     payload: &[u8],
     props: BasicProperties,
 ) -> Result<(), DlqError> {
     let confirm = ch
         .basic_publish(
             exchange.into(),
-            JOB_ROUTING_KEY.into(),
+            routing_key.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()

@@ -422,14 +422,14 @@ async fn republish_delayed(
         .clone()
         .with_delivery_mode(2)
         .with_headers(h);
-    broker::publish_confirmed(
-        publish,
-        &shared.topology.retry_exchange,
-        &tier.to_string(),
-        &delivery.data,
-        props,
-    )
-    .await?;
+    // Keyed by its tenant (whichever queue it came from, held ones
+    // included), so it returns to its tenant's work queue.
+    let tenant = crate::job::peek_tenant(&delivery.data);
+    let key = broker::job_routing_key(tenant.as_deref());
+    shared
+        .topology
+        .publish_delayed(publish, tier, key, &delivery.data, props)
+        .await?;
     Ok(())
 }
 

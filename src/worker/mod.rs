@@ -100,25 +100,36 @@ async fn session(
         .await?;
     let publish = broker::confirm_channel(&conn).await?;
     let consume = conn.create_channel().await?;
+    // Per consumer: each work queue may have `prefetch` deliveries out.
     consume
         .basic_qos(cfg.prefetch, BasicQosOptions::default())
         .await?;
-    let tag = format!(
-        "outreach-{}-{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    );
-    let mut consumer = consume
-        .basic_consume(
-            shared.topology.work_queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (mut tags, mut consumers): (Vec<String>, Vec<_>) = (Vec::new(), Vec::new());
+    for queue in &shared.topology.work_queues {
+        let tag = format!(
+            "outreach-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        );
+        let consumer = consume
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tags.push(tag);
+        consumers.push(consumer);
+    }
     health.set_broker(true);
     metrics::gauge!(m::BROKER_CONNECTED).set(1.0);
-    tracing::info!(queue = %shared.topology.work_queue, prefetch = cfg.prefetch, concurrency = cfg.concurrency, "consuming");
+    tracing::info!(
+        queues = shared.topology.work_queues.len(),
+        prefetch = cfg.prefetch,
+        concurrency = cfg.concurrency,
+        "consuming"
+    );
 
     let tracker = TaskTracker::new();
     let held_stop = CancellationToken::new();
@@ -128,32 +139,63 @@ async fn session(
         publish.clone(),
         held_stop.clone(),
     ));
+    // One loop per work queue, all waiting on the same slots. The semaphore
+    // serves waiters in order and each loop waits with one delivery at a
+    // time, so when slots are scarce the queues take turns.
     let slots = Arc::new(Semaphore::new(cfg.concurrency));
-    let ended: Result<(), BrokerError> = loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break Ok(()),
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let permit = slots.clone().acquire_owned().await.expect("never closed");
-                    let (shared, publish) = (shared.clone(), publish.clone());
-                    tracker.spawn(async move {
-                        metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
-                        settle(&shared, &publish, delivery, Source::Work).await;
-                        metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
-                        drop(permit);
-                    });
-                }
-                Some(Err(e)) => break Err(e.into()),
-                None => break Err(BrokerError::ConsumerEnded),
+    let loops = CancellationToken::new();
+    let mut consuming = tokio::task::JoinSet::new();
+    for mut consumer in consumers {
+        let (shared, publish, slots, jobs, stop) = (
+            shared.clone(),
+            publish.clone(),
+            slots.clone(),
+            tracker.clone(),
+            loops.clone(),
+        );
+        consuming.spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Ok(()),
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(e)) => return Err(BrokerError::from(e)),
+                        None => return Err(BrokerError::ConsumerEnded),
+                    },
+                };
+                let permit = tokio::select! {
+                    biased;
+                    // Not started: goes back to the queue when the channel closes.
+                    _ = stop.cancelled() => return Ok(()),
+                    p = slots.clone().acquire_owned() => p.expect("never closed"),
+                };
+                let (shared, publish) = (shared.clone(), publish.clone());
+                jobs.spawn(async move {
+                    metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
+                    settle(&shared, &publish, delivery, Source::Work).await;
+                    metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
+                    drop(permit);
+                });
             }
-        }
+        });
+    }
+    let ended: Result<(), BrokerError> = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        first = consuming.join_next() => match first {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(BrokerError::ConsumerEnded),
+        },
     };
     // Stop deliveries first, then let the jobs in flight finish.
+    loops.cancel();
+    while consuming.join_next().await.is_some() {}
     held_stop.cancel();
-    let _ = consume
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    for tag in &tags {
+        let _ = consume
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
     tracker.close();
     if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
         .await

@@ -7,8 +7,7 @@ pub mod smtp;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use outreach::broker::Topology;
@@ -211,30 +210,12 @@ impl TestEnv {
         if let Ok(conn) = outreach::broker::connect(AMQP_URL, "test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
-            let t = &self.topology;
-            let mut queues = vec![t.work_queue.clone(), t.dead_letter_queue.clone()];
-            queues.extend(t.retry_tiers.iter().map(|s| t.retry_queue(*s)));
             // Tenants' held queues (rate limits), if any were made.
             let held: Vec<String> = sqlx::query_scalar("SELECT queue FROM held_queues")
                 .fetch_all(&self.pool)
                 .await
                 .unwrap_or_default();
-            queues.extend(held);
-            for q in queues {
-                let _ = ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for e in [
-                &t.jobs_exchange,
-                &t.retry_exchange,
-                &t.dead_letter_exchange,
-                &t.events_exchange,
-            ] {
-                let _ = ch
-                    .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
+            let _ = self.topology.delete(&ch, &held).await;
         }
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(ADMIN_DB).await {
