@@ -107,11 +107,11 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
             max_age: Duration::from_secs(w.max_age_secs),
         },
         store_content: settings.delivery_log.store_content,
+        sends: tokio::sync::Semaphore::new(w.concurrency),
     });
     let cfg = ConsumerConfig {
         amqp_url: settings.amqp.url.clone(),
         prefetch: settings.amqp.prefetch,
-        concurrency: w.concurrency,
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
     };
     worker::run(shared, cfg, health, shutdown).await;

@@ -389,6 +389,50 @@ async fn a_tenant_rate_limit_holds_across_three_worker_processes() {
 }
 
 #[tokio::test]
+async fn worker_concurrency_bounds_the_sends_in_flight_not_the_jobs() {
+    let env = TestEnv::new().await;
+    // Every answer takes 300 ms: sends of one slot arrive at least 300 ms apart.
+    let slow = fake::Slow(fake::Twilio, Duration::from_millis(300));
+    let (twilio, arrivals) = Scripted::new(vec![], slow);
+    let server = fake::serve(&fake::twilio_path(), twilio).await;
+    set_tenant(
+        &env,
+        "busy",
+        Channel::Sms,
+        json!({"fallback_to_system": false, "chain": [twilio_at(&server)]}),
+    )
+    .await;
+    let jobs: Vec<Value> = (0..24).map(|i| sms(&format!("busy-{i}"), "busy")).collect();
+    publish(&env, &jobs).await;
+    let mut vars = worker_env(&env);
+    vars.insert("OUTREACH__WORKER__CONCURRENCY".into(), "4".into());
+    vars.insert(
+        "OUTREACH__RATE_LIMITS__PROVIDER_PER_SECOND__TWILIO".into(),
+        "0".into(),
+    );
+    vars.insert(
+        "OUTREACH__HTTP__BIND".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let worker = Binary::worker(&vars);
+    eventually(Duration::from_secs(60), "all 24 jobs sent", || async {
+        count_sent(&env, "busy").await == 24
+    })
+    .await;
+    assert!(worker.terminate().success());
+
+    assert_eq!(arrivals.count(), 24, "each job sent once");
+    // All 24 were prefetched at once; only 4 may be at the provider at a time,
+    // and the worker keeps all 4 busy.
+    let peak = arrivals.max_in_window(Duration::from_millis(290));
+    assert!(
+        (3..=4).contains(&peak),
+        "{peak} sends in flight at once with worker.concurrency = 4"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
     let env = TestEnv::new().await;
     // The system default (sandbox) carries both tenants; only "noisy" is limited.

@@ -242,7 +242,7 @@ impl Ctx<'_> {
         let (topology, publisher, collector, events_conn) =
             self.prepare(settings, n + extra).await?;
         // Noisy: which quiet tenants share the noisy tenant's work queue.
-        let sharing: Option<HashSet<String>> = if noisy {
+        let sharing: Option<HashSet<String>> = if noisy && topology.work_queues.len() > 1 {
             let tenants: Vec<String> = (0..=QUIET_TENANTS).map(setup::tenant_id).collect();
             let queue_of =
                 load::work_queue_of(&settings.amqp.url, &topology, &publisher, &tenants).await?;

@@ -114,6 +114,10 @@ pub async fn handle(
 
     let (report_outcome, attempts) = match admitted {
         Ok((chain, from)) => {
+            // A slot only for the provider calls: the claim, the record and
+            // the event are batched or pipelined and do not hold one, so
+            // `worker.concurrency` sends stay in flight.
+            let _slot = shared.sends.acquire().await.expect("never closed");
             let r = shared.policy.dispatch(&job, &chain, from).await;
             (r.outcome, r.attempts)
         }

@@ -41,6 +41,9 @@ pub struct Shared {
     pub holds: Holds,
     pub budget: RetryBudget,
     pub store_content: bool,
+    /// Provider sends in flight in this process (`worker.concurrency`),
+    /// shared by the work and held queues and served in turn.
+    pub sends: Semaphore,
 }
 
 impl Shared {
@@ -54,7 +57,6 @@ impl Shared {
 pub struct ConsumerConfig {
     pub amqp_url: String,
     pub prefetch: u16,
-    pub concurrency: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -127,7 +129,7 @@ async fn session(
     tracing::info!(
         queues = shared.topology.work_queues.len(),
         prefetch = cfg.prefetch,
-        concurrency = cfg.concurrency,
+        concurrency = shared.sends.available_permits(),
         "consuming"
     );
 
@@ -139,17 +141,15 @@ async fn session(
         publish.clone(),
         held_stop.clone(),
     ));
-    // One loop per work queue, all waiting on the same slots. The semaphore
-    // serves waiters in order and each loop waits with one delivery at a
-    // time, so when slots are scarce the queues take turns.
-    let slots = Arc::new(Semaphore::new(cfg.concurrency));
+    // One loop per work queue. Jobs in flight are bounded by the prefetch of
+    // each queue, sends by `shared.sends`, which serves waiting jobs in
+    // order: a queue with a burst cannot take every send slot from the others.
     let loops = CancellationToken::new();
     let mut consuming = tokio::task::JoinSet::new();
     for mut consumer in consumers {
-        let (shared, publish, slots, jobs, stop) = (
+        let (shared, publish, jobs, stop) = (
             shared.clone(),
             publish.clone(),
-            slots.clone(),
             tracker.clone(),
             loops.clone(),
         );
@@ -164,18 +164,11 @@ async fn session(
                         None => return Err(BrokerError::ConsumerEnded),
                     },
                 };
-                let permit = tokio::select! {
-                    biased;
-                    // Not started: goes back to the queue when the channel closes.
-                    _ = stop.cancelled() => return Ok(()),
-                    p = slots.clone().acquire_owned() => p.expect("never closed"),
-                };
                 let (shared, publish) = (shared.clone(), publish.clone());
                 jobs.spawn(async move {
                     metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
                     settle(&shared, &publish, delivery, Source::Work).await;
                     metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
-                    drop(permit);
                 });
             }
         });

@@ -538,6 +538,15 @@ impl<R: Respond> Respond for Scripted<R> {
     }
 }
 
+/// `R`'s answer, `after` it (a slow provider).
+pub struct Slow<R>(pub R, pub std::time::Duration);
+
+impl<R: Respond> Respond for Slow<R> {
+    fn respond(&self, r: &Request) -> ResponseTemplate {
+        self.0.respond(r).set_delay(self.1)
+    }
+}
+
 /// Always the same answer.
 pub struct Always(pub ResponseTemplate);
 
