@@ -169,6 +169,7 @@ impl Topology {
 
     /// Delete every queue (with `extra`, e.g. held queues) and exchange of
     /// this topology, and the messages in them: for the bench and tests.
+    /// Goes on past a failure (the rest still goes) and returns the first.
     pub async fn delete(&self, ch: &Channel, extra: &[String]) -> Result<(), BrokerError> {
         let tiers = self.retry_tiers.iter().map(|s| self.retry_queue(*s));
         let queues = self
@@ -177,9 +178,12 @@ impl Topology {
             .cloned()
             .chain(tiers)
             .chain(extra.iter().cloned());
+        let mut first = Ok(());
         for q in queues.chain([self.dead_letter_queue.clone()]) {
-            ch.queue_delete(q.as_str().into(), Default::default())
-                .await?;
+            let r = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            if let (Err(e), Ok(())) = (r, &first) {
+                first = Err(e.into());
+            }
         }
         for e in [
             &self.jobs_exchange,
@@ -187,10 +191,14 @@ impl Topology {
             &self.dead_letter_exchange,
             &self.events_exchange,
         ] {
-            ch.exchange_delete(e.as_str().into(), Default::default())
-                .await?;
+            let r = ch
+                .exchange_delete(e.as_str().into(), Default::default())
+                .await;
+            if let (Err(e), Ok(())) = (r, &first) {
+                first = Err(e.into());
+            }
         }
-        Ok(())
+        first
     }
 
     /// Jobs waiting in all the work queues (passive declares).

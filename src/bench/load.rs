@@ -265,11 +265,11 @@ pub async fn work_queue_of(
     Ok(found)
 }
 
-/// Delete a prefix's queues and exchanges.
-pub async fn delete_topology(amqp_url: &str, t: &Topology) -> anyhow::Result<()> {
+/// Delete a prefix's queues (with its `held` queues) and exchanges.
+pub async fn delete_topology(amqp_url: &str, t: &Topology, held: &[String]) -> anyhow::Result<()> {
     let conn = broker::connect(amqp_url, "bench-cleanup").await?;
     let ch = conn.create_channel().await?;
-    t.delete(&ch, &[]).await?;
+    t.delete(&ch, held).await?;
     let _ = conn.close(200, "bye".into()).await;
     Ok(())
 }

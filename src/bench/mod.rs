@@ -148,11 +148,18 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
     ctx.bar.finish_and_clear();
 
     // Clean up whatever happened.
+    let held = setup::held_queues(&settings).await;
     for p in &prefixes {
         let mut s = settings.amqp.clone();
         s.prefix = p.clone();
         let t = Topology::new(&s, &settings.worker.retry_delays_secs);
-        if let Err(e) = load::delete_topology(&settings.amqp.url, &t).await {
+        let own = format!("{p}.");
+        let held: Vec<String> = held
+            .iter()
+            .filter(|q| q.starts_with(&own))
+            .cloned()
+            .collect();
+        if let Err(e) = load::delete_topology(&settings.amqp.url, &t, &held).await {
             eprintln!("cleanup of {p} incomplete: {e:#}");
         }
     }

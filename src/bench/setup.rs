@@ -34,6 +34,19 @@ pub async fn drop_database(settings: &Settings, name: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// The held queues the run's workers made (deleted with the topology).
+pub async fn held_queues(settings: &Settings) -> Vec<String> {
+    let Ok(pool) = PgPool::connect(&settings.database.url).await else {
+        return vec![];
+    };
+    let queues = sqlx::query_scalar("SELECT queue FROM held_queues")
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+    pool.close().await;
+    queues
+}
+
 /// The id of bench tenant `i`.
 pub fn tenant_id(i: usize) -> String {
     format!("bench-tenant-{i}")

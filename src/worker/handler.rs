@@ -36,11 +36,13 @@ pub enum Source {
 
 /// Process one delivery. `Ok` means its outcome is durable (log row written,
 /// event and any retry / dead-letter / held-queue message confirmed) and it
-/// may be acked.
+/// may be acked. Events, retries and dead letters go out on `publish`, moves
+/// to held queues on `moves` (both in confirm mode).
 #[tracing::instrument(skip_all, fields(job_id, tenant_id, channel))]
 pub async fn handle(
     shared: &Shared,
     publish: &lapin::Channel,
+    moves: &lapin::Channel,
     delivery: &Delivery,
     source: Source,
 ) -> Result<(), HandleError> {
@@ -65,7 +67,7 @@ pub async fn handle(
     } else {
         match shared.directory.resolve(&job.tenant_id, job.channel).await {
             Ok(chain) if !chain.enabled => Err(crate::tenant::disabled(job.channel)),
-            Ok(chain) => match admit(shared, publish, delivery, &job, &chain, source).await? {
+            Ok(chain) => match admit(shared, moves, delivery, &job, &chain, source).await? {
                 Admit::Go(from) => Ok((chain, from)),
                 Admit::Blocked(e) => Err(e),
                 Admit::Diverted => return Ok(()),
@@ -221,7 +223,7 @@ enum Admit {
 /// the tenant's held queue so the work queue keeps moving for everyone else.
 async fn admit(
     shared: &Shared,
-    publish: &lapin::Channel,
+    moves: &lapin::Channel,
     delivery: &Delivery,
     job: &Job,
     chain: &ResolvedChannel,
@@ -231,7 +233,7 @@ async fn admit(
     // Its tenant's earlier jobs are waiting in the held queue: queue up behind them.
     if source == Source::Work && holds.is_holding(&job.tenant_id, job.channel) {
         holds
-            .divert(publish, delivery, &job.tenant_id, job.channel)
+            .divert(moves, delivery, &job.tenant_id, job.channel)
             .await?;
         return Ok(Admit::Diverted);
     }
@@ -255,7 +257,7 @@ async fn admit(
                         "rate limited: moving the job to its tenant's held queue"
                     );
                     holds
-                        .divert(publish, delivery, &job.tenant_id, job.channel)
+                        .divert(moves, delivery, &job.tenant_id, job.channel)
                         .await?;
                     return Ok(Admit::Diverted);
                 }

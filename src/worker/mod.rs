@@ -101,6 +101,9 @@ async fn session(
         .declare(&conn.create_channel().await?)
         .await?;
     let publish = broker::confirm_channel(&conn).await?;
+    // Moving a burst to its held queue is thousands of publishes: on their
+    // own channel, so events and retries of other jobs do not queue behind them.
+    let moves = broker::confirm_channel(&conn).await?;
     let consume = conn.create_channel().await?;
     // Per consumer: each work queue may have `prefetch` deliveries out.
     consume
@@ -139,6 +142,7 @@ async fn session(
         shared.clone(),
         conn.clone(),
         publish.clone(),
+        moves.clone(),
         held_stop.clone(),
     ));
     // One loop per work queue. Jobs in flight are bounded by the prefetch of
@@ -147,9 +151,10 @@ async fn session(
     let loops = CancellationToken::new();
     let mut consuming = tokio::task::JoinSet::new();
     for mut consumer in consumers {
-        let (shared, publish, jobs, stop) = (
+        let (shared, publish, moves, jobs, stop) = (
             shared.clone(),
             publish.clone(),
+            moves.clone(),
             tracker.clone(),
             loops.clone(),
         );
@@ -164,10 +169,10 @@ async fn session(
                         None => return Err(BrokerError::ConsumerEnded),
                     },
                 };
-                let (shared, publish) = (shared.clone(), publish.clone());
+                let (shared, publish, moves) = (shared.clone(), publish.clone(), moves.clone());
                 jobs.spawn(async move {
                     metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
-                    settle(&shared, &publish, delivery, Source::Work).await;
+                    settle(&shared, &publish, &moves, delivery, Source::Work).await;
                     metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
                 });
             }
@@ -201,6 +206,7 @@ async fn session(
     }
     let _ = consume.close(200, "bye".into()).await;
     let _ = publish.close(200, "bye".into()).await;
+    let _ = moves.close(200, "bye".into()).await;
     let _ = conn.close(200, "bye".into()).await;
     ended
 }
@@ -211,6 +217,7 @@ async fn consume_held(
     shared: Arc<Shared>,
     conn: Arc<lapin::Connection>,
     publish: lapin::Channel,
+    moves: lapin::Channel,
     stop: CancellationToken,
 ) {
     // Held jobs ack on `channel`: it must outlive them.
@@ -279,9 +286,10 @@ async fn consume_held(
             };
             tracing::info!(%queue, "consuming held queue");
             consuming.insert(queue);
-            let (shared, publish, jobs, stop) = (
+            let (shared, publish, moves, jobs, stop) = (
                 shared.clone(),
                 publish.clone(),
+                moves.clone(),
                 tracker.clone(),
                 stop.clone(),
             );
@@ -291,9 +299,10 @@ async fn consume_held(
                         _ = stop.cancelled() => break,
                         next = consumer.next() => match next {
                             Some(Ok(delivery)) => {
-                                let (shared, publish) = (shared.clone(), publish.clone());
+                                let (shared, publish, moves) =
+                                    (shared.clone(), publish.clone(), moves.clone());
                                 jobs.spawn(async move {
-                                    settle(&shared, &publish, delivery, Source::Held).await;
+                                    settle(&shared, &publish, &moves, delivery, Source::Held).await;
                                 });
                             }
                             _ => break,
@@ -315,10 +324,11 @@ async fn consume_held(
 async fn settle(
     shared: &Shared,
     publish: &lapin::Channel,
+    moves: &lapin::Channel,
     delivery: lapin::message::Delivery,
     source: Source,
 ) {
-    match handle(shared, publish, &delivery, source).await {
+    match handle(shared, publish, moves, &delivery, source).await {
         Ok(()) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The outcome is recorded; the redelivery will see it and only re-report it.
