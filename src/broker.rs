@@ -201,6 +201,28 @@ impl Topology {
         first
     }
 
+    /// One consumer on each work queue, tagged `{tag}-{i}` (`Consumer::tag`
+    /// gives it back for a cancel). The channel's QoS applies to each.
+    pub async fn consume_work(
+        &self,
+        ch: &Channel,
+        tag: &str,
+    ) -> Result<Vec<lapin::Consumer>, BrokerError> {
+        let mut consumers = Vec::with_capacity(self.work_queues.len());
+        for (i, queue) in self.work_queues.iter().enumerate() {
+            let consumer = ch
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("{tag}-{i}").as_str().into(),
+                    Default::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push(consumer);
+        }
+        Ok(consumers)
+    }
+
     /// Jobs waiting in all the work queues (passive declares).
     pub async fn work_depth(&self, conn: &Connection) -> Result<u32, BrokerError> {
         let mut n = 0;

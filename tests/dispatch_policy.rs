@@ -5,8 +5,7 @@
 mod support;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use outreach::broker::{self, Topology};
 use outreach::crypto::{KeyConfig, KeyRing};
 use outreach::job::{Channel, TenantId};
@@ -559,19 +558,7 @@ async fn a_short_retry_delay_is_not_held_behind_a_long_one() {
             .await
             .unwrap();
     }
-    let mut consumers = vec![];
-    for (i, q) in topology.work_queues.iter().enumerate() {
-        let c = ch
-            .basic_consume(
-                q.as_str().into(),
-                format!("tiers-{i}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        consumers.push(c);
-    }
+    let consumers = topology.consume_work(&ch, "tiers").await.unwrap();
     let mut work = futures::stream::select_all(consumers);
     let d = tokio::time::timeout(Duration::from_secs(20), work.next())
         .await

@@ -5,8 +5,7 @@
 
 use crate::broker::{self, Topology};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicQosOptions};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -27,18 +26,7 @@ pub async fn consume(
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     // Every work queue, like the worker (one consumer each).
-    let mut consumers = Vec::new();
-    for (i, queue) in topology.work_queues.iter().enumerate() {
-        let consumer = consume
-            .basic_consume(
-                queue.as_str().into(),
-                format!("bench-baseline-{i}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        consumers.push(consumer);
-    }
+    let consumers = topology.consume_work(&consume, "bench-baseline").await?;
     let mut consumer = futures::stream::select_all(consumers);
     let slots = Arc::new(Semaphore::new(concurrency));
     let tracker = TaskTracker::new();

@@ -109,24 +109,13 @@ async fn session(
     consume
         .basic_qos(cfg.prefetch, BasicQosOptions::default())
         .await?;
-    let (mut tags, mut consumers): (Vec<String>, Vec<_>) = (Vec::new(), Vec::new());
-    for queue in &shared.topology.work_queues {
-        let tag = format!(
-            "outreach-{}-{}",
-            std::process::id(),
-            uuid::Uuid::now_v7().simple()
-        );
-        let consumer = consume
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        tags.push(tag);
-        consumers.push(consumer);
-    }
+    let tag = format!(
+        "outreach-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
+    let consumers = shared.topology.consume_work(&consume, &tag).await?;
+    let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
     health.set_broker(true);
     metrics::gauge!(m::BROKER_CONNECTED).set(1.0);
     tracing::info!(
@@ -189,9 +178,9 @@ async fn session(
     loops.cancel();
     while consuming.join_next().await.is_some() {}
     held_stop.cancel();
-    for tag in &tags {
+    for tag in tags {
         let _ = consume
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .basic_cancel(tag, BasicCancelOptions::default())
             .await;
     }
     tracker.close();
