@@ -2,7 +2,11 @@
 //! confirmed publishing.
 //!
 //! ```text
-//!  upstream ──► {p}.jobs (x-consistent-hash on the routing key = tenant id)
+//!  upstream ──► {p}.jobs (direct, routing key "<tenant>.<channel>")
+//!                  │  ├──► {p}.held.<channel>.<tenant>  (bound while that tenant holds)
+//!                  │  └─ no binding: alternate exchange
+//!                  │        ▼
+//!                  │  {p}.jobs.shared (x-consistent-hash on the routing key)
 //!                  ▲      ├──► {p}.work.0 ──┐
 //!                  │      ├──► …            ├──► workers (one consumer per queue)
 //!                  │      └──► {p}.work.N-1 ┘        │ (delivery limit hit)
@@ -17,8 +21,14 @@
 //! each with its own consumer and an even share of the worker's slots, lets a
 //! burst delay only the tenants that hash to its queue (about 1/N of them)
 //! while the worker moves it out to the tenant's held queue. With
-//! `amqp.work_queues = 1` the jobs exchange is a fanout to `{p}.work` and no
+//! `amqp.work_queues = 1` the shared exchange is a fanout to `{p}.work` and no
 //! broker plugin is needed.
+//!
+//! Why the jobs exchange is direct: once a tenant's jobs wait for its rate
+//! limit in its held queue, a worker binds that queue to `{p}.jobs` with the
+//! tenant's key, so the broker routes the rest of a burst straight there; it
+//! never enters the shared work queues, and nobody has to move it out job by
+//! job. Every other key falls through to the alternate exchange.
 
 use crate::settings::{AmqpSettings, QueueType};
 use lapin::options::{
@@ -37,11 +47,17 @@ const CONSISTENT_HASH: &str = "x-consistent-hash";
 /// queues get even shares of the key space.
 const RING_POINTS: &str = "100";
 
-/// The routing key a job is published with: its tenant id, so all of a
-/// tenant's jobs land in the same work queue (its order is kept, and its
-/// burst stays in that queue). Payloads without a readable tenant use "".
-pub fn job_routing_key(tenant_id: Option<&str>) -> &str {
-    tenant_id.unwrap_or("")
+/// The routing key a job is published with: `<tenant>.<channel>`
+/// (`clinic-42.email`), so all of a tenant's jobs of a channel land in the
+/// same work queue (their order is kept, a burst stays in that queue) and a
+/// held queue can be bound to exactly them. Parts that cannot be read are
+/// left out (`clinic-42`, ""): such jobs still reach a work queue.
+pub fn job_routing_key(tenant_id: Option<&str>, channel: Option<&str>) -> String {
+    match (tenant_id, channel) {
+        (Some(t), Some(c)) => format!("{t}.{c}"),
+        (Some(t), None) => t.to_owned(),
+        (None, _) => String::new(),
+    }
 }
 
 /// Header names the service sets.
@@ -85,7 +101,11 @@ pub enum BrokerError {
 /// The names of everything this deployment declares.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// Where jobs are published (direct: held queues' bindings, else the
+    /// alternate exchange).
     pub jobs_exchange: String,
+    /// The alternate exchange of the jobs exchange, bound to the work queues.
+    pub shared_exchange: String,
     /// The work queues, `{p}.work` alone or `{p}.work.0` … `{p}.work.{N-1}`.
     pub work_queues: Vec<String>,
     pub retry_exchange: String,
@@ -107,6 +127,7 @@ impl Topology {
         tiers.dedup();
         Self {
             jobs_exchange: format!("{p}.jobs"),
+            shared_exchange: format!("{p}.jobs.shared"),
             work_queues: match s.work_queues {
                 0 | 1 => vec![format!("{p}.work")],
                 n => (0..n).map(|i| format!("{p}.work.{i}")).collect(),
@@ -187,6 +208,7 @@ impl Topology {
         }
         for e in [
             &self.jobs_exchange,
+            &self.shared_exchange,
             &self.retry_exchange,
             &self.dead_letter_exchange,
             &self.events_exchange,
@@ -244,16 +266,27 @@ impl Topology {
             ..Default::default()
         };
         let hashed = self.work_queues.len() > 1;
-        let jobs_kind = if hashed {
+        let shared_kind = if hashed {
             ExchangeKind::Custom(CONSISTENT_HASH.into())
         } else {
             ExchangeKind::Fanout
         };
         ch.exchange_declare(
-            self.jobs_exchange.as_str().into(),
-            jobs_kind,
+            self.shared_exchange.as_str().into(),
+            shared_kind,
             durable,
             FieldTable::default(),
+        )
+        .await
+        .map_err(|e| self.declare_error(&self.shared_exchange, e))?;
+        let mut jobs_args = FieldTable::default();
+        // Keys no held queue is bound to (nearly all) go to the work queues.
+        jobs_args.insert("alternate-exchange".into(), long(&self.shared_exchange));
+        ch.exchange_declare(
+            self.jobs_exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable,
+            jobs_args,
         )
         .await
         .map_err(|e| self.declare_error(&self.jobs_exchange, e))?;
@@ -288,7 +321,7 @@ impl Topology {
             // as the queue's weight.
             ch.queue_bind(
                 queue.as_str().into(),
-                self.jobs_exchange.as_str().into(),
+                self.shared_exchange.as_str().into(),
                 RING_POINTS.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -321,7 +354,8 @@ impl Topology {
                 AMQPValue::LongLongInt((*tier * 1000) as i64),
             );
             // Expired messages go back to the jobs exchange with the key
-            // they were published with (the tenant's), so to its work queue.
+            // they were published with (the tenant's), so to its work queue
+            // (or its held queue, if it holds).
             args.insert("x-dead-letter-exchange".into(), long(&self.jobs_exchange));
             let q = self.retry_queue(*tier);
             ch.queue_declare(q.as_str().into(), q_durable, args)
@@ -350,7 +384,7 @@ impl Topology {
         };
         match code {
             // COMMAND_INVALID: an exchange type the broker does not know.
-            Some(503) if name == self.jobs_exchange => BrokerError::Declare {
+            Some(503) if name == self.shared_exchange => BrokerError::Declare {
                 name: name.to_owned(),
                 fix: "RabbitMQ does not know the x-consistent-hash exchange type: run \
                       `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`, or set \

@@ -41,7 +41,7 @@ impl JobPublisher {
     }
 
     /// Publish bytes as they are (for testing how workers treat bad input),
-    /// routed by their `tenant_id` field when it can be read.
+    /// routed by their `tenant_id` and `channel` fields when they can be read.
     pub async fn publish_raw(
         &self,
         payload: &[u8],
@@ -51,11 +51,10 @@ impl JobPublisher {
         if let Some(id) = message_id {
             props = props.with_message_id(id.into());
         }
-        let tenant = job::peek_tenant(payload);
         broker::publish_confirmed(
             &self.channel,
             &self.exchange,
-            broker::job_routing_key(tenant.as_deref()),
+            &job::routing_key(payload),
             payload,
             props,
         )
@@ -66,12 +65,11 @@ impl JobPublisher {
     pub async fn publish_many(&self, payloads: &[Vec<u8>]) -> Result<(), BrokerError> {
         let mut confirms = Vec::with_capacity(payloads.len());
         for p in payloads {
-            let tenant = job::peek_tenant(p);
             let c = self
                 .channel
                 .basic_publish(
                     self.exchange.as_str().into(),
-                    broker::job_routing_key(tenant.as_deref()).into(),
+                    job::routing_key(p).as_str().into(),
                     Default::default(),
                     p,
                     broker::persistent_json(),

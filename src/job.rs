@@ -231,18 +231,34 @@ pub struct Salvaged {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// The `tenant_id` field of a payload, as written, without validating the
-/// rest (for routing: all of a tenant's jobs go to the same work queue).
+/// The `tenant_id` field of a payload, as written, without validating the rest.
 pub fn peek_tenant(bytes: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Peek<'a> {
-        #[serde(borrow)]
-        tenant_id: Option<std::borrow::Cow<'a, str>>,
-    }
-    serde_json::from_slice::<Peek>(bytes)
-        .ok()?
-        .tenant_id
+    peek(bytes)
+        .and_then(|p| p.tenant_id)
         .map(|t| t.into_owned())
+}
+
+/// The routing key to publish a payload with (`broker::job_routing_key` of
+/// its `tenant_id` and `channel`, as far as they can be read).
+pub fn routing_key(bytes: &[u8]) -> String {
+    let p = peek(bytes);
+    let p = p.as_ref();
+    crate::broker::job_routing_key(
+        p.and_then(|p| p.tenant_id.as_deref()),
+        p.and_then(|p| p.channel.as_deref()),
+    )
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    tenant_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
+    serde_json::from_slice::<Peek>(bytes).ok()
 }
 
 impl Salvaged {

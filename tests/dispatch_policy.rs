@@ -5,7 +5,7 @@
 mod support;
 
 use futures::StreamExt;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use outreach::broker::{self, Topology};
 use outreach::crypto::{KeyConfig, KeyRing};
 use outreach::job::{Channel, TenantId};
@@ -469,6 +469,190 @@ async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
         Duration::from_secs(30),
         "the backlog to keep draining",
         || async { count_sent(&env, "noisy").await >= noisy_sent + 4 },
+    )
+    .await;
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), worker).await;
+    env.cleanup().await;
+}
+
+/// A copy of every job the jobs exchange passes on to the work queues (a
+/// private queue on the shared exchange, a fanout with one work queue).
+async fn work_queue_tap(env: &TestEnv) -> (lapin::Connection, lapin::Channel, String) {
+    let conn = broker::connect(AMQP_URL, "test-tap").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    env.topology.declare(&ch).await.unwrap();
+    let tap = ch
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let tap = tap.name().to_string();
+    ch.queue_bind(
+        tap.as_str().into(),
+        env.topology.shared_exchange.as_str().into(),
+        "".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    (conn, ch, tap)
+}
+
+/// Publish `jobs`, then a marker job of another tenant, and return the ids
+/// of those jobs that went to the work queues. One publishing channel keeps
+/// their order, so once the marker is in the tap, the others are decided.
+async fn routed_to_work_queues(
+    env: &TestEnv,
+    tap: &(lapin::Connection, lapin::Channel, String),
+    jobs: &[Value],
+) -> Vec<String> {
+    let marker = format!("marker-{}", uuid::Uuid::now_v7().simple());
+    let mut all = jobs.to_vec();
+    all.push(sms(&marker, "quiet"));
+    publish(env, &all).await;
+    let mut seen = vec![];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the marker never reached the work queue"
+        );
+        let got = tap
+            .1
+            .basic_get(tap.2.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        let Some(m) = got else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let job: Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        let id = job["job_id"].as_str().unwrap().to_owned();
+        if id == marker {
+            return seen;
+        }
+        seen.push(id);
+    }
+}
+
+#[tokio::test]
+async fn while_a_tenant_holds_the_broker_routes_its_new_jobs_straight_to_its_held_queue() {
+    let env = TestEnv::new().await;
+    set_tenant(&env, "noisy", Channel::Sms,
+        json!({"chain": [], "fallback_to_system": true, "rate_limits": {"per_second": 1, "burst": 1}})).await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+    let tap = work_queue_tap(&env).await;
+    let backlog: Vec<Value> = (0..30)
+        .map(|i| sms(&format!("noisy-{i}"), "noisy"))
+        .collect();
+    publish(&env, &backlog).await;
+
+    // Once the worker has moved the backlog and bound the held queue, a new
+    // job of the tenant no longer passes through the work queue.
+    let mut probe = 0;
+    eventually(
+        Duration::from_secs(30),
+        "a new job of the holding tenant to bypass the work queue",
+        || {
+            probe += 1;
+            let job = sms(&format!("probe-{probe}"), "noisy");
+            let tap = &tap;
+            let env = &env;
+            async move { routed_to_work_queues(env, tap, &[job]).await.is_empty() }
+        },
+    )
+    .await;
+    let later: Vec<Value> = (0..5)
+        .map(|i| sms(&format!("later-{i}"), "noisy"))
+        .collect();
+    let through_work = routed_to_work_queues(&env, &tap, &later).await;
+    assert!(
+        through_work.is_empty(),
+        "jobs of the holding tenant went through the work queue: {through_work:?}"
+    );
+
+    // With the worker stopped (its prefetched jobs back in their queues),
+    // every job of the tenant not sent yet is waiting, the new ones in the
+    // held queue.
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(60), worker).await;
+    let conn = broker::connect(AMQP_URL, "test-depth").await.unwrap();
+    let held = env.topology.held_queue("noisy", "sms");
+    let in_held = broker::queue_depth(&conn, &held).await.unwrap().unwrap() as i64;
+    // The marker jobs of "quiet" may still be in the work queue too.
+    let in_work = env.topology.work_depth(&conn).await.unwrap() as i64;
+    let sent = count_sent(&env, "noisy").await;
+    let published = 30 + probe + 5;
+    assert!(
+        in_held >= 5.min(published - sent),
+        "{in_held} jobs wait in {held}"
+    );
+    assert!(
+        in_held + sent <= published && published <= in_held + in_work + sent,
+        "published {published}: {sent} sent, {in_held} held, {in_work} in the work queue"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again() {
+    let env = TestEnv::new().await;
+    set_tenant(&env, "noisy", Channel::Sms,
+        json!({"chain": [], "fallback_to_system": true, "rate_limits": {"per_second": 10, "burst": 10}})).await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+    let tap = work_queue_tap(&env).await;
+    let backlog: Vec<Value> = (0..60)
+        .map(|i| sms(&format!("noisy-{i}"), "noisy"))
+        .collect();
+    publish(&env, &backlog).await;
+    eventually(
+        Duration::from_secs(30),
+        "the backlog to be held",
+        || async {
+            let held: i64 = sqlx::query_scalar("SELECT count(*) FROM held_queues")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+            held == 1
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the backlog to be sent",
+        || async { count_sent(&env, "noisy").await == 60 },
+    )
+    .await;
+
+    let mut probes = 0;
+    eventually(
+        Duration::from_secs(30),
+        "the tenant's jobs to take the work queue again",
+        || {
+            probes += 1;
+            let job = sms(&format!("probe-{probes}"), "noisy");
+            let tap = &tap;
+            let env = &env;
+            async move { !routed_to_work_queues(env, tap, &[job]).await.is_empty() }
+        },
+    )
+    .await;
+    // Wherever each probe went, it was sent.
+    eventually(
+        Duration::from_secs(30),
+        "every probe to be sent",
+        || async { count_sent(&env, "noisy").await == 60 + probes },
     )
     .await;
 

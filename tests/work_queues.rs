@@ -96,9 +96,10 @@ async fn a_delayed_retry_comes_back_to_its_tenant_s_work_queue() {
     // As the worker republishes a retry: through the 1 s delay queue.
     let conn = broker::connect(AMQP_URL, "test-retry").await.unwrap();
     let ch = broker::confirm_channel(&conn).await.unwrap();
-    let key = broker::job_routing_key(Some("clinic-r"));
+    let key = outreach::job::routing_key(&job);
+    assert_eq!(key, "clinic-r.email");
     t.topology
-        .publish_delayed(&ch, 1, key, &job, broker::persistent_json())
+        .publish_delayed(&ch, 1, &key, &job, broker::persistent_json())
         .await
         .unwrap();
     for other in [2, 5] {

@@ -20,19 +20,31 @@ pub fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// Job `i` of run `run` for `tenant`: half email, a quarter SMS, a quarter
-/// WhatsApp free text, about 400-600 bytes each.
+/// The channels bench jobs use.
+pub const CHANNELS: [&str; 3] = ["email", "sms", "whatsapp"];
+
+/// The channel of job `i`: half email, a quarter SMS, a quarter WhatsApp.
+pub fn channel_of(i: usize) -> &'static str {
+    match i % 4 {
+        0 | 2 => "email",
+        1 => "sms",
+        _ => "whatsapp",
+    }
+}
+
+/// Job `i` of run `run` for `tenant` on [`channel_of`]`(i)` (WhatsApp as
+/// free text), about 400-600 bytes each.
 pub fn payload(run: &str, i: usize, tenant: &str) -> Vec<u8> {
     let meta = serde_json::json!({"bench_i": i, "enq_us": now_us()});
-    let job = match i % 4 {
-        0 | 2 => serde_json::json!({
+    let job = match channel_of(i) {
+        "email" => serde_json::json!({
             "job_id": format!("b-{run}-{i}"), "tenant_id": tenant, "channel": "email",
             "recipient": format!("patient{i}@example.com"),
             "content": {"subject": "Your appointment on Tuesday",
                         "text": "Dear patient, this is a reminder of your appointment on Tuesday at 10:00. Reply to reschedule.",
                         "html": "<p>Dear patient, this is a reminder of your appointment on <b>Tuesday at 10:00</b>. Reply to reschedule.</p>"},
             "metadata": meta}),
-        1 => serde_json::json!({
+        "sms" => serde_json::json!({
             "job_id": format!("b-{run}-{i}"), "tenant_id": tenant, "channel": "sms",
             "recipient": format!("+1415555{:04}", i % 10_000),
             "content": {"text": "Reminder: your appointment is on Tuesday at 10:00. Reply STOP to opt out."},
@@ -226,17 +238,18 @@ impl Collector {
     }
 }
 
-/// Which work queue each tenant's jobs land in (an index into
-/// `topology.work_queues`): one probe per tenant through the jobs exchange,
-/// then read back from every queue. Run before any worker consumes.
+/// Which work queue the jobs of each (tenant, channel) land in (an index
+/// into `topology.work_queues`, by routing key): one probe each through the
+/// jobs exchange, then read back from every queue. Run before any worker
+/// consumes.
 pub async fn work_queue_of(
     amqp_url: &str,
     topology: &Topology,
     publisher: &JobPublisher,
-    tenants: &[String],
+    keys: &[(String, &str)],
 ) -> anyhow::Result<std::collections::HashMap<String, usize>> {
-    for t in tenants {
-        let probe = serde_json::json!({ "tenant_id": t }).to_string();
+    for (tenant, channel) in keys {
+        let probe = serde_json::json!({ "tenant_id": tenant, "channel": channel }).to_string();
         publisher.publish_raw(probe.as_bytes(), None).await?;
     }
     let conn = broker::connect(amqp_url, "bench-probe").await?;
@@ -250,17 +263,15 @@ pub async fn work_queue_of(
             )
             .await?
         {
-            if let Some(t) = crate::job::peek_tenant(&m.delivery.data) {
-                found.insert(t, i);
-            }
+            found.insert(crate::job::routing_key(&m.delivery.data), i);
         }
     }
     let _ = conn.close(200, "bye".into()).await;
     anyhow::ensure!(
-        found.len() == tenants.len(),
-        "probes lost: {} of {} tenants found in the work queues",
+        found.len() == keys.len(),
+        "probes lost: {} of {} found in the work queues",
         found.len(),
-        tenants.len()
+        keys.len()
     );
     Ok(found)
 }

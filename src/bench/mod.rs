@@ -86,6 +86,10 @@ pub struct BenchOptions {
     /// Skip the broker-only baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Noisy scenario: publish the backlog while the workers run, as an
+    /// upstream campaign would arrive, instead of before they start.
+    #[arg(long)]
+    pub live_backlog: bool,
     /// Give up when a phase takes longer than this.
     #[arg(long, default_value_t = 1800)]
     pub timeout_secs: u64,
@@ -248,23 +252,34 @@ impl Ctx<'_> {
 
         let (topology, publisher, collector, events_conn) =
             self.prepare(settings, n + extra).await?;
-        // Noisy: which quiet tenants share the noisy tenant's work queue.
+        // Noisy: which quiet (tenant, channel) routing keys share a work
+        // queue with the noisy tenant's backlog.
+        let key_of = |tenant: &str, channel: &str| {
+            crate::broker::job_routing_key(Some(tenant), Some(channel))
+        };
         let sharing: Option<HashSet<String>> = if noisy && topology.work_queues.len() > 1 {
-            let tenants: Vec<String> = (0..=QUIET_TENANTS).map(setup::tenant_id).collect();
+            let pairs: Vec<(String, &str)> = (0..=QUIET_TENANTS)
+                .flat_map(|t| load::CHANNELS.map(|c| (setup::tenant_id(t), c)))
+                .collect();
             let queue_of =
-                load::work_queue_of(&settings.amqp.url, &topology, &publisher, &tenants).await?;
-            let noisy_queue = queue_of[&tenants[0]];
+                load::work_queue_of(&settings.amqp.url, &topology, &publisher, &pairs).await?;
+            let queue = |(t, c): &(String, &str)| queue_of[&key_of(t, c)];
+            let (backlog, quiet) = pairs.split_at(load::CHANNELS.len());
+            let noisy_queues: HashSet<usize> = backlog.iter().map(queue).collect();
             Some(
-                tenants[1..]
+                quiet
                     .iter()
-                    .filter(|t| queue_of[*t] == noisy_queue)
-                    .cloned()
+                    .filter(|p| noisy_queues.contains(&queue(p)))
+                    .map(|(t, c)| key_of(t, c))
                     .collect(),
             )
         } else {
             None
         };
-        self.enqueue(&publisher, 0..n, &*tenant_of).await?;
+        let live = noisy && o.live_backlog;
+        if !live {
+            self.enqueue(&publisher, 0..n, &*tenant_of).await?;
+        }
         let workers = match o.processes {
             Some(p) => setup::Workers::processes(settings, &self.fake.base_url, p)?,
             None => setup::Workers::in_process(settings, o.workers),
@@ -272,6 +287,12 @@ impl Ctx<'_> {
         let procs = workers
             .pids()
             .map_or(WorkerProcs::InProcess, WorkerProcs::Children);
+        // A live backlog is published as fast as the broker takes it, while
+        // the workers run and the quiet tenants' jobs trickle in.
+        let backlog = live.then(|| {
+            let (p, run, t) = (publisher.clone(), self.run_id.to_owned(), tenant_of.clone());
+            tokio::spawn(async move { load::enqueue_all(&p, &run, 0..n, &*t, &|_| {}).await })
+        });
         let trickle = noisy.then(|| {
             let (p, run, t) = (publisher.clone(), self.run_id.to_owned(), tenant_of.clone());
             tokio::spawn(async move {
@@ -286,6 +307,9 @@ impl Ctx<'_> {
                 return Err(e);
             }
         };
+        if let Some(b) = backlog {
+            b.await??;
+        }
         let mut split = None;
         let (latency, quiet) = match trickle {
             Some(t) => {
@@ -293,7 +317,8 @@ impl Ctx<'_> {
                 self.wait("quiet tenants", &collector, n..n + extra).await?;
                 let q = Latency::from_micros(collector.take(n..n + extra).1, QUIET_PER_SEC);
                 if let Some(sharing) = &sharing {
-                    let shares = |i: usize| sharing.contains(&tenant_of(i));
+                    let shares =
+                        |i: usize| sharing.contains(&key_of(&tenant_of(i), load::channel_of(i)));
                     let pick = |want: bool| {
                         let lat = collector.take_if(n..n + extra, |i| shares(i) == want).1;
                         Latency::from_micros(lat, QUIET_PER_SEC)
@@ -366,7 +391,10 @@ impl Ctx<'_> {
             baseline,
             latency,
             quiet_tenants: quiet,
-            quiet_tenants_sharing: split.as_ref().map(|s| (s.2, QUIET_TENANTS)),
+            live_backlog: live,
+            quiet_keys_sharing: split
+                .as_ref()
+                .map(|s| (s.2, QUIET_TENANTS * load::CHANNELS.len())),
             quiet_sharing_noisy_queue: split.as_ref().map(|s| s.0.clone()),
             quiet_other_queues: split.map(|s| s.1),
             provider_calls: calls,

@@ -103,13 +103,17 @@ pub struct Report {
     pub latency: Latency,
     /// Noisy scenario: the quiet tenants' jobs, offered during the backlog.
     pub quiet_tenants: Option<Latency>,
-    /// Noisy scenario, split by work queue: the quiet tenants whose jobs hash
-    /// to the noisy tenant's work queue (`sharing`, FIFO behind its backlog
-    /// until that is moved to its held queue) and all the others.
+    /// Noisy scenario: the backlog was published while the workers ran
+    /// (`--live-backlog`) rather than before they started.
+    pub live_backlog: bool,
+    /// Noisy scenario, split by work queue: the quiet jobs whose routing key
+    /// (tenant and channel) hashes to a work queue the noisy tenant's
+    /// backlog is in (`sharing`, FIFO behind it until it is moved to its held
+    /// queues) and all the others.
     pub quiet_sharing_noisy_queue: Option<Latency>,
     pub quiet_other_queues: Option<Latency>,
-    /// Quiet tenants in the noisy tenant's work queue, of all quiet tenants.
-    pub quiet_tenants_sharing: Option<(usize, usize)>,
+    /// Quiet routing keys sharing a work queue with the backlog, of all.
+    pub quiet_keys_sharing: Option<(usize, usize)>,
     /// Latency scenario: workers × concurrency / provider latency.
     pub in_flight_limit_per_sec: Option<f64>,
     pub achieved_to_in_flight_limit_ratio: Option<f64>,
@@ -123,7 +127,14 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k:<34} {v}\n"));
-        line("scenario", self.scenario.clone());
+        line(
+            "scenario",
+            if self.live_backlog {
+                format!("{} (backlog published live)", self.scenario)
+            } else {
+                self.scenario.clone()
+            },
+        );
         line(
             "jobs / tenants / workers",
             format!(
@@ -190,13 +201,15 @@ impl Report {
         if let Some(q) = &self.quiet_tenants {
             line("quiet tenants' latency", lat(q));
         }
-        if let (Some(q), Some((k, of))) = (&self.quiet_other_queues, self.quiet_tenants_sharing) {
-            line(&format!("  {} not in the noisy queue", of - k), lat(q));
+        if let (Some(q), Some((k, of))) = (&self.quiet_other_queues, self.quiet_keys_sharing) {
+            line(
+                &format!("  {} of {of} quiet keys elsewhere", of - k),
+                lat(q),
+            );
         }
-        if let (Some(q), Some((k, _))) =
-            (&self.quiet_sharing_noisy_queue, self.quiet_tenants_sharing)
+        if let (Some(q), Some((k, _))) = (&self.quiet_sharing_noisy_queue, self.quiet_keys_sharing)
         {
-            line(&format!("  {k} sharing the noisy queue"), lat(q));
+            line(&format!("  {k} sharing a noisy queue"), lat(q));
         }
         let states: Vec<String> = self
             .final_states

@@ -125,11 +125,11 @@ pub async fn replay(
                     None => false,
                 };
                 let props = fresh(&delivery.properties);
-                let key = broker::job_routing_key(letter.tenant_id.as_deref());
+                let key = crate::job::routing_key(&delivery.data);
                 publish_job(
                     &publish,
                     &topology.jobs_exchange,
-                    key,
+                    &key,
                     &delivery.data,
                     props,
                 )

@@ -428,13 +428,12 @@ async fn republish_delayed(
         .clone()
         .with_delivery_mode(2)
         .with_headers(h);
-    // Keyed by its tenant (whichever queue it came from, held ones
-    // included), so it returns to its tenant's work queue.
-    let tenant = crate::job::peek_tenant(&delivery.data);
-    let key = broker::job_routing_key(tenant.as_deref());
+    // Keyed by its tenant and channel (whichever queue it came from, held
+    // ones included), so it returns to its tenant's work or held queue.
+    let key = crate::job::routing_key(&delivery.data);
     shared
         .topology
-        .publish_delayed(publish, tier, key, &delivery.data, props)
+        .publish_delayed(publish, tier, &key, &delivery.data, props)
         .await?;
     Ok(())
 }

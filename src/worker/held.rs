@@ -6,7 +6,13 @@
 //! `max_inline_waiters` jobs waiting in this worker) is moved to
 //! `{prefix}.held.{channel}.{tenant}` (published with confirms, then acked),
 //! so the work queue keeps moving for everyone else. While that queue holds
-//! jobs, the tenant's new jobs follow them there, which keeps its order.
+//! jobs, the tenant's new jobs follow them there, which keeps its order:
+//! the worker binds the held queue to the jobs exchange with the tenant's
+//! routing key (`<tenant>.<channel>`), so the broker routes the rest of a
+//! burst straight to it, and jobs that still reach the work queue (published
+//! before the binding) are moved. Once the held queue is seen empty on two
+//! polls in a row, the binding is removed and the tenant's jobs take the
+//! work queue again.
 //!
 //! Every worker consumes every held queue listed in `held_queues`, as a
 //! single active consumer: one worker at a time drains a tenant's queue,
@@ -19,7 +25,7 @@ use crate::job::{Channel, TenantId};
 use crate::metrics as m;
 use lapin::message::Delivery;
 use lapin::options::QueueDeclareOptions;
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,7 +42,17 @@ const REGISTER_EVERY: Duration = Duration::from_secs(30);
 struct Hold {
     follow_until: Option<Instant>,
     registered_at: Option<Instant>,
+    /// Whether the held queue is bound to the jobs exchange, as far as this
+    /// worker knows (`None`: not known, e.g. bound by an earlier worker).
+    routed: Option<bool>,
     waiting_inline: usize,
+}
+
+/// A held queue as listed in `held_queues`.
+pub struct HeldQueue {
+    pub queue: String,
+    /// The routing key of the tenant's jobs on this channel.
+    pub key: String,
 }
 
 /// This worker's view of the held queues.
@@ -128,8 +144,9 @@ impl Holds {
             let mut state = self.lock();
             let h = state.entry(queue.clone()).or_default();
             h.follow_until = Some(Instant::now() + FOLLOW_FOR);
-            h.registered_at
-                .is_none_or(|t| t.elapsed() >= REGISTER_EVERY)
+            h.routed != Some(true)
+                || h.registered_at
+                    .is_none_or(|t| t.elapsed() >= REGISTER_EVERY)
         };
         if register {
             self.topology.declare_held(publish, &queue).await?;
@@ -143,8 +160,15 @@ impl Holds {
             .execute(&self.pool)
             .await
             .map_err(crate::delivery_log::LogError::from)?;
+            // Only now, with the row there (so every worker consumes the
+            // queue), may the broker route the tenant's jobs to it.
+            let key = broker::job_routing_key(Some(tenant.as_str()), Some(channel.as_str()));
+            self.topology
+                .route_held(publish, &queue, &key, true)
+                .await?;
             if let Some(h) = self.lock().get_mut(&queue) {
                 h.registered_at = Some(Instant::now());
+                h.routed = Some(true);
             }
         }
         let props = delivery.properties.clone().with_delivery_mode(2);
@@ -154,20 +178,52 @@ impl Holds {
     }
 
     /// Held queues every worker should consume.
-    pub async fn listed(&self) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT queue FROM held_queues ORDER BY queue")
-            .fetch_all(&self.pool)
-            .await
+    pub async fn listed(&self) -> Result<Vec<HeldQueue>, sqlx::Error> {
+        let rows: Vec<(String, String, Channel)> =
+            sqlx::query_as("SELECT queue, tenant_id, channel FROM held_queues ORDER BY queue")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(queue, tenant, channel)| HeldQueue {
+                key: broker::job_routing_key(Some(&tenant), Some(channel.as_str())),
+                queue,
+            })
+            .collect())
     }
 
-    /// A held queue still has jobs: keep sending the tenant's new ones after them.
-    pub fn saw_backlog(&self, queue: &str, messages: u32) {
-        if messages > 0 {
-            self.any_hold.store(true, Ordering::Relaxed);
+    /// A poll saw `messages` ready in a held queue. While it has jobs, the
+    /// tenant's new ones keep following them; once it has been empty for
+    /// `FOLLOW_FOR` (two polls), the broker stops routing them there.
+    pub async fn observe(
+        &self,
+        ch: &lapin::Channel,
+        held: &HeldQueue,
+        messages: u32,
+    ) -> Result<(), broker::BrokerError> {
+        let unroute = {
             let mut state = self.lock();
-            state.entry(queue.to_owned()).or_default().follow_until =
-                Some(Instant::now() + FOLLOW_FOR);
+            let h = state.entry(held.queue.clone()).or_default();
+            if messages > 0 {
+                self.any_hold.store(true, Ordering::Relaxed);
+                h.follow_until = Some(Instant::now() + FOLLOW_FOR);
+                false
+            } else if h.follow_until.is_some_and(|t| t > Instant::now()) {
+                false
+            } else {
+                h.routed != Some(false)
+            }
+        };
+        if unroute {
+            self.topology
+                .route_held(ch, &held.queue, &held.key, false)
+                .await?;
+            if let Some(h) = self.lock().get_mut(&held.queue) {
+                h.routed = Some(false);
+            }
+            tracing::debug!(queue = %held.queue, "held queue empty; its tenant's jobs take the work queue again");
         }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Hold>> {
@@ -200,5 +256,35 @@ impl Topology {
             )
             .await?;
         Ok(q.message_count())
+    }
+
+    /// Bind (`on`) or unbind a held queue to the jobs exchange with its
+    /// tenant's routing key. Both are idempotent.
+    pub async fn route_held(
+        &self,
+        ch: &lapin::Channel,
+        queue: &str,
+        key: &str,
+        on: bool,
+    ) -> Result<(), broker::BrokerError> {
+        if on {
+            ch.queue_bind(
+                queue.into(),
+                self.jobs_exchange.as_str().into(),
+                key.into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        } else {
+            ch.queue_unbind(
+                queue.into(),
+                self.jobs_exchange.as_str().into(),
+                key.into(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -238,15 +238,17 @@ async fn consume_held(
             };
         }
         let ch = channel.as_ref().expect("opened above");
-        for queue in queues {
-            match shared.topology.declare_held(ch, &queue).await {
-                Ok(messages) => shared.holds.saw_backlog(&queue, messages),
-                Err(e) => {
-                    tracing::warn!(%queue, error = %e, "cannot declare held queue");
-                    break;
-                }
+        for held in queues {
+            let queue = &held.queue;
+            let observed = match shared.topology.declare_held(ch, queue).await {
+                Ok(messages) => shared.holds.observe(ch, &held, messages).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = observed {
+                tracing::warn!(%queue, error = %e, "cannot declare or route held queue");
+                break;
             }
-            if consuming.contains(&queue) {
+            if consuming.contains(queue) {
                 continue;
             }
             let consumer = async {
@@ -274,7 +276,7 @@ async fn consume_held(
                 }
             };
             tracing::info!(%queue, "consuming held queue");
-            consuming.insert(queue);
+            consuming.insert(held.queue);
             let (shared, publish, moves, jobs, stop) = (
                 shared.clone(),
                 publish.clone(),
