@@ -14,7 +14,8 @@
 //! and tail are excluded. Latency is measured separately by a *probe*: after
 //! the drain, jobs offered at half the measured rate (open loop), timed from
 //! their enqueue (in `metadata`) to the arrival of their final event. In the
-//! noisy scenario the quiet tenants' jobs are offered *during* the drain.
+//! noisy scenario the quiet tenants' jobs are offered *during* the drain, and
+//! with `--live-backlog` the noisy tenant's backlog is published during it too.
 
 mod baseline;
 mod fake;
@@ -59,7 +60,7 @@ pub enum Scenario {
 pub struct BenchOptions {
     #[arg(long, value_enum, default_value_t = Scenario::Pipeline)]
     pub scenario: Scenario,
-    /// Jobs to drain (pre-enqueued).
+    /// Jobs to drain (pre-enqueued, unless `--live-backlog`).
     #[arg(long, default_value_t = 200_000)]
     pub jobs: usize,
     /// Tenants (default 100; tenants scenario 10,000; noisy 1 + 100).
@@ -90,6 +91,10 @@ pub struct BenchOptions {
     /// upstream campaign would arrive, instead of before they start.
     #[arg(long)]
     pub live_backlog: bool,
+    /// With `--live-backlog`: publish it at this rate (jobs/s) instead of as
+    /// fast as the broker takes it.
+    #[arg(long, requires = "live_backlog")]
+    pub backlog_per_sec: Option<f64>,
     /// Give up when a phase takes longer than this.
     #[arg(long, default_value_t = 1800)]
     pub timeout_secs: u64,
@@ -291,7 +296,13 @@ impl Ctx<'_> {
         // the workers run and the quiet tenants' jobs trickle in.
         let backlog = live.then(|| {
             let (p, run, t) = (publisher.clone(), self.run_id.to_owned(), tenant_of.clone());
-            tokio::spawn(async move { load::enqueue_all(&p, &run, 0..n, &*t, &|_| {}).await })
+            let rate = o.backlog_per_sec;
+            tokio::spawn(async move {
+                match rate {
+                    Some(r) => load::enqueue_paced(&p, &run, 0..n, &*t, r).await,
+                    None => load::enqueue_all(&p, &run, 0..n, &*t, &|_| {}).await,
+                }
+            })
         });
         let trickle = noisy.then(|| {
             let (p, run, t) = (publisher.clone(), self.run_id.to_owned(), tenant_of.clone());
@@ -392,6 +403,7 @@ impl Ctx<'_> {
             latency,
             quiet_tenants: quiet,
             live_backlog: live,
+            backlog_per_sec: o.backlog_per_sec.filter(|_| live),
             quiet_keys_sharing: split
                 .as_ref()
                 .map(|s| (s.2, QUIET_TENANTS * load::CHANNELS.len())),

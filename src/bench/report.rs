@@ -104,8 +104,10 @@ pub struct Report {
     /// Noisy scenario: the quiet tenants' jobs, offered during the backlog.
     pub quiet_tenants: Option<Latency>,
     /// Noisy scenario: the backlog was published while the workers ran
-    /// (`--live-backlog`) rather than before they started.
+    /// (`--live-backlog`) rather than before they started…
     pub live_backlog: bool,
+    /// … at this rate (`--backlog-per-sec`), else as fast as it went.
+    pub backlog_per_sec: Option<f64>,
     /// Noisy scenario, split by work queue: the quiet jobs whose routing key
     /// (tenant and channel) hashes to a work queue the noisy tenant's
     /// backlog is in (`sharing`, FIFO behind it until it is moved to its held
@@ -129,10 +131,12 @@ impl Report {
         let mut line = |k: &str, v: String| out.push_str(&format!("{k:<34} {v}\n"));
         line(
             "scenario",
-            if self.live_backlog {
-                format!("{} (backlog published live)", self.scenario)
-            } else {
-                self.scenario.clone()
+            match (self.live_backlog, self.backlog_per_sec) {
+                (true, Some(rate)) => {
+                    format!("{} (backlog published live at {rate:.0}/s)", self.scenario)
+                }
+                (true, None) => format!("{} (backlog published live)", self.scenario),
+                (false, _) => self.scenario.clone(),
             },
         );
         line(
