@@ -88,6 +88,8 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled our consumer (queue deleted or connection lost)")]
     ConsumerEnded,
+    #[error("the broker closed our {0} channel (see the error logged before this one)")]
+    ChannelClosed(&'static str),
     #[error("RabbitMQ refused the message (nack) on {0}")]
     Nacked(String),
     #[error("RabbitMQ refused to declare {name}: {fix} ({source})")]

@@ -111,3 +111,70 @@ async fn a_dropped_broker_connection_is_re_established_and_jobs_keep_flowing() {
     assert!(worker.terminate().success());
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishing_channel_the_broker_closes_is_replaced_and_events_flow_again() {
+    let t = TestEnv::new().await;
+    let (stop, worker) = t.spawn_worker(t.settings.clone());
+    let publisher = t.publisher().await;
+    let job =
+        |id: &str| serde_json::to_vec(&email_payload(id, "clinic-1", "a@example.com")).unwrap();
+    let recorded = |id: &'static str| {
+        let t = &t;
+        move || async move {
+            t.log_rows()
+                .await
+                .iter()
+                .any(|(j, s, _)| j == id && s == "sent")
+        }
+    };
+    // The worker is up (it declared its topology) once it has sent a job.
+    publisher.publish(&job("first")).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the first job is sent",
+        recorded("first"),
+    )
+    .await;
+
+    // The events exchange vanishes under the worker: its next event publish
+    // is a channel error (404), and the broker closes that channel while the
+    // connection lives on.
+    let conn = outreach::broker::connect(AMQP_URL, "test-admin")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_delete(
+        t.topology.events_exchange.as_str().into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    publisher.publish(&job("event-lost")).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the job's outcome is recorded",
+        recorded("event-lost"),
+    )
+    .await;
+
+    // An operator puts the exchange back (with our tap on it); the worker
+    // must not stay stuck on its dead channel. (The lost event is re-sent
+    // when the job is redelivered, possibly before the tap exists.)
+    let mut events = t.event_queue().await;
+    publisher.publish(&job("after")).await.unwrap();
+    loop {
+        let (_, event) = events
+            .next(Duration::from_secs(30))
+            .await
+            .expect("events flow again");
+        if event["job_id"] == "after" {
+            break;
+        }
+    }
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    let _ = conn.close(200, "bye".into()).await;
+    t.cleanup().await;
+}

@@ -167,12 +167,16 @@ async fn session(
             }
         });
     }
+    let ours = [("publishing", &publish), ("moves", &moves)];
     let ended: Result<(), BrokerError> = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         first = consuming.join_next() => match first {
             Some(Ok(Err(e))) => Err(e),
             _ => Err(BrokerError::ConsumerEnded),
         },
+        name = first_closed(&ours) => {
+            Err(BrokerError::ChannelClosed(name))
+        }
     };
     // Stop deliveries first, then let the jobs in flight finish.
     loops.cancel();
@@ -198,6 +202,20 @@ async fn session(
     let _ = moves.close(200, "bye".into()).await;
     let _ = conn.close(200, "bye".into()).await;
     ended
+}
+
+/// Wait until one of `channels` is closed (the broker closes a channel on a
+/// channel error, such as a publish to an exchange deleted under us, while
+/// the connection lives on); returns its name. Jobs would fail on it until
+/// the session starts over with fresh channels and a re-declared topology.
+async fn first_closed(channels: &[(&'static str, &lapin::Channel)]) -> &'static str {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Some((name, _)) = channels.iter().find(|(_, c)| !c.status().connected()) {
+            return name;
+        }
+    }
 }
 
 /// Consume every held queue listed in the database, as one of its single
