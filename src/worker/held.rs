@@ -195,6 +195,10 @@ impl Holds {
     /// A poll saw `messages` ready in a held queue. While it has jobs, the
     /// tenant's new ones keep following them; once it has been empty for
     /// `FOLLOW_FOR` (two polls), the broker stops routing them there.
+    /// Ready excludes what its consumer has prefetched (`held_prefetch`), so
+    /// a hold that small may be unbound early: its next jobs reach the work
+    /// queue, wait for the limit there and are moved, and the queue is bound
+    /// again. Harmless, a little more work.
     pub async fn observe(
         &self,
         ch: &lapin::Channel,
