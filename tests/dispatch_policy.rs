@@ -479,69 +479,75 @@ async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
 
 /// A copy of every job the jobs exchange passes on to the work queues (a
 /// private queue on the shared exchange, a fanout with one work queue).
-async fn work_queue_tap(env: &TestEnv) -> (lapin::Connection, lapin::Channel, String) {
-    let conn = broker::connect(AMQP_URL, "test-tap").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    env.topology.declare(&ch).await.unwrap();
-    let tap = ch
-        .queue_declare(
+struct WorkQueueTap {
+    _conn: lapin::Connection,
+    ch: lapin::Channel,
+    queue: String,
+}
+
+impl WorkQueueTap {
+    async fn new(env: &TestEnv) -> Self {
+        let conn = broker::connect(AMQP_URL, "test-tap").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        env.topology.declare(&ch).await.unwrap();
+        let private = lapin::options::QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = ch
+            .queue_declare("".into(), private, Default::default())
+            .await
+            .unwrap()
+            .name()
+            .to_string();
+        ch.queue_bind(
+            queue.as_str().into(),
+            env.topology.shared_exchange.as_str().into(),
             "".into(),
-            lapin::options::QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
+            Default::default(),
             Default::default(),
         )
         .await
         .unwrap();
-    let tap = tap.name().to_string();
-    ch.queue_bind(
-        tap.as_str().into(),
-        env.topology.shared_exchange.as_str().into(),
-        "".into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    (conn, ch, tap)
-}
-
-/// Publish `jobs`, then a marker job of another tenant, and return the ids
-/// of those jobs that went to the work queues. One publishing channel keeps
-/// their order, so once the marker is in the tap, the others are decided.
-async fn routed_to_work_queues(
-    env: &TestEnv,
-    tap: &(lapin::Connection, lapin::Channel, String),
-    jobs: &[Value],
-) -> Vec<String> {
-    let marker = format!("marker-{}", uuid::Uuid::now_v7().simple());
-    let mut all = jobs.to_vec();
-    all.push(sms(&marker, "quiet"));
-    publish(env, &all).await;
-    let mut seen = vec![];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the marker never reached the work queue"
-        );
-        let got = tap
-            .1
-            .basic_get(tap.2.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap();
-        let Some(m) = got else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let job: Value = serde_json::from_slice(&m.delivery.data).unwrap();
-        let id = job["job_id"].as_str().unwrap().to_owned();
-        if id == marker {
-            return seen;
+        Self {
+            _conn: conn,
+            ch,
+            queue,
         }
-        seen.push(id);
+    }
+
+    /// Publish `jobs`, then a marker job of another tenant, and return the
+    /// ids of those jobs that went to the work queues. One publishing channel
+    /// keeps their order, so once the marker is in the tap, the rest is decided.
+    async fn routed_to_work_queues(&self, env: &TestEnv, jobs: &[Value]) -> Vec<String> {
+        let marker = format!("marker-{}", uuid::Uuid::now_v7().simple());
+        let mut all = jobs.to_vec();
+        all.push(sms(&marker, "quiet"));
+        publish(env, &all).await;
+        let mut seen = vec![];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the marker never reached the work queue"
+            );
+            let got = self
+                .ch
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            let Some(m) = got else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let job: Value = serde_json::from_slice(&m.delivery.data).unwrap();
+            let id = job["job_id"].as_str().unwrap().to_owned();
+            if id == marker {
+                return seen;
+            }
+            seen.push(id);
+        }
     }
 }
 
@@ -551,7 +557,7 @@ async fn while_a_tenant_holds_the_broker_routes_its_new_jobs_straight_to_its_hel
     set_tenant(&env, "noisy", Channel::Sms,
         json!({"chain": [], "fallback_to_system": true, "rate_limits": {"per_second": 1, "burst": 1}})).await;
     let (stop, worker) = env.spawn_worker(worker_settings(&env));
-    let tap = work_queue_tap(&env).await;
+    let tap = WorkQueueTap::new(&env).await;
     let backlog: Vec<Value> = (0..30)
         .map(|i| sms(&format!("noisy-{i}"), "noisy"))
         .collect();
@@ -568,14 +574,14 @@ async fn while_a_tenant_holds_the_broker_routes_its_new_jobs_straight_to_its_hel
             let job = sms(&format!("probe-{probe}"), "noisy");
             let tap = &tap;
             let env = &env;
-            async move { routed_to_work_queues(env, tap, &[job]).await.is_empty() }
+            async move { tap.routed_to_work_queues(env, &[job]).await.is_empty() }
         },
     )
     .await;
     let later: Vec<Value> = (0..5)
         .map(|i| sms(&format!("later-{i}"), "noisy"))
         .collect();
-    let through_work = routed_to_work_queues(&env, &tap, &later).await;
+    let through_work = tap.routed_to_work_queues(&env, &later).await;
     assert!(
         through_work.is_empty(),
         "jobs of the holding tenant went through the work queue: {through_work:?}"
@@ -638,7 +644,7 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
     set_tenant(&env, "noisy", Channel::Sms,
         json!({"chain": [], "fallback_to_system": true, "rate_limits": {"per_second": 10, "burst": 10}})).await;
     let (stop, worker) = env.spawn_worker(worker_settings(&env));
-    let tap = work_queue_tap(&env).await;
+    let tap = WorkQueueTap::new(&env).await;
     let backlog: Vec<Value> = (0..60)
         .map(|i| sms(&format!("noisy-{i}"), "noisy"))
         .collect();
@@ -671,7 +677,7 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
             let job = sms(&format!("probe-{probes}"), "noisy");
             let tap = &tap;
             let env = &env;
-            async move { !routed_to_work_queues(env, tap, &[job]).await.is_empty() }
+            async move { !tap.routed_to_work_queues(env, &[job]).await.is_empty() }
         },
     )
     .await;
