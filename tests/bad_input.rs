@@ -59,11 +59,8 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
         .await
         .unwrap();
 
-    eventually(Duration::from_secs(30), "the good job is sent", || async {
-        t.log_rows()
-            .await
-            .iter()
-            .any(|(id, status, _)| id == "good-after-bad" && status == "sent")
+    eventually(Duration::from_secs(30), "the good job is sent", || {
+        t.is_sent("good-after-bad")
     })
     .await;
 

@@ -19,7 +19,7 @@ use support::fake_providers::{
     self as fake, Always, SENDGRID_KEY, Scripted, TWILIO_SID, TWILIO_TOKEN, sendgrid_error,
     twilio_error,
 };
-use support::{AMQP_URL, Binary, TestEnv, eventually, free_port, http_get};
+use support::{AMQP_URL, Binary, Tap, TestEnv, eventually, free_port, http_get};
 use wiremock::MockServer;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -345,16 +345,7 @@ async fn rate_limit_holds_with(workers: usize) {
         "OUTREACH__RATE_LIMITS__PROVIDER_PER_SECOND__TWILIO".into(),
         "0".into(),
     );
-    let procs: Vec<Binary> = (0..workers)
-        .map(|_| {
-            let mut v = vars.clone();
-            v.insert(
-                "OUTREACH__HTTP__BIND".into(),
-                format!("127.0.0.1:{}", free_port()),
-            );
-            Binary::worker(&v)
-        })
-        .collect();
+    let procs: Vec<Binary> = (0..workers).map(|_| Binary::worker(&vars)).collect();
 
     let jobs: Vec<Value> = (0..30)
         .map(|i| sms(&format!("limited-{i}"), "limited"))
@@ -409,10 +400,6 @@ async fn worker_concurrency_bounds_the_sends_in_flight_not_the_jobs() {
         "OUTREACH__RATE_LIMITS__PROVIDER_PER_SECOND__TWILIO".into(),
         "0".into(),
     );
-    vars.insert(
-        "OUTREACH__HTTP__BIND".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
     let worker = Binary::worker(&vars);
     eventually(Duration::from_secs(60), "all 24 jobs sent", || async {
         count_sent(&env, "busy").await == 24
@@ -455,11 +442,11 @@ async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
     )
     .await;
     let noisy_sent = count_sent(&env, "noisy").await;
-    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM held_queues")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(held, 1, "the backlog waits in the tenant's held queue");
+    assert_eq!(
+        held_queue_count(&env).await,
+        1,
+        "the backlog waits in the tenant's held queue"
+    );
     assert!(
         noisy_sent < 100,
         "the quiet jobs waited for {noisy_sent} noisy ones"
@@ -479,42 +466,11 @@ async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
 
 /// A copy of every job the jobs exchange passes on to the work queues (a
 /// private queue on the shared exchange, a fanout with one work queue).
-struct WorkQueueTap {
-    _conn: lapin::Connection,
-    ch: lapin::Channel,
-    queue: String,
-}
+struct WorkQueueTap(Tap);
 
 impl WorkQueueTap {
     async fn new(env: &TestEnv) -> Self {
-        let conn = broker::connect(AMQP_URL, "test-tap").await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        env.topology.declare(&ch).await.unwrap();
-        let private = lapin::options::QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = ch
-            .queue_declare("".into(), private, Default::default())
-            .await
-            .unwrap()
-            .name()
-            .to_string();
-        ch.queue_bind(
-            queue.as_str().into(),
-            env.topology.shared_exchange.as_str().into(),
-            "".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        Self {
-            _conn: conn,
-            ch,
-            queue,
-        }
+        Self(env.tap(&env.topology.shared_exchange, "").await)
     }
 
     /// Publish `jobs`, then a marker job of another tenant, and return the
@@ -533,8 +489,12 @@ impl WorkQueueTap {
                 "the marker never reached the work queue"
             );
             let got = self
+                .0
                 .ch
-                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .basic_get(
+                    self.0.queue.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
                 .await
                 .unwrap();
             let Some(m) = got else {
@@ -549,6 +509,32 @@ impl WorkQueueTap {
             seen.push(id);
         }
     }
+
+    /// Publish probe jobs of `tenant`, one per poll, until one goes through
+    /// the work queues (`through_work`) or one does not; returns how many
+    /// probes were published.
+    async fn probe_until(&self, env: &TestEnv, tenant: &str, through_work: bool) -> i64 {
+        let mut probes = 0;
+        let what = if through_work {
+            "a job of the tenant to take the work queue"
+        } else {
+            "a new job of the holding tenant to bypass the work queue"
+        };
+        eventually(Duration::from_secs(30), what, || {
+            probes += 1;
+            let job = sms(&format!("probe-{probes}"), tenant);
+            async move { self.routed_to_work_queues(env, &[job]).await.is_empty() != through_work }
+        })
+        .await;
+        probes
+    }
+}
+
+async fn held_queue_count(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM held_queues")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -565,19 +551,7 @@ async fn while_a_tenant_holds_the_broker_routes_its_new_jobs_straight_to_its_hel
 
     // Once the worker has moved the backlog and bound the held queue, a new
     // job of the tenant no longer passes through the work queue.
-    let mut probe = 0;
-    eventually(
-        Duration::from_secs(30),
-        "a new job of the holding tenant to bypass the work queue",
-        || {
-            probe += 1;
-            let job = sms(&format!("probe-{probe}"), "noisy");
-            let tap = &tap;
-            let env = &env;
-            async move { tap.routed_to_work_queues(env, &[job]).await.is_empty() }
-        },
-    )
-    .await;
+    let probes = tap.probe_until(&env, "noisy", false).await;
     let later: Vec<Value> = (0..5)
         .map(|i| sms(&format!("later-{i}"), "noisy"))
         .collect();
@@ -597,7 +571,7 @@ async fn while_a_tenant_holds_the_broker_routes_its_new_jobs_straight_to_its_hel
     // The marker jobs of "quiet" may still be in the work queue too.
     let in_work = env.topology.work_depth(&conn).await.unwrap() as i64;
     let sent = count_sent(&env, "noisy").await;
-    let published = 30 + probe + 5;
+    let published = 30 + probes + 5;
     assert!(
         in_held + sent <= published && published <= in_held + in_work + sent,
         "published {published}: {sent} sent, {in_held} held, {in_work} in the work queue"
@@ -652,13 +626,7 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
     eventually(
         Duration::from_secs(30),
         "the backlog to be held",
-        || async {
-            let held: i64 = sqlx::query_scalar("SELECT count(*) FROM held_queues")
-                .fetch_one(&env.pool)
-                .await
-                .unwrap();
-            held == 1
-        },
+        || async { held_queue_count(&env).await == 1 },
     )
     .await;
     eventually(
@@ -668,19 +636,7 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
     )
     .await;
 
-    let mut probes = 0;
-    eventually(
-        Duration::from_secs(30),
-        "the tenant's jobs to take the work queue again",
-        || {
-            probes += 1;
-            let job = sms(&format!("probe-{probes}"), "noisy");
-            let tap = &tap;
-            let env = &env;
-            async move { !tap.routed_to_work_queues(env, &[job]).await.is_empty() }
-        },
-    )
-    .await;
+    let probes = tap.probe_until(&env, "noisy", true).await;
     // Wherever each probe went, it was sent.
     eventually(
         Duration::from_secs(30),
@@ -697,12 +653,8 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
 #[tokio::test]
 async fn after_a_sigkill_mid_batch_every_job_ends_in_exactly_one_final_state() {
     let env = TestEnv::new().await;
-    let record = env.path("sent.jsonl");
     let mut vars = worker_env(&env);
-    vars.insert(
-        "OUTREACH__DEFAULTS__EMAIL__RECORD_FILE".into(),
-        record.clone(),
-    );
+    let record = env.record_emails(&mut vars);
     // Leases of the killed worker's jobs must lapse within the test.
     vars.insert("OUTREACH__WORKER__LEASE_SECS".into(), "2".into());
     let first = Binary::worker(&vars);

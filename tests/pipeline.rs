@@ -26,11 +26,10 @@ async fn a_job_enqueued_with_the_cli_is_mailed_logged_evented_and_counted() {
     let smtp = SmtpServer::start(t.dir.path(), SmtpOptions::default());
     let mut env = t.env_vars();
     smtp_env(&mut env, smtp.port);
-    let http = free_port();
-    env.insert("OUTREACH__HTTP__BIND".into(), format!("127.0.0.1:{http}"));
     let mut events = t.event_queue().await;
 
     let worker = Binary::worker(&env);
+    let http = worker.http_port;
     let out = run_cli(
         &env,
         &[
@@ -124,16 +123,8 @@ async fn a_job_enqueued_with_the_cli_is_mailed_logged_evented_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_jobs_in_flight_loses_nothing_and_sends_nothing_twice() {
     let t = TestEnv::new().await;
-    let record = t.path("sandbox.jsonl");
     let mut env = t.env_vars();
-    env.insert(
-        "OUTREACH__DEFAULTS__EMAIL__RECORD_FILE".into(),
-        record.clone(),
-    );
-    env.insert(
-        "OUTREACH__HTTP__BIND".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let record = t.record_emails(&mut env);
     let total = 1500;
     let publisher = t.publisher().await;
     let jobs: Vec<Vec<u8>> = (0..total)
@@ -165,10 +156,6 @@ async fn sigterm_with_jobs_in_flight_loses_nothing_and_sends_nothing_twice() {
             .unwrap();
     assert_eq!(in_flight, 0, "jobs in flight were finished before exit");
 
-    env.insert(
-        "OUTREACH__HTTP__BIND".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
     let second = Binary::worker(&env);
     eventually(
         Duration::from_secs(90),

@@ -44,24 +44,14 @@ fn close_connections_of(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_broker_connection_is_re_established_and_jobs_keep_flowing() {
     let t = TestEnv::new().await;
-    let record = t.path("sandbox.jsonl");
     let mut env = t.env_vars();
-    env.insert(
-        "OUTREACH__DEFAULTS__EMAIL__RECORD_FILE".into(),
-        record.clone(),
-    );
-    let http = free_port();
-    env.insert("OUTREACH__HTTP__BIND".into(), format!("127.0.0.1:{http}"));
+    let record = t.record_emails(&mut env);
     let worker = Binary::worker(&env);
+    let http = worker.http_port;
     let publisher = t.publisher().await;
     let sent = |id: &'static str| {
         let t = &t;
-        move || async move {
-            t.log_rows()
-                .await
-                .iter()
-                .any(|(j, s, _)| j == id && s == "sent")
-        }
+        move || t.is_sent(id)
     };
 
     publisher
@@ -121,12 +111,7 @@ async fn a_publishing_channel_the_broker_closes_is_replaced_and_events_flow_agai
         |id: &str| serde_json::to_vec(&email_payload(id, "clinic-1", "a@example.com")).unwrap();
     let recorded = |id: &'static str| {
         let t = &t;
-        move || async move {
-            t.log_rows()
-                .await
-                .iter()
-                .any(|(j, s, _)| j == id && s == "sent")
-        }
+        move || t.is_sent(id)
     };
     // The worker is up (it declared its topology) once it has sent a job.
     publisher.publish(&job("first")).await.unwrap();

@@ -127,17 +127,9 @@ async fn a_delayed_retry_comes_back_to_its_tenant_s_work_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_sends_the_jobs_of_every_work_queue() {
     let t = env().await;
-    let record = t.path("sandbox.jsonl");
     let mut env = t.env_vars();
     env.insert("OUTREACH__AMQP__WORK_QUEUES".into(), QUEUES.to_string());
-    env.insert(
-        "OUTREACH__DEFAULTS__EMAIL__RECORD_FILE".into(),
-        record.clone(),
-    );
-    env.insert(
-        "OUTREACH__HTTP__BIND".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let record = t.record_emails(&mut env);
     let publisher = t.publisher().await;
     let jobs: Vec<Vec<u8>> = (0..40)
         .map(|i| {

@@ -105,34 +105,48 @@ impl TestEnv {
             .unwrap()
     }
 
-    /// A queue bound to every delivery event, to read them back.
-    pub async fn event_queue(&self) -> EventTap {
-        let conn = outreach::broker::connect(AMQP_URL, "test-events")
+    /// A private queue (gone with its connection) bound to `exchange` with
+    /// `key`, on a connection of its own, the topology declared first.
+    pub async fn tap(&self, exchange: &str, key: &str) -> Tap {
+        let conn = outreach::broker::connect(AMQP_URL, "test-tap")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
         self.topology.declare(&ch).await.unwrap();
-        let q = format!("{}.test-events", self.prefix);
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = ch
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .unwrap()
+            .name()
+            .to_string();
         ch.queue_bind(
-            q.as_str().into(),
-            self.topology.events_exchange.as_str().into(),
-            "#".into(),
+            queue.as_str().into(),
+            exchange.into(),
+            key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
+        Tap {
+            _conn: conn,
+            ch,
+            queue,
+        }
+    }
+
+    /// A queue bound to every delivery event, to read them back.
+    pub async fn event_queue(&self) -> EventTap {
+        let Tap {
+            _conn: conn,
+            ch,
+            queue: q,
+        } = self.tap(&self.topology.events_exchange, "#").await;
         let consumer = ch
             .basic_consume(
                 q.as_str().into(),
@@ -188,6 +202,26 @@ impl TestEnv {
         out
     }
 
+    /// Whether job `id` has a `sent` log row.
+    pub async fn is_sent(&self, id: &str) -> bool {
+        self.log_rows()
+            .await
+            .iter()
+            .any(|(j, s, _)| j == id && s == "sent")
+    }
+
+    /// Have worker processes started with `vars` record the emails the
+    /// sandbox (the default email provider) sends, one JSON line each, to a
+    /// file in the test's directory; returns its path.
+    pub fn record_emails(&self, vars: &mut HashMap<String, String>) -> String {
+        let record = self.path("sandbox.jsonl");
+        vars.insert(
+            "OUTREACH__DEFAULTS__EMAIL__RECORD_FILE".into(),
+            record.clone(),
+        );
+        record
+    }
+
     /// Rows of outreach_logs as (job_id, status, provider).
     pub async fn log_rows(&self) -> Vec<(String, String, Option<String>)> {
         sqlx::query_as("SELECT job_id, status::text, provider FROM outreach_logs ORDER BY job_id")
@@ -227,6 +261,13 @@ impl TestEnv {
             .await;
         }
     }
+}
+
+/// A private queue on an exchange; read it with `ch`.
+pub struct Tap {
+    _conn: lapin::Connection,
+    pub ch: lapin::Channel,
+    pub queue: String,
 }
 
 /// Delivery events as they arrive.
@@ -275,19 +316,32 @@ pub fn free_port() -> u16 {
 /// The real `outreach` binary as a child process.
 pub struct Binary {
     pub child: Child,
+    /// Where its health and metrics endpoints listen (127.0.0.1).
+    pub http_port: u16,
 }
 
 impl Binary {
+    /// `outreach worker` with `env`; its HTTP server on a free port unless
+    /// `env` sets `OUTREACH__HTTP__BIND`, so workers never collide on the
+    /// default port.
     pub fn worker(env: &HashMap<String, String>) -> Self {
+        let (bind, http_port) = match env.get("OUTREACH__HTTP__BIND") {
+            Some(b) => (b.clone(), b.rsplit(':').next().unwrap().parse().unwrap()),
+            None => {
+                let port = free_port();
+                (format!("127.0.0.1:{port}"), port)
+            }
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_outreach"))
             .arg("worker")
             .envs(env)
+            .env("OUTREACH__HTTP__BIND", bind)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn outreach worker");
-        Self { child }
+        Self { child, http_port }
     }
 
     /// Send SIGTERM and wait for the exit status.
