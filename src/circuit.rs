@@ -66,9 +66,7 @@ impl Verdict {
     pub fn of(outcome: Option<ErrorKind>) -> Self {
         match outcome {
             None => Verdict::Success,
-            Some(ErrorKind::Transient | ErrorKind::Provider | ErrorKind::Config) => {
-                Verdict::Failure
-            }
+            Some(kind) if kind.is_account_scoped() => Verdict::Failure,
             Some(_) => Verdict::Neutral,
         }
     }

@@ -387,6 +387,16 @@ pub enum Fate {
     },
 }
 
+/// The dead-letter reason of a configuration failure: the specific codes
+/// operators filter on, else `config`.
+fn config_reason(e: &ProviderError) -> &'static str {
+    match e.code.as_deref() {
+        Some("no_provider") => "no_provider",
+        Some("channel_disabled") => "channel_disabled",
+        _ => "config",
+    }
+}
+
 /// Limits that end retries.
 #[derive(Debug, Clone)]
 pub struct RetryBudget {
@@ -413,7 +423,12 @@ pub fn decide(
             let reason = error.kind.as_str();
             Fate::Failed { error, reason }
         }
-        Disposition::Retry | Disposition::Fallback => {
+        // Waiting will not fix a configuration: fail now, naming it.
+        Disposition::Reconfigure => {
+            let reason = config_reason(&error);
+            Fate::Failed { error, reason }
+        }
+        Disposition::Retry | Disposition::Fallback | Disposition::Defer => {
             let delay_secs = tier_for(attempt, error.retry_after);
             let next_at = age + Duration::from_secs(delay_secs);
             let past_not_after = not_after

@@ -16,10 +16,19 @@ pub enum ErrorKind {
     Transient,
     /// 429 or a rate-limit code: try again after the provider's hint.
     RateLimited,
-    /// Credentials, account or sender trouble: another provider may do better.
+    /// The account cannot send for now for reasons on the provider's side
+    /// (suspended, sending paused, quota used up): another provider may do
+    /// better, and it may clear by itself.
     Provider,
-    /// Tenant configuration could not be loaded or used.
+    /// Configuration that needs a person, not time: credentials refused, a
+    /// sender not verified, a certificate that does not verify, a capability
+    /// the account lacks, no provider at all, a tenant config that cannot be
+    /// read. Another step may do better; retrying this one will not.
     Config,
+    /// The recipient's side asked to come back later (greylisting, mailbox
+    /// busy or full for now): retried later, but says nothing about the
+    /// account's health and no other provider would do better now.
+    RecipientDeferred,
     /// The recipient is invalid, unreachable or opted out: no provider will do better.
     Recipient,
     /// The content was refused (body error, too large, template): no provider will do better.
@@ -33,8 +42,18 @@ pub enum ErrorKind {
 /// What the dispatcher should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
+    /// Retry this provider a few times in place, then the next step; if none
+    /// sends, the job comes back through a delay tier.
     Retry,
+    /// The next step now; if none sends, the job comes back through a delay tier.
     Fallback,
+    /// The next step now; if none sends, the job fails: waiting will not fix
+    /// a configuration (`worker` dead-letters it with reason `config`).
+    Reconfigure,
+    /// Stop the chain and come back through a delay tier (the recipient's
+    /// side asked for it; no other provider would do better now).
+    Defer,
+    /// Stop the chain and fail: no provider will do better.
     GiveUp,
 }
 
@@ -45,6 +64,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Provider => "provider",
             ErrorKind::Config => "config",
+            ErrorKind::RecipientDeferred => "recipient_deferred",
             ErrorKind::Recipient => "recipient",
             ErrorKind::Content => "content",
             ErrorKind::InvalidJob => "invalid_job",
@@ -52,10 +72,36 @@ impl ErrorKind {
         }
     }
 
+    /// Every kind, for metrics exported at zero and for docs.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Transient,
+        ErrorKind::RateLimited,
+        ErrorKind::Provider,
+        ErrorKind::Config,
+        ErrorKind::RecipientDeferred,
+        ErrorKind::Recipient,
+        ErrorKind::Content,
+        ErrorKind::InvalidJob,
+        ErrorKind::Expired,
+    ];
+
+    /// Whether the outcome says something about the provider account's
+    /// health (counts in its circuit breaker). Recipient-scoped answers,
+    /// refused content and 429s do not; configuration trouble does (the
+    /// account is unusable until someone fixes it).
+    pub fn is_account_scoped(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Transient | ErrorKind::Provider | ErrorKind::Config
+        )
+    }
+
     pub fn disposition(self) -> Disposition {
         match self {
             ErrorKind::Transient | ErrorKind::RateLimited => Disposition::Retry,
-            ErrorKind::Provider | ErrorKind::Config => Disposition::Fallback,
+            ErrorKind::Provider => Disposition::Fallback,
+            ErrorKind::Config => Disposition::Reconfigure,
+            ErrorKind::RecipientDeferred => Disposition::Defer,
             ErrorKind::Recipient
             | ErrorKind::Content
             | ErrorKind::InvalidJob
