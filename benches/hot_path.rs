@@ -86,7 +86,8 @@ fn config_lookup(c: &mut Criterion) {
     app::install_crypto();
     // Workers count hits and misses; measure with the real recorder installed.
     let _ = metrics::install();
-    let settings = Settings::load(None).unwrap();
+    let mut settings = Settings::load(None).unwrap();
+    settings.sandbox_where_no_default();
     let ctx = app::provider_context(&settings);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -201,6 +202,7 @@ fn event_encode(c: &mut Criterion) {
         kind,
         code: code.map(str::to_owned),
         at,
+        skipped: None,
     };
     let sent = log_row(
         DeliveryStatus::Sent,

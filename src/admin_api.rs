@@ -272,7 +272,11 @@ pub fn test_job(tenant: &TenantId, channel: Channel, to: &str) -> Result<Job, St
     })
 }
 
-/// Send through the tenant's current chain (not the cache) and describe the result.
+/// Send through the tenant's current chain (not the cache) and describe the
+/// result: `sent` only when a real provider accepted it (`simulated` when the
+/// sandbox did), and every provider call and skipped step in `attempts`.
+/// Bounded: each step makes at most `1 + worker.quick_retries` calls of at
+/// most `providers.timeout_secs` each.
 pub async fn send_test(directory: &Directory, job: &Job, quick: &QuickRetry) -> serde_json::Value {
     let chain = match directory
         .resolve_uncached(&job.tenant_id, job.channel)
@@ -285,13 +289,22 @@ pub async fn send_test(directory: &Directory, job: &Job, quick: &QuickRetry) -> 
     let report = dispatch::dispatch(job, &chain, quick).await;
     match report.outcome {
         Ok((info, receipt)) => json!({
-            "sent": true,
+            "sent": info.kind.delivers(),
+            "simulated": !info.kind.delivers(),
             "provider": info.kind,
             "step": info.step,
-            "system_default": chain.steps.get(info.step as usize).is_some_and(|s| s.is_system),
+            "system_default": chain.steps.iter().any(|s| s.step == info.step && s.is_system),
             "message_id": receipt.message_id,
+            "attempts": report.attempts,
         }),
-        Err(e) => json!({"sent": false, "error": e.to_string(), "kind": format!("{:?}", e.kind)}),
+        Err(e) => json!({
+            "sent": false,
+            "simulated": false,
+            "error": e.to_string(),
+            "kind": e.kind.as_str(),
+            "code": e.code,
+            "attempts": report.attempts,
+        }),
     }
 }
 

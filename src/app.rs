@@ -39,6 +39,17 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         db::migrate(&pool).await?;
     }
     let ctx = provider_context(&settings);
+    let bare = settings.channels_without_default();
+    if !bare.is_empty() {
+        let names: Vec<&str> = bare.iter().map(|c| c.as_str()).collect();
+        tracing::warn!(channels = %names.join(","),
+            "no system default provider for these channels: jobs of tenants without their own chain fail with reason no_provider");
+    }
+    for c in crate::job::Channel::ALL {
+        if settings.system_default(c).is_some_and(|p| !p.kind().delivers()) {
+            tracing::warn!(channel = %c, "the system default is the sandbox: it sends nothing, its outcomes are logged `simulated`");
+        }
+    }
     // No keys is valid: tenants with stored credentials then fail one by one.
     let keys = Arc::new(settings.key_ring().context("crypto.keys")?);
     let store = TenantStore::new(pool.clone(), keys);

@@ -14,7 +14,8 @@ use sqlx::types::Json;
 use std::collections::HashSet;
 use time::OffsetDateTime;
 
-/// Where a job is. `Sent`, `Failed` and `Expired` are final.
+/// Where a job is. `Sent`, `Simulated`, `Failed` and `Expired` are final.
+/// `Simulated` is a message the sandbox accepted: nothing was delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "delivery_status", rename_all = "lowercase")]
@@ -22,6 +23,7 @@ pub enum DeliveryStatus {
     Processing,
     Retrying,
     Sent,
+    Simulated,
     Failed,
     Expired,
 }
@@ -32,6 +34,7 @@ impl DeliveryStatus {
             DeliveryStatus::Processing => "processing",
             DeliveryStatus::Retrying => "retrying",
             DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Simulated => "simulated",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Expired => "expired",
         }
@@ -40,7 +43,10 @@ impl DeliveryStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            DeliveryStatus::Sent | DeliveryStatus::Failed | DeliveryStatus::Expired
+            DeliveryStatus::Sent
+                | DeliveryStatus::Simulated
+                | DeliveryStatus::Failed
+                | DeliveryStatus::Expired
         )
     }
 }
@@ -56,6 +62,35 @@ pub struct Attempt {
     pub code: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// Set when the step was passed over without a call, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<SkipReason>,
+}
+
+/// Why a chain step was passed over without calling its provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Its circuit breaker is open.
+    CircuitOpen,
+    /// Paused until the provider's `Retry-After` (after a 429).
+    Paused,
+    /// At its rate limit for longer than a step may wait in place.
+    RateLimit,
+    /// The tenant's entry cannot be used (credentials that do not decrypt,
+    /// settings that do not build).
+    Unusable,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::CircuitOpen => "circuit_open",
+            SkipReason::Paused => "paused",
+            SkipReason::RateLimit => "rate_limit",
+            SkipReason::Unusable => "unusable",
+        }
+    }
 }
 
 /// A row of `outreach_logs`.

@@ -21,6 +21,16 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     app::install_crypto();
     // Do not collide with a worker already serving the configured port.
     settings.http.bind = "127.0.0.1:0".into();
+    let stand_ins = settings.channels_without_default();
+    if !stand_ins.is_empty() {
+        // The demo needs no accounts: the sandbox stands in, and says so.
+        let names: Vec<&str> = stand_ins.iter().map(|c| c.as_str()).collect();
+        eprintln!(
+            "no system default for {}: the demo uses the sandbox there, which sends nothing (status `simulated`)",
+            names.join(", ")
+        );
+        settings.sandbox_where_no_default();
+    }
     let pool = db::connect_creating(&settings.database).await?;
     db::migrate(&pool).await?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -99,7 +109,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     );
     let started = Instant::now();
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM outreach_logs WHERE job_id = ANY($1) AND status IN ('sent', 'failed', 'expired')")
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM outreach_logs WHERE job_id = ANY($1) AND status IN ('sent', 'simulated', 'failed', 'expired')")
             .bind(&ids)
             .fetch_one(&pool)
             .await?;

@@ -4,7 +4,7 @@
 //! fate is chosen.
 
 use crate::circuit::{Breakers, Verdict};
-use crate::delivery_log::Attempt;
+use crate::delivery_log::{Attempt, SkipReason};
 use crate::job::Job;
 use crate::metrics as m;
 use crate::provider::{Disposition, ErrorKind, ProviderError, Receipt};
@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-/// Quick in-process retries: a few, jittered, well under a second in all.
-/// Anything longer goes back to the broker (see `broker::Topology::tier_for`).
+/// Quick in-process retries: `times` more calls after the first, jittered,
+/// well under a second in all. Anything longer goes back to the broker (see
+/// `broker::Topology::tier_for`). One provider call is bounded by
+/// `providers.timeout_secs`, so one step takes at most `1 + times` of those.
 #[derive(Debug, Clone)]
 pub struct QuickRetry {
     pub times: usize,
@@ -25,7 +27,7 @@ pub struct QuickRetry {
 
 impl QuickRetry {
     /// Longest provider hint worth waiting for in process.
-    const MAX_INLINE_WAIT: Duration = Duration::from_millis(500);
+    pub const MAX_INLINE_WAIT: Duration = Duration::from_millis(500);
 
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
@@ -46,22 +48,28 @@ pub struct Policy {
     pub max_inline_wait: Duration,
 }
 
-/// May a job start its round?
+/// May a job start its round? Steps passed over on the way are in
+/// `skipped`, for the job's attempt log.
 #[derive(Debug)]
 pub enum Admission {
-    /// Send from step `from` on; that step's sends (tenant's and account's)
-    /// are already taken.
-    Go { from: usize },
+    /// Send from `chain.steps[from]` on; that step's sends (tenant's and
+    /// account's) are already taken.
+    Go { from: usize, skipped: Vec<Attempt> },
     /// The tenant's or the first usable account's limit is full.
     Wait(Duration),
-    /// No step is usable now (circuits open, accounts paused).
-    Blocked(ProviderError),
+    /// No step is usable now (circuits open, accounts paused, entries
+    /// unusable, or no provider at all).
+    Blocked {
+        error: ProviderError,
+        skipped: Vec<Attempt>,
+    },
 }
 
 /// What the chain did with a job.
 #[derive(Debug)]
 pub struct Report {
     pub outcome: Result<(StepInfo, Receipt), ProviderError>,
+    /// Every provider call and every step passed over, in order.
     pub attempts: Vec<Attempt>,
 }
 
@@ -72,10 +80,38 @@ pub struct StepInfo {
     pub step: u16,
 }
 
-/// Why a step was passed over without a call.
-enum Skip {
-    CircuitOpen,
-    Paused(Duration),
+/// The attempt-log entry of a step passed over without a call.
+fn skipped(step: &ChainStep, reason: SkipReason, error: &ProviderError) -> Attempt {
+    Attempt {
+        provider: step.kind,
+        step: step.step,
+        kind: Some(error.kind),
+        code: error.code.clone(),
+        at: OffsetDateTime::now_utc(),
+        skipped: Some(reason),
+    }
+}
+
+/// The chain's unusable entries numbered below `below` that are not yet in
+/// `log` (entries are sorted by step), appended to it.
+fn note_unusable(chain: &ResolvedChannel, below: u16, log: &mut Vec<Attempt>) {
+    for u in &chain.unusable {
+        let noted = log
+            .iter()
+            .any(|a| a.step == u.step && a.skipped == Some(SkipReason::Unusable));
+        if u.step < below && !noted {
+            metrics::counter!(m::STEPS_SKIPPED, "provider" => u.kind.as_str(), "reason" => SkipReason::Unusable.as_str())
+                .increment(1);
+            log.push(Attempt {
+                provider: u.kind,
+                step: u.step,
+                kind: Some(u.error.kind),
+                code: u.error.code.clone(),
+                at: OffsetDateTime::now_utc(),
+                skipped: Some(SkipReason::Unusable),
+            });
+        }
+    }
 }
 
 impl Policy {
@@ -93,10 +129,13 @@ impl Policy {
     /// is claimed, so a job that must wait costs nothing but this.
     pub async fn admit(&self, chain: &ResolvedChannel) -> Result<Admission, sqlx::Error> {
         let mut tenant_pending = true;
-        let mut paused: Option<Duration> = None;
+        let mut log = Vec::new();
+        let mut last_err: Option<ProviderError> = None;
         for (i, step) in chain.steps.iter().enumerate() {
-            if let Some(skip) = self.skip(step) {
-                paused = paused_min(paused, &skip);
+            note_unusable(chain, step.step, &mut log);
+            if let Some((reason, e)) = self.skip(step) {
+                log.push(skipped(step, reason, &e));
+                last_err = Some(keep_most_useful(last_err, e));
                 continue;
             }
             if let Some(limiter) = &self.limiter {
@@ -108,30 +147,57 @@ impl Policy {
                 match limiter.take(sets).await? {
                     Take::Granted => tenant_pending = false,
                     Take::Wait { wait, paused: true } => {
-                        note_skip(step, &Skip::Paused(wait));
-                        paused = paused_min(paused, &Skip::Paused(wait));
+                        let e = paused_error(wait);
+                        note_skip(step, SkipReason::Paused);
+                        log.push(skipped(step, SkipReason::Paused, &e));
+                        last_err = Some(keep_most_useful(last_err, e));
                         continue;
                     }
                     Take::Wait { wait, .. } => return Ok(Admission::Wait(wait)),
                 }
             }
             if !self.breaker_allows(step) {
+                let e = circuit_open_error();
+                log.push(skipped(step, SkipReason::CircuitOpen, &e));
+                last_err = Some(keep_most_useful(last_err, e));
                 continue;
             }
-            return Ok(Admission::Go { from: i });
+            return Ok(Admission::Go {
+                from: i,
+                skipped: log,
+            });
         }
-        Ok(Admission::Blocked(blocked_error(chain, paused)))
+        note_unusable(chain, u16::MAX, &mut log);
+        let error = chain
+            .unusable
+            .iter()
+            .map(|u| u.error.clone())
+            .fold(last_err, |acc, e| Some(keep_most_useful(acc, e)))
+            .unwrap_or_else(no_provider_error);
+        Ok(Admission::Blocked {
+            error,
+            skipped: log,
+        })
     }
 
-    /// Send through the chain from an admitted step: primary, fallbacks,
-    /// system default.
-    pub async fn dispatch(&self, job: &Job, chain: &ResolvedChannel, from: usize) -> Report {
-        let attempts = Mutex::new(Vec::new());
+    /// Send through the chain from an admitted step (`from`, with the steps
+    /// `skipped` before it): primary, fallbacks, system default.
+    pub async fn dispatch(
+        &self,
+        job: &Job,
+        chain: &ResolvedChannel,
+        from: usize,
+        skipped_before: Vec<Attempt>,
+    ) -> Report {
+        let attempts = Mutex::new(skipped_before);
+        let log = |a: Attempt| attempts.lock().expect("not poisoned").push(a);
         let mut last_err: Option<ProviderError> = None;
         for (i, step) in chain.steps.iter().enumerate().skip(from) {
+            note_unusable(chain, step.step, &mut attempts.lock().expect("not poisoned"));
             if i > from
-                && let Err(e) = self.ready(step).await
+                && let Err((reason, e)) = self.ready(step).await
             {
+                log(skipped(step, reason, &e));
                 last_err = Some(keep_most_useful(last_err, e));
                 continue;
             }
@@ -146,8 +212,9 @@ impl Policy {
                         attempts: attempts.into_inner().unwrap_or_default(),
                     };
                 }
-                // Bad recipient or content: no other provider would do better.
-                Err(e) if e.disposition() == Disposition::GiveUp => {
+                // Bad recipient or content, or the recipient's side asked us
+                // to come back later: no other provider would do better now.
+                Err(e) if matches!(e.disposition(), Disposition::GiveUp | Disposition::Defer) => {
                     return Report {
                         outcome: Err(e),
                         attempts: attempts.into_inner().unwrap_or_default(),
@@ -157,22 +224,34 @@ impl Policy {
                     if e.kind == ErrorKind::RateLimited {
                         self.pause(step, &e).await;
                     }
+                    let e = if e.kind == ErrorKind::Config {
+                        config_trouble(job, step, e)
+                    } else {
+                        e
+                    };
                     tracing::info!(job_id = %job.id, provider = %step.kind, step = step.step, error = %e, "moving down the chain");
                     last_err = Some(keep_most_useful(last_err, e));
                 }
             }
         }
-        let err = last_err.unwrap_or_else(|| blocked_error(chain, None));
+        let mut attempts = attempts.into_inner().unwrap_or_default();
+        note_unusable(chain, u16::MAX, &mut attempts);
+        let err = chain
+            .unusable
+            .iter()
+            .map(|u| u.error.clone())
+            .fold(last_err, |acc, e| Some(keep_most_useful(acc, e)))
+            .unwrap_or_else(no_provider_error);
         Report {
             outcome: Err(err),
-            attempts: attempts.into_inner().unwrap_or_default(),
+            attempts,
         }
     }
 
     /// A step after the admitted one: usable now, within `max_inline_wait`?
-    async fn ready(&self, step: &ChainStep) -> Result<(), ProviderError> {
+    async fn ready(&self, step: &ChainStep) -> Result<(), (SkipReason, ProviderError)> {
         if let Some(skip) = self.skip(step) {
-            return Err(skip_error(&skip));
+            return Err(skip);
         }
         if let Some(limiter) = &self.limiter {
             let deadline = Instant::now() + self.max_inline_wait;
@@ -180,31 +259,40 @@ impl Policy {
                 match limiter.take(&[&step.limits]).await {
                     Ok(Take::Granted) => break,
                     Ok(Take::Wait { wait, paused: true }) => {
-                        note_skip(step, &Skip::Paused(wait));
-                        return Err(skip_error(&Skip::Paused(wait)));
+                        note_skip(step, SkipReason::Paused);
+                        return Err((SkipReason::Paused, paused_error(wait)));
                     }
                     Ok(Take::Wait { wait, .. }) if Instant::now() + wait <= deadline => {
                         metrics::counter!(m::RATE_LIMITED, "scope" => "account").increment(1);
                         tokio::time::sleep(wait).await;
                     }
                     Ok(Take::Wait { wait, .. }) => {
-                        return Err(ProviderError::new(
-                            ErrorKind::RateLimited,
-                            Some("rate_limit".into()),
-                            format!("{} account at its rate limit", step.kind),
-                        )
-                        .with_retry_after(Some(wait)));
+                        note_skip(step, SkipReason::RateLimit);
+                        return Err((
+                            SkipReason::RateLimit,
+                            ProviderError::new(
+                                ErrorKind::RateLimited,
+                                Some("rate_limit".into()),
+                                format!("{} account at its rate limit", step.kind),
+                            )
+                            .with_retry_after(Some(wait)),
+                        ));
                     }
                     Err(e) => {
-                        return Err(ProviderError::transient(format!(
-                            "rate limiter unavailable: {e}"
-                        )));
+                        return Err((
+                            SkipReason::RateLimit,
+                            ProviderError::new(
+                                ErrorKind::Transient,
+                                Some("rate_limiter_unavailable".into()),
+                                format!("rate limiter unavailable: {e}"),
+                            ),
+                        ));
                     }
                 }
             }
         }
         if !self.breaker_allows(step) {
-            return Err(skip_error(&Skip::CircuitOpen));
+            return Err((SkipReason::CircuitOpen, circuit_open_error()));
         }
         Ok(())
     }
@@ -217,22 +305,24 @@ impl Policy {
             .as_ref()
             .is_none_or(|b| b.allow(&step.account, step.kind));
         if !allowed {
-            note_skip(step, &Skip::CircuitOpen);
+            note_skip(step, SkipReason::CircuitOpen);
         }
         allowed
     }
 
-    fn skip(&self, step: &ChainStep) -> Option<Skip> {
+    /// Why the step must be passed over now (open circuit, paused account).
+    fn skip(&self, step: &ChainStep) -> Option<(SkipReason, ProviderError)> {
         let skip = if self
             .breakers
             .as_ref()
             .is_some_and(|b| b.is_open(&step.account))
         {
-            Skip::CircuitOpen
+            (SkipReason::CircuitOpen, circuit_open_error())
         } else {
-            Skip::Paused(self.limiter.as_ref()?.paused_for(&step.account)?)
+            let paused = self.limiter.as_ref()?.paused_for(&step.account)?;
+            (SkipReason::Paused, paused_error(paused))
         };
-        note_skip(step, &skip);
+        note_skip(step, skip.0);
         Some(skip)
     }
 
@@ -249,6 +339,9 @@ impl Policy {
         }
     }
 
+    /// One step: the first call, then at most `quick.times` more while the
+    /// error is retryable in place (transient, or a wait hint under
+    /// [`QuickRetry::MAX_INLINE_WAIT`]) and the account's circuit is closed.
     async fn send_with_quick_retries(
         &self,
         job: &Job,
@@ -275,6 +368,7 @@ impl Policy {
                 kind: err.map(|e| e.kind),
                 code: err.and_then(|e| e.code.clone()),
                 at: OffsetDateTime::now_utc(),
+                skipped: None,
             });
             result
         };
@@ -289,78 +383,79 @@ impl Policy {
                         .as_ref()
                         .is_some_and(|b| b.is_open(&step.account))
             })
-            .adjust(|e: &ProviderError, d| {
-                Some(
-                    e.retry_after
-                        .map_or(d.unwrap_or_default(), |h| h.max(d.unwrap_or_default())),
-                )
-            })
+            // The provider's hint, if longer than our own delay. `None`
+            // means the retries are used up: it must stay `None`.
+            .adjust(|e: &ProviderError, d| d.map(|d| e.retry_after.map_or(d, |h| h.max(d))))
             .await
     }
 }
 
-/// Send with quick retries only (no limits, no breakers).
+/// Send with quick retries only (no limits, no breakers): `tenant test` and
+/// the admin API's test send.
 pub async fn dispatch(job: &Job, chain: &ResolvedChannel, quick: &QuickRetry) -> Report {
-    Policy::plain(quick.clone()).dispatch(job, chain, 0).await
+    Policy::plain(quick.clone())
+        .dispatch(job, chain, 0, Vec::new())
+        .await
 }
 
-fn note_skip(step: &ChainStep, skip: &Skip) {
-    let reason = match skip {
-        Skip::CircuitOpen => "circuit_open",
-        Skip::Paused(_) => "paused",
-    };
-    metrics::counter!(m::STEPS_SKIPPED, "provider" => step.kind.as_str(), "reason" => reason)
+/// A configuration error from a step, made to name its account (the
+/// adapter's message already names the fix), and counted for alerts.
+fn config_trouble(job: &Job, step: &ChainStep, e: ProviderError) -> ProviderError {
+    metrics::counter!(m::PROVIDER_CONFIG_ERRORS, "channel" => job.channel.as_str(), "provider" => step.kind.as_str())
         .increment(1);
-    tracing::debug!(account = %step.account, provider = %step.kind, reason, "skipping chain step");
-}
-
-fn paused_min(acc: Option<Duration>, skip: &Skip) -> Option<Duration> {
-    match skip {
-        Skip::Paused(d) => Some(acc.map_or(*d, |a| a.min(*d))),
-        Skip::CircuitOpen => acc,
+    tracing::warn!(job_id = %job.id, account = %step.account, provider = %step.kind, error = %e,
+        "provider account misconfigured: needs a person");
+    let message = format!("account {} (step {}): {}", step.account, step.step, e.message);
+    ProviderError {
+        message,
+        ..e
     }
 }
 
-fn skip_error(skip: &Skip) -> ProviderError {
-    match skip {
-        Skip::CircuitOpen => ProviderError::new(
-            ErrorKind::Transient,
-            Some("circuit_open".into()),
-            "provider account skipped: its circuit is open",
-        ),
-        Skip::Paused(d) => ProviderError::new(
-            ErrorKind::RateLimited,
-            Some("paused".into()),
-            "provider account paused after a 429",
-        )
-        .with_retry_after(Some(*d)),
-    }
+fn note_skip(step: &ChainStep, reason: SkipReason) {
+    metrics::counter!(m::STEPS_SKIPPED, "provider" => step.kind.as_str(), "reason" => reason.as_str())
+        .increment(1);
+    tracing::debug!(account = %step.account, provider = %step.kind, reason = reason.as_str(), "skipping chain step");
 }
 
-/// Why no step could be used.
-fn blocked_error(chain: &ResolvedChannel, paused: Option<Duration>) -> ProviderError {
-    if chain.steps.is_empty() {
-        return ProviderError::new(
-            ErrorKind::Config,
-            Some("no_provider".into()),
-            "no provider configured for this channel",
-        );
-    }
-    match paused {
-        Some(d) => skip_error(&Skip::Paused(d)),
-        None => skip_error(&Skip::CircuitOpen),
-    }
+fn circuit_open_error() -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Transient,
+        Some("circuit_open".into()),
+        "provider account skipped: its circuit is open",
+    )
 }
 
-/// Keep the most useful error: a retry hint beats a credential problem.
+fn paused_error(wait: Duration) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::RateLimited,
+        Some("paused".into()),
+        "provider account paused after a 429",
+    )
+    .with_retry_after(Some(wait))
+}
+
+/// A channel with no step at all: no tenant chain and no system default.
+fn no_provider_error() -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Config,
+        Some("no_provider".into()),
+        "no provider for this channel: the tenant has no chain and there is no system default \
+         (configure one with `outreach tenant set` or defaults.<channel> in the settings)",
+    )
+}
+
+/// Keep the most useful error for the job's fate: one worth waiting for
+/// (retry, then an account that may recover) beats one that needs a person;
+/// among equals the later one.
 fn keep_most_useful(prev: Option<ProviderError>, e: ProviderError) -> ProviderError {
+    let rank = |e: &ProviderError| match e.disposition() {
+        Disposition::Retry => 2,
+        Disposition::Fallback => 1,
+        _ => 0,
+    };
     match prev {
-        Some(prev)
-            if prev.disposition() == Disposition::Retry
-                && e.disposition() != Disposition::Retry =>
-        {
-            prev
-        }
+        Some(prev) if rank(&prev) > rank(&e) => prev,
         _ => e,
     }
 }

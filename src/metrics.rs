@@ -22,6 +22,11 @@ pub const CONFIG_CACHE_MISSES: &str = "outreach_tenant_config_cache_misses_total
 pub const CONFIG_LOAD_DURATION: &str = "outreach_tenant_config_load_seconds";
 /// Tenant configs that could not be decrypted or built (per-tenant errors).
 pub const CONFIG_ERRORS: &str = "outreach_tenant_config_errors_total";
+/// Provider answers that need a person (credentials refused, sender not
+/// verified, certificate that does not verify, capability missing).
+pub const PROVIDER_CONFIG_ERRORS: &str = "outreach_provider_config_errors_total";
+/// Jobs the sandbox accepted: nothing was delivered.
+pub const JOBS_SIMULATED: &str = "outreach_jobs_simulated_total";
 pub const BROKER_CONNECTED: &str = "outreach_broker_connected";
 /// Circuit state per provider account: 0 closed, 1 half-open, 2 open.
 pub const CIRCUIT_STATE: &str = "outreach_circuit_state";

@@ -20,6 +20,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
     pub providers: ProvidersSettings,
+    #[serde(default)]
     pub defaults: SystemDefaults,
     pub crypto: CryptoSettings,
     pub tenant_config: TenantConfigSettings,
@@ -200,15 +201,18 @@ pub struct ProvidersSettings {
     pub webhook_base_url: Option<url::Url>,
 }
 
-/// The system default provider of each channel.
-#[derive(Debug, Clone, Deserialize)]
+/// The system default provider of each channel, if any. A channel without
+/// one has no stand-in: a tenant without its own chain fails its jobs with
+/// reason `no_provider` (the shipped configuration sets none; the sandbox must
+/// be chosen explicitly).
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct SystemDefaults {
-    #[serde(deserialize_with = "provider_settings")]
-    pub email: ProviderSettings,
-    #[serde(deserialize_with = "provider_settings")]
-    pub sms: ProviderSettings,
-    #[serde(deserialize_with = "provider_settings")]
-    pub whatsapp: ProviderSettings,
+    #[serde(default, deserialize_with = "provider_settings")]
+    pub email: Option<ProviderSettings>,
+    #[serde(default, deserialize_with = "provider_settings")]
+    pub sms: Option<ProviderSettings>,
+    #[serde(default, deserialize_with = "provider_settings")]
+    pub whatsapp: Option<ProviderSettings>,
 }
 
 /// Read a system default provider so that environment strings still become
@@ -217,13 +221,18 @@ pub struct SystemDefaults {
 /// string-to-number conversion (`OUTREACH__DEFAULTS__EMAIL__PORT=2525` would
 /// be refused as "a string, expected u16"). So: read the tag, then the
 /// variant's own struct straight from the config value.
-fn provider_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProviderSettings, D::Error> {
+/// `provider = "none"` says "no system default" explicitly (to undo a file's
+/// choice from the environment).
+fn provider_settings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ProviderSettings>, D::Error> {
     use serde::de::Error;
     let value = config::Value::deserialize(d)?;
     let mut fields = value.clone().into_table().map_err(D::Error::custom)?;
     let tag = fields.remove("provider").map(config::Value::into_string);
     let rest = config::Value::new(None, fields);
     let parsed = match tag {
+        Some(Ok(tag)) if tag == "none" => return Ok(None),
         Some(Ok(tag)) => match tag.as_str() {
             "sandbox" => rest.try_deserialize().map(ProviderSettings::Sandbox),
             "smtp" => rest.try_deserialize().map(ProviderSettings::Smtp),
@@ -237,7 +246,7 @@ fn provider_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProviderS
         },
         _ => value.try_deserialize(),
     };
-    parsed.map_err(D::Error::custom)
+    parsed.map(Some).map_err(D::Error::custom)
 }
 
 /// A setting that cannot work, named so it can be fixed.
@@ -381,7 +390,7 @@ impl Settings {
             ("defaults.sms", &self.defaults.sms),
             ("defaults.whatsapp", &self.defaults.whatsapp),
         ] {
-            if let Err(e) = p.validate() {
+            if let Some(Err(e)) = p.as_ref().map(|p| p.validate()) {
                 return Err(SettingsError::Invalid {
                     key,
                     reason: e.to_string(),
@@ -391,11 +400,36 @@ impl Settings {
         Ok(())
     }
 
-    pub fn system_default(&self, channel: crate::job::Channel) -> &ProviderSettings {
+    /// The channel's system default account, if one is configured.
+    pub fn system_default(&self, channel: crate::job::Channel) -> Option<&ProviderSettings> {
         match channel {
-            crate::job::Channel::Email => &self.defaults.email,
-            crate::job::Channel::Sms => &self.defaults.sms,
-            crate::job::Channel::Whatsapp => &self.defaults.whatsapp,
+            crate::job::Channel::Email => self.defaults.email.as_ref(),
+            crate::job::Channel::Sms => self.defaults.sms.as_ref(),
+            crate::job::Channel::Whatsapp => self.defaults.whatsapp.as_ref(),
+        }
+    }
+
+    /// Channels with no system default account (their tenants need a chain).
+    pub fn channels_without_default(&self) -> Vec<crate::job::Channel> {
+        crate::job::Channel::ALL
+            .into_iter()
+            .filter(|c| self.system_default(*c).is_none())
+            .collect()
+    }
+
+    /// Every channel's system default set to the sandbox (which records and
+    /// sends nothing; its outcomes are `simulated`), where none is
+    /// configured: `outreach demo` and tests.
+    pub fn sandbox_where_no_default(&mut self) {
+        let sandbox = || Some(ProviderSettings::Sandbox(Default::default()));
+        for slot in [
+            &mut self.defaults.email,
+            &mut self.defaults.sms,
+            &mut self.defaults.whatsapp,
+        ] {
+            if slot.is_none() {
+                *slot = sandbox();
+            }
         }
     }
 
@@ -485,10 +519,8 @@ mod tests {
         let s = Settings::load(None).unwrap();
         assert!(s.database.url.contains("127.0.0.1"));
         assert!(s.amqp.url.contains("127.0.0.1"));
-        assert_eq!(
-            s.defaults.email.kind(),
-            crate::provider::ProviderKind::Sandbox
-        );
+        // No silent stand-in: the sandbox is never a default.
+        assert_eq!(s.channels_without_default(), crate::job::Channel::ALL);
     }
 
     #[test]
@@ -520,8 +552,8 @@ mod tests {
             ("OUTREACH__DEFAULTS__SMS__FROM", "+14155550100"),
         ])
         .unwrap();
-        let ProviderSettings::Twilio(t) = &s.defaults.sms else {
-            panic!("expected twilio, got {:?}", s.defaults.sms.kind());
+        let Some(ProviderSettings::Twilio(t)) = &s.defaults.sms else {
+            panic!("expected twilio, got {:?}", s.defaults.sms);
         };
         assert_eq!(t.from.as_deref(), Some("+14155550100"));
         use secrecy::ExposeSecret;
@@ -539,7 +571,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let ProviderSettings::Meta(m) = &s.defaults.whatsapp else {
+        let Some(ProviderSettings::Meta(m)) = &s.defaults.whatsapp else {
             panic!("expected meta");
         };
         assert_eq!(m.phone_number_id, "106540352242922");
@@ -557,7 +589,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.amqp.prefetch, 500);
-        let ProviderSettings::Smtp(smtp) = &s.defaults.email else {
+        let Some(ProviderSettings::Smtp(smtp)) = &s.defaults.email else {
             panic!("expected smtp");
         };
         assert_eq!(smtp.port, Some(2525));
@@ -600,6 +632,25 @@ mod tests {
     }
 
     #[test]
+    fn provider_none_removes_a_system_default_set_by_an_earlier_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.toml");
+        std::fs::write(&path, "[defaults.sms]\nprovider = \"sandbox\"\n").unwrap();
+        let mut env = HashMap::new();
+        env.insert(
+            "OUTREACH__DEFAULTS__SMS__PROVIDER".to_string(),
+            "none".to_string(),
+        );
+        let s = Settings::load_with_env(Some(&path), env).unwrap();
+        assert!(s.defaults.sms.is_none());
+        let s = Settings::load_with_env(Some(&path), HashMap::new()).unwrap();
+        assert_eq!(
+            s.defaults.sms.as_ref().map(|p| p.kind()),
+            Some(crate::provider::ProviderKind::Sandbox)
+        );
+    }
+
+    #[test]
     fn encryption_keys_from_their_own_variable_are_still_read() {
         let s = with_env(&[(KEYS_ENV, &format!("k1:{}", "1".repeat(64)))]).unwrap();
         assert_eq!(s.crypto.keys.len(), 1);
@@ -613,6 +664,9 @@ mod tests {
         std::fs::write(&path, "[amqp]\nprefetch = 7\n[defaults.email]\nprovider = \"smtp\"\nhost = \"127.0.0.1\"\nport = 2525\nsecurity = \"none\"\nfrom_email = \"a@b.co\"\n").unwrap();
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.amqp.prefetch, 7);
-        assert_eq!(s.defaults.email.kind(), crate::provider::ProviderKind::Smtp);
+        assert_eq!(
+            s.defaults.email.as_ref().map(|p| p.kind()),
+            Some(crate::provider::ProviderKind::Smtp)
+        );
     }
 }

@@ -60,7 +60,7 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
         .unwrap();
 
     eventually(Duration::from_secs(30), "the good job is sent", || {
-        t.is_sent("good-after-bad")
+        t.is_simulated("good-after-bad")
     })
     .await;
 
@@ -100,7 +100,7 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
         keys.iter().filter(|k| k.starts_with("failed.")).count(),
         cases.len()
     );
-    assert_eq!(keys.iter().filter(|k| *k == "sent.email").count(), 1);
+    assert_eq!(keys.iter().filter(|k| *k == "simulated.email").count(), 1);
 
     stop.cancel();
     worker.await.unwrap().unwrap();

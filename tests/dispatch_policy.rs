@@ -95,7 +95,7 @@ async fn wait_final(env: &TestEnv, job_id: &str, within: Duration) -> Value {
     let started = Instant::now();
     loop {
         if let Some(r) = row(env, job_id).await
-            && ["sent", "failed", "expired"].contains(&r["status"].as_str().unwrap())
+            && ["sent", "simulated", "failed", "expired"].contains(&r["status"].as_str().unwrap())
         {
             return r;
         }
@@ -602,7 +602,9 @@ async fn while_a_tenant_holds_the_broker_routes_its_new_jobs_straight_to_its_hel
     }
     for i in 0..5 {
         let id = format!("later-{i}");
-        let was_sent = row(&env, &id).await.is_some_and(|r| r["status"] == "sent");
+        let was_sent = row(&env, &id)
+            .await
+            .is_some_and(|r| r["status"] == "simulated");
         assert!(
             was_sent || waiting.contains(&id),
             "{id} neither sent nor in {held}"
@@ -681,8 +683,8 @@ async fn after_a_sigkill_mid_batch_every_job_ends_in_exactly_one_final_state() {
     let rows = env.log_rows().await;
     assert_eq!(rows.len(), 1500, "one row per job");
     assert!(
-        rows.iter().all(|(_, status, _)| status == "sent"),
-        "all sent"
+        rows.iter().all(|(_, status, _)| status == "simulated"),
+        "all sent to the sandbox"
     );
     let sent = std::fs::read_to_string(&record).unwrap();
     let mut sends: HashMap<String, usize> = HashMap::new();

@@ -177,7 +177,7 @@ async fn dlq_replay_for_one_tenant_sends_its_jobs_again_and_leaves_other_tenants
             t.log_rows()
                 .await
                 .iter()
-                .filter(|(id, s, _)| id.starts_with("a-") && s == "sent")
+                .filter(|(id, s, _)| id.starts_with("a-") && s == "simulated")
                 .count()
                 == 2
         },
@@ -188,8 +188,8 @@ async fn dlq_replay_for_one_tenant_sends_its_jobs_again_and_leaves_other_tenants
     assert_eq!(
         t.log_rows().await,
         vec![
-            ("a-1".into(), "sent".into(), Some("sandbox".into())),
-            ("a-2".into(), "sent".into(), Some("sandbox".into())),
+            ("a-1".into(), "simulated".into(), Some("sandbox".into())),
+            ("a-2".into(), "simulated".into(), Some("sandbox".into())),
             ("b-1".into(), "failed".into(), None),
         ]
     );

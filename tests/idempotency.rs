@@ -29,7 +29,7 @@ async fn a_job_published_twice_is_sent_once_and_its_event_is_replayed() {
         .await
         .expect("replayed event");
 
-    assert_eq!(key, "sent.email");
+    assert_eq!(key, "simulated.email");
     assert_eq!(first["replayed"], false);
     assert_eq!(second["replayed"], true);
     assert_eq!(

@@ -171,7 +171,7 @@ async fn sigterm_with_jobs_in_flight_loses_nothing_and_sends_nothing_twice() {
     );
     let rows = t.log_rows().await;
     assert_eq!(rows.len(), total as usize, "exactly one log row per job");
-    assert!(rows.iter().all(|(_, status, _)| status == "sent"));
+    assert!(rows.iter().all(|(_, status, _)| status == "simulated"));
     let sends = std::fs::read_to_string(&record).unwrap();
     let mut ids: Vec<String> = sends
         .lines()

@@ -51,7 +51,7 @@ async fn a_dropped_broker_connection_is_re_established_and_jobs_keep_flowing() {
     let publisher = t.publisher().await;
     let sent = |id: &'static str| {
         let t = &t;
-        move || t.is_sent(id)
+        move || t.is_simulated(id)
     };
 
     publisher
@@ -111,7 +111,7 @@ async fn a_publishing_channel_the_broker_closes_is_replaced_and_events_flow_agai
         |id: &str| serde_json::to_vec(&email_payload(id, "clinic-1", "a@example.com")).unwrap();
     let recorded = |id: &'static str| {
         let t = &t;
-        move || t.is_sent(id)
+        move || t.is_simulated(id)
     };
     // The worker is up (it declared its topology) once it has sent a job.
     publisher.publish(&job("first")).await.unwrap();

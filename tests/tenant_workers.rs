@@ -117,7 +117,7 @@ async fn send_and_wait(env: &TestEnv, ids: &[String]) {
         let pool = env.pool.clone();
         async move {
             let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM outreach_logs WHERE job_id = ANY($1) AND status IN ('sent','failed','expired')",
+                "SELECT count(*) FROM outreach_logs WHERE job_id = ANY($1) AND status IN ('sent','simulated','failed','expired')",
             )
             .bind(&wanted)
             .fetch_one(&pool)

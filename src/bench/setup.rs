@@ -108,8 +108,8 @@ const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 
 /// System defaults: SendGrid for email, Twilio for SMS and WhatsApp, all at the fake.
 pub fn point_defaults_at(settings: &mut Settings, fake_base: &str) -> anyhow::Result<()> {
-    let p = |v: serde_json::Value| -> anyhow::Result<ProviderSettings> {
-        Ok(serde_json::from_value(v)?)
+    let p = |v: serde_json::Value| -> anyhow::Result<Option<ProviderSettings>> {
+        Ok(Some(serde_json::from_value(v)?))
     };
     settings.defaults.email = p(serde_json::json!({
         "provider": "sendgrid", "api_key": "SG.bench-key", "from_email": "bench@example.com",

@@ -51,6 +51,12 @@ impl ProviderKind {
         }
     }
 
+    /// Whether an accepted message reaches anyone. The sandbox only
+    /// records: its acceptances are logged `simulated`, never `sent`.
+    pub fn delivers(self) -> bool {
+        self != ProviderKind::Sandbox
+    }
+
     /// Channels the provider can carry.
     pub fn supports(self, channel: Channel) -> bool {
         match self {

@@ -9,7 +9,7 @@
 //! (same SHA-256 fingerprint), keeping its connection pools.
 
 use super::sealed::{self, SealError};
-use super::{ChainStep, ResolvedChannel, StoredConfig, TenantStore};
+use super::{ChainStep, ResolvedChannel, StoredConfig, TenantStore, UnusableStep};
 use crate::job::{Channel, TenantId};
 use crate::metrics as m;
 use crate::provider::{self, ErrorKind, Provider, ProviderContext, ProviderError};
@@ -45,7 +45,15 @@ impl Directory {
         ctx: &ProviderContext,
     ) -> Result<Self, provider::SettingsError> {
         let system = |channel: Channel| -> Result<Arc<ResolvedChannel>, provider::SettingsError> {
-            let s = settings.system_default(channel);
+            let Some(s) = settings.system_default(channel) else {
+                // No stand-in: tenants without a chain fail with `no_provider`.
+                return Ok(Arc::new(ResolvedChannel {
+                    enabled: true,
+                    steps: vec![],
+                    unusable: vec![],
+                    limits: LimitSet::default(),
+                }));
+            };
             if !s.kind().supports(channel) {
                 return Err(provider::SettingsError::new(
                     format!("defaults.{channel}.provider"),
@@ -63,6 +71,7 @@ impl Directory {
             Ok(Arc::new(ResolvedChannel {
                 enabled: true,
                 steps: vec![system_step(p, channel, limits)],
+                unusable: vec![],
                 limits: LimitSet::default(),
             }))
         };
@@ -188,29 +197,34 @@ impl Directory {
             return Ok(Arc::new(ResolvedChannel {
                 enabled: false,
                 steps: vec![],
+                unusable: vec![],
                 limits: LimitSet::default(),
             }));
         }
-        match self.build_chain(store, &row) {
-            Ok(chain) => Ok(Arc::new(chain)),
-            Err(e) => {
-                // Field and reason only: the error types never carry values.
-                tracing::error!(tenant_id = %tenant, %channel, field = %e.field(), error = %e,
-                    "tenant config cannot be used");
-                metrics::counter!(m::CONFIG_ERRORS, "channel" => channel.as_str()).increment(1);
-                if row.fallback_to_system {
-                    Ok(self.system_chain(channel))
-                } else {
-                    Err(ProviderError::new(
-                        ErrorKind::Config,
-                        Some("tenant_config".into()),
-                        format!("tenant config unusable: {e}"),
-                    ))
-                }
-            }
+        let chain = self.build_chain(store, &row).map_err(|e| {
+            // Not even the providers can be read: nothing of the chain is usable.
+            tracing::error!(tenant_id = %tenant, %channel, error = %e, "tenant config cannot be read");
+            metrics::counter!(m::CONFIG_ERRORS, "channel" => channel.as_str()).increment(1);
+            ProviderError::new(
+                ErrorKind::Config,
+                Some("tenant_config".into()),
+                format!("tenant config unreadable: {e}; store the channel's config again"),
+            )
+        })?;
+        // Logged and counted once per load (a cached chain is reused by
+        // every job until the config changes or the TTL ends), not per job.
+        for u in &chain.unusable {
+            tracing::error!(tenant_id = %tenant, %channel, step = u.step, provider = %u.kind,
+                error = %u.error.message, "tenant chain entry cannot be used; its jobs skip it");
+            metrics::counter!(m::CONFIG_ERRORS, "channel" => channel.as_str()).increment(1);
         }
+        Ok(Arc::new(chain))
     }
 
+    /// The tenant's chain: every entry that opens and builds, the others
+    /// listed as unusable (they are skipped, visibly), then the system
+    /// default if the tenant allows it. Fails only when the stored entries'
+    /// providers cannot even be read.
     fn build_chain(
         &self,
         store: &TenantStore,
@@ -218,20 +232,51 @@ impl Directory {
     ) -> Result<ResolvedChannel, ChainError> {
         let (tenant, channel) = (&row.tenant, row.channel);
         let key = (tenant.clone(), channel);
+        let kinds = row.providers();
         let previous = self.built_map().get(&key).cloned().unwrap_or_default();
         let mut built = Built::new();
         let mut steps = Vec::with_capacity(row.chain.len() + 1);
+        let mut unusable = Vec::new();
         for (i, stored) in row.chain.iter().enumerate() {
-            let settings = sealed::open(store.keys(), tenant, channel, i, stored)?;
-            let fp = sealed::fingerprint(&settings);
-            let p = match previous.get(&fp).or_else(|| built.get(&fp)) {
-                Some(p) => p.clone(),
-                None => provider::build(&settings, &self.ctx, Some(tenant)).map_err(|e| {
-                    ChainError::Build {
-                        field: format!("chain[{i}].{}", e.field),
-                        reason: e.reason,
-                    }
-                })?,
+            let kind = kinds
+                .get(i)
+                .copied()
+                .flatten()
+                .ok_or_else(|| ChainError::Build {
+                    field: format!("chain[{i}].provider"),
+                    reason: "missing or unknown provider".into(),
+                })?;
+            let opened = sealed::open(store.keys(), tenant, channel, i, stored)
+                .map_err(ChainError::from)
+                .and_then(|settings| {
+                    let fp = sealed::fingerprint(&settings);
+                    let p = match previous.get(&fp).or_else(|| built.get(&fp)) {
+                        Some(p) => p.clone(),
+                        None => provider::build(&settings, &self.ctx, Some(tenant)).map_err(
+                            |e| ChainError::Build {
+                                field: format!("chain[{i}].{}", e.field),
+                                reason: e.reason,
+                            },
+                        )?,
+                    };
+                    Ok((fp, p))
+                });
+            let (fp, p) = match opened {
+                Ok(ok) => ok,
+                Err(e) => {
+                    unusable.push(UnusableStep {
+                        kind,
+                        step: i as u16,
+                        error: ProviderError::new(
+                            ErrorKind::Config,
+                            Some("tenant_config".into()),
+                            format!(
+                                "chain entry {i} ({kind}) cannot be used: {e}; store the channel's config again"
+                            ),
+                        ),
+                    });
+                    continue;
+                }
             };
             built.insert(fp, p.clone());
             let account: Arc<str> = format!("tenant:{tenant}:{channel}:{i}").into();
@@ -247,15 +292,18 @@ impl Directory {
                 account,
             });
         }
-        if row.fallback_to_system {
-            let mut system = self.system_chain(channel).steps[0].clone();
-            system.step = steps.len() as u16;
+        if row.fallback_to_system
+            && let Some(system) = self.system_chain(channel).steps.first()
+        {
+            let mut system = system.clone();
+            system.step = row.chain.len() as u16;
             steps.push(system);
         }
         self.built_map().insert(key, built);
         Ok(ResolvedChannel {
             enabled: true,
             steps,
+            unusable,
             limits: LimitSet::new(
                 format!("tenant:{tenant}:{channel}"),
                 row.rate_limits.limits(),
@@ -295,13 +343,4 @@ enum ChainError {
     Seal(#[from] SealError),
     #[error("invalid `{field}`: {reason}")]
     Build { field: String, reason: String },
-}
-
-impl ChainError {
-    fn field(&self) -> String {
-        match self {
-            ChainError::Seal(e) => e.field(),
-            ChainError::Build { field, .. } => field.clone(),
-        }
-    }
 }

@@ -46,10 +46,26 @@ pub struct ChainStep {
 #[derive(Clone)]
 pub struct ResolvedChannel {
     pub enabled: bool,
+    /// The usable steps, in chain order (their `step` numbers may have gaps
+    /// where an entry is [`unusable`](Self::unusable)).
     pub steps: Vec<ChainStep>,
+    /// Entries of the tenant's chain that cannot be used (credentials that
+    /// do not decrypt, settings that do not build), by step number. The
+    /// chain goes on without them, and each appears in the attempt log of
+    /// every job that passes it, so a fallback is never unexplained.
+    pub unusable: Vec<UnusableStep>,
     /// The tenant's limits on the channel, across the chain (scope
     /// `tenant:<id>:<channel>`); empty for tenants without config.
     pub limits: crate::ratelimit::LimitSet,
+}
+
+/// A chain entry that could not be opened or built.
+#[derive(Clone, Debug)]
+pub struct UnusableStep {
+    pub kind: ProviderKind,
+    pub step: u16,
+    /// Why (a `Config` error naming the field, never a value).
+    pub error: ProviderError,
 }
 
 /// The error for a channel a tenant switched off.

@@ -3,7 +3,9 @@
 
 use super::Shared;
 use crate::broker::{self, BrokerError, headers};
-use crate::delivery_log::{Claim, ClaimRequest, DeliveryStatus, LogError, LogRow, Record};
+use crate::delivery_log::{
+    Attempt, Claim, ClaimRequest, DeliveryStatus, LogError, LogRow, Record,
+};
 use crate::dispatch::{self, Admission, Fate};
 use crate::events::DeliveryEvent;
 use crate::job::{Job, JobError, Salvaged};
@@ -63,21 +65,21 @@ pub async fn handle(
             .is_some_and(|t| t <= OffsetDateTime::now_utc())
     };
     let admitted = if expired() {
-        Err(not_after_passed())
+        Err((not_after_passed(), vec![]))
     } else {
         match shared.directory.resolve(&job.tenant_id, job.channel).await {
-            Ok(chain) if !chain.enabled => Err(crate::tenant::disabled(job.channel)),
+            Ok(chain) if !chain.enabled => Err((crate::tenant::disabled(job.channel), vec![])),
             Ok(chain) => match admit(shared, moves, delivery, &job, &chain, source).await? {
-                Admit::Go(from) => Ok((chain, from)),
-                Admit::Blocked(e) => Err(e),
+                Admit::Go(from, skipped) => Ok((chain, from, skipped)),
+                Admit::Blocked(e, skipped) => Err((e, skipped)),
                 Admit::Diverted => return Ok(()),
             },
-            Err(e) => Err(e),
+            Err(e) => Err((e, vec![])),
         }
     };
     // A wait for the limit may have outlived the job.
     let admitted = match admitted {
-        Ok(_) if expired() => Err(not_after_passed()),
+        Ok((_, _, skipped)) if expired() => Err((not_after_passed(), skipped)),
         a => a,
     };
 
@@ -115,15 +117,15 @@ pub async fn handle(
     let age = Duration::from_secs(unix_now().saturating_sub(first_seen));
 
     let (report_outcome, attempts) = match admitted {
-        Ok((chain, from)) => {
+        Ok((chain, from, skipped)) => {
             // A slot only for the provider calls: the claim, the record and
             // the event are batched or pipelined and do not hold one, so
             // `worker.concurrency` sends stay in flight.
             let _slot = shared.sends.acquire().await.expect("never closed");
-            let r = shared.policy.dispatch(&job, &chain, from).await;
+            let r = shared.policy.dispatch(&job, &chain, from, skipped).await;
             (r.outcome, r.attempts)
         }
-        Err(e) => (Err(e), vec![]),
+        Err((e, skipped)) => (Err(e), skipped),
     };
     let fate = match report_outcome {
         Err(e) if e.kind == ErrorKind::Expired => Fate::Expired { error: e },
@@ -158,13 +160,19 @@ pub async fn handle(
     let ch = job.channel.as_str();
     match &fate {
         Fate::Sent { info, receipt } => {
-            rec.status = DeliveryStatus::Sent;
             rec.provider = Some(info.kind);
             rec.provider_message_id = receipt.message_id.clone();
             rec.chain_step = Some(info.step);
             rec.fallback_used = info.step > 0;
-            metrics::counter!(m::JOBS_SENT, "channel" => ch, "provider" => info.kind.as_str())
-                .increment(1);
+            if info.kind.delivers() {
+                rec.status = DeliveryStatus::Sent;
+                metrics::counter!(m::JOBS_SENT, "channel" => ch, "provider" => info.kind.as_str())
+                    .increment(1);
+            } else {
+                // The sandbox accepted it: nothing reached the recipient.
+                rec.status = DeliveryStatus::Simulated;
+                metrics::counter!(m::JOBS_SIMULATED, "channel" => ch).increment(1);
+            }
         }
         Fate::Retry { error, delay_secs } => {
             rec.status = DeliveryStatus::Retrying;
@@ -174,7 +182,12 @@ pub async fn handle(
         }
         Fate::Failed { error, .. } => {
             rec.error = Some(error.clone());
-            rec.provider = rec.new_attempts.last().map(|a| a.provider);
+            rec.provider = rec
+                .new_attempts
+                .iter()
+                .rev()
+                .find(|a| a.skipped.is_none())
+                .map(|a| a.provider);
             metrics::counter!(m::JOBS_FAILED, "channel" => ch, "provider" => rec.provider.map_or("none", |p| p.as_str()), "error_kind" => error.kind.as_str()).increment(1);
         }
         Fate::Expired { error } => {
@@ -213,8 +226,8 @@ pub async fn handle(
 }
 
 enum Admit {
-    Go(usize),
-    Blocked(ProviderError),
+    Go(usize, Vec<Attempt>),
+    Blocked(ProviderError, Vec<Attempt>),
     /// Moved to the tenant's held queue: ack it.
     Diverted,
 }
@@ -240,8 +253,8 @@ async fn admit(
     let mut slot = None;
     loop {
         match shared.policy.admit(chain).await.map_err(LogError::from)? {
-            Admission::Go { from } => return Ok(Admit::Go(from)),
-            Admission::Blocked(e) => return Ok(Admit::Blocked(e)),
+            Admission::Go { from, skipped } => return Ok(Admit::Go(from, skipped)),
+            Admission::Blocked { error, skipped } => return Ok(Admit::Blocked(error, skipped)),
             Admission::Wait(wait) => {
                 metrics::counter!(m::RATE_LIMITED, "channel" => job.channel.as_str()).increment(1);
                 let wait_here = source == Source::Held

@@ -50,6 +50,10 @@ impl TestEnv {
         admin.close().await;
         let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
         let mut settings = Settings::load(None).unwrap();
+        // The shipped settings have no system default; these tests' jobs go
+        // to the sandbox unless a test says otherwise (its sends are
+        // `simulated`).
+        settings.sandbox_where_no_default();
         settings.database.url = db_url.clone();
         settings.amqp.prefix = prefix.clone();
         settings.amqp.url = AMQP_URL.into();
@@ -78,6 +82,9 @@ impl TestEnv {
             ("OUTREACH__AMQP__URL".into(), AMQP_URL.into()),
             ("OUTREACH__AMQP__PREFIX".into(), self.prefix.clone()),
             ("OUTREACH__WORKER__RETRY_DELAYS_SECS".into(), "1,2,5".into()),
+            ("OUTREACH__DEFAULTS__EMAIL__PROVIDER".into(), "sandbox".into()),
+            ("OUTREACH__DEFAULTS__SMS__PROVIDER".into(), "sandbox".into()),
+            ("OUTREACH__DEFAULTS__WHATSAPP__PROVIDER".into(), "sandbox".into()),
             ("RUST_LOG".into(), "info".into()),
         ])
     }
@@ -202,12 +209,13 @@ impl TestEnv {
         out
     }
 
-    /// Whether job `id` has a `sent` log row.
-    pub async fn is_sent(&self, id: &str) -> bool {
+    /// Whether job `id` has a `simulated` log row (the sandbox, these
+    /// tests' default provider, accepted it).
+    pub async fn is_simulated(&self, id: &str) -> bool {
         self.log_rows()
             .await
             .iter()
-            .any(|(j, s, _)| j == id && s == "sent")
+            .any(|(j, s, _)| j == id && s == "simulated")
     }
 
     /// Have worker processes started with `vars` record the emails the
@@ -232,7 +240,7 @@ impl TestEnv {
 
     pub async fn count_final(&self) -> i64 {
         sqlx::query_scalar(
-            "SELECT count(*) FROM outreach_logs WHERE status IN ('sent','failed','expired')",
+            "SELECT count(*) FROM outreach_logs WHERE status IN ('sent','simulated','failed','expired')",
         )
         .fetch_one(&self.pool)
         .await
