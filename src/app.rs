@@ -46,7 +46,10 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
             "no system default provider for these channels: jobs of tenants without their own chain fail with reason no_provider");
     }
     for c in crate::job::Channel::ALL {
-        if settings.system_default(c).is_some_and(|p| !p.kind().delivers()) {
+        if settings
+            .system_default(c)
+            .is_some_and(|p| !p.kind().delivers())
+        {
             tracing::warn!(channel = %c, "the system default is the sandbox: it sends nothing, its outcomes are logged `simulated`");
         }
     }

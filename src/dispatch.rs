@@ -193,9 +193,13 @@ impl Policy {
         let log = |a: Attempt| attempts.lock().expect("not poisoned").push(a);
         let mut last_err: Option<ProviderError> = None;
         for (i, step) in chain.steps.iter().enumerate().skip(from) {
-            note_unusable(chain, step.step, &mut attempts.lock().expect("not poisoned"));
+            note_unusable(
+                chain,
+                step.step,
+                &mut attempts.lock().expect("not poisoned"),
+            );
             if i > from
-                && let Err((reason, e)) = self.ready(step).await
+                && let Err((reason, e)) = self.ready(job, step).await
             {
                 log(skipped(step, reason, &e));
                 last_err = Some(keep_most_useful(last_err, e));
@@ -249,7 +253,11 @@ impl Policy {
     }
 
     /// A step after the admitted one: usable now, within `max_inline_wait`?
-    async fn ready(&self, step: &ChainStep) -> Result<(), (SkipReason, ProviderError)> {
+    async fn ready(
+        &self,
+        job: &Job,
+        step: &ChainStep,
+    ) -> Result<(), (SkipReason, ProviderError)> {
         if let Some(skip) = self.skip(step) {
             return Err(skip);
         }
@@ -263,7 +271,7 @@ impl Policy {
                         return Err((SkipReason::Paused, paused_error(wait)));
                     }
                     Ok(Take::Wait { wait, .. }) if Instant::now() + wait <= deadline => {
-                        metrics::counter!(m::RATE_LIMITED, "scope" => "account").increment(1);
+                        metrics::counter!(m::RATE_LIMITED, "channel" => job.channel.as_str()).increment(1);
                         tokio::time::sleep(wait).await;
                     }
                     Ok(Take::Wait { wait, .. }) => {
@@ -405,11 +413,11 @@ fn config_trouble(job: &Job, step: &ChainStep, e: ProviderError) -> ProviderErro
         .increment(1);
     tracing::warn!(job_id = %job.id, account = %step.account, provider = %step.kind, error = %e,
         "provider account misconfigured: needs a person");
-    let message = format!("account {} (step {}): {}", step.account, step.step, e.message);
-    ProviderError {
-        message,
-        ..e
-    }
+    let message = format!(
+        "account {} (step {}): {}",
+        step.account, step.step, e.message
+    );
+    ProviderError { message, ..e }
 }
 
 fn note_skip(step: &ChainStep, reason: SkipReason) {

@@ -7,115 +7,13 @@ mod support;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use outreach::broker::{self, Topology};
-use outreach::crypto::{KeyConfig, KeyRing};
-use outreach::job::{Channel, TenantId};
-use outreach::settings::Settings;
-use outreach::tenant::{ChannelConfig, TenantStore};
+use outreach::job::Channel;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::fake_providers::{
-    self as fake, Always, SENDGRID_KEY, Scripted, TWILIO_SID, TWILIO_TOKEN, sendgrid_error,
-    twilio_error,
-};
+use support::fake_providers::{self as fake, Always, Scripted, sendgrid_error, twilio_error};
+use support::tenants::*;
 use support::{AMQP_URL, Binary, Tap, TestEnv, eventually, free_port, http_get};
-use wiremock::MockServer;
-
-const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-/// Settings of an in-process worker that can read tenants' credentials.
-fn worker_settings(env: &TestEnv) -> Settings {
-    let mut s = env.settings.clone();
-    s.crypto.keys = vec![KeyConfig {
-        id: "k1".into(),
-        key: KEY.into(),
-    }];
-    s
-}
-
-/// The same for worker processes.
-fn worker_env(env: &TestEnv) -> HashMap<String, String> {
-    let mut vars = env.env_vars();
-    vars.insert("OUTREACH_ENCRYPTION_KEYS".into(), format!("k1:{KEY}"));
-    vars.insert("RUST_LOG".into(), "warn".into());
-    vars
-}
-
-async fn set_tenant(env: &TestEnv, tenant: &str, channel: Channel, cfg: Value) {
-    let ring = KeyRing::new(&[("k1".to_string(), KEY.into())], None).unwrap();
-    let store = TenantStore::new(env.pool.clone(), Arc::new(ring));
-    let cfg = ChannelConfig::from_json(cfg, channel).unwrap();
-    store
-        .put(&TenantId::parse(tenant).unwrap(), channel, &cfg, "test")
-        .await
-        .unwrap();
-}
-
-fn sendgrid_at(server: &MockServer) -> Value {
-    json!({"provider": "sendgrid", "api_key": SENDGRID_KEY, "from_email": "desk@clinic.example", "base_url": server.uri()})
-}
-
-fn twilio_at(server: &MockServer) -> Value {
-    json!({"provider": "twilio", "account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "from": "+14155550100", "base_url": server.uri()})
-}
-
-fn sms(id: &str, tenant: &str) -> Value {
-    json!({"version": 1, "job_id": id, "tenant_id": tenant, "channel": "sms",
-        "recipient": "+447700900123", "content": {"text": "Your appointment is tomorrow at 10:00."}})
-}
-
-fn email(id: &str, tenant: &str) -> Value {
-    support::email_payload(id, tenant, "patient@example.com")
-}
-
-async fn publish(env: &TestEnv, jobs: &[Value]) {
-    let publisher = env.publisher().await;
-    for job in jobs {
-        publisher.publish(job.to_string().as_bytes()).await.unwrap();
-    }
-}
-
-/// A job's log row as JSON (status, provider, chain_step, attempt_log…).
-async fn row(env: &TestEnv, job_id: &str) -> Option<Value> {
-    sqlx::query_scalar(
-        "SELECT json_build_object('status', status, 'provider', provider, 'chain_step', chain_step, \
-         'fallback_used', fallback_used, 'attempts', attempts, 'attempt_log', attempt_log, \
-         'error_kind', error_kind, 'error_code', error_code, 'sent_at', sent_at) \
-         FROM outreach_logs WHERE job_id = $1",
-    )
-    .bind(job_id)
-    .fetch_optional(&env.pool)
-    .await
-    .unwrap()
-}
-
-/// Poll until the job's row is final (panics after `within`).
-async fn wait_final(env: &TestEnv, job_id: &str, within: Duration) -> Value {
-    let started = Instant::now();
-    loop {
-        if let Some(r) = row(env, job_id).await
-            && ["sent", "simulated", "failed", "expired"].contains(&r["status"].as_str().unwrap())
-        {
-            return r;
-        }
-        assert!(
-            started.elapsed() < within,
-            "{job_id} not final after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn count_sent(env: &TestEnv, tenant: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outreach_logs WHERE tenant_id = $1 AND status = 'sent'",
-    )
-    .bind(tenant)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap()
-}
 
 #[tokio::test]
 async fn a_primary_answering_500_falls_back_and_the_log_and_event_name_the_fallback() {
@@ -300,7 +198,7 @@ async fn a_429_with_retry_after_2_is_retried_no_sooner_and_other_tenants_keep_fl
     eventually(
         Duration::from_secs(20),
         "the other tenant's jobs to be sent",
-        || async { count_sent(&env, "other").await == 5 },
+        || async { count_accepted(&env, "other").await == 5 },
     )
     .await;
     let still_waiting = row(&env, "job-429").await.unwrap();
@@ -354,7 +252,7 @@ async fn rate_limit_holds_with(workers: usize) {
     eventually(
         Duration::from_secs(90),
         "all 30 jobs to be sent",
-        || async { count_sent(&env, "limited").await == 30 },
+        || async { count_accepted(&env, "limited").await == 30 },
     )
     .await;
 
@@ -402,7 +300,7 @@ async fn worker_concurrency_bounds_the_sends_in_flight_not_the_jobs() {
     );
     let worker = Binary::worker(&vars);
     eventually(Duration::from_secs(60), "all 24 jobs sent", || async {
-        count_sent(&env, "busy").await == 24
+        count_accepted(&env, "busy").await == 24
     })
     .await;
     assert!(worker.terminate().success());
@@ -438,10 +336,10 @@ async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
     eventually(
         Duration::from_secs(60),
         "the quiet tenant's jobs to be sent",
-        || async { count_sent(&env, "quiet").await == 10 },
+        || async { count_accepted(&env, "quiet").await == 10 },
     )
     .await;
-    let noisy_sent = count_sent(&env, "noisy").await;
+    let noisy_sent = count_accepted(&env, "noisy").await;
     assert_eq!(
         held_queue_count(&env).await,
         1,
@@ -455,7 +353,7 @@ async fn a_tenant_with_a_backlog_at_its_limit_does_not_hold_up_other_tenants() {
     eventually(
         Duration::from_secs(30),
         "the backlog to keep draining",
-        || async { count_sent(&env, "noisy").await >= noisy_sent + 4 },
+        || async { count_accepted(&env, "noisy").await >= noisy_sent + 4 },
     )
     .await;
 
@@ -570,7 +468,7 @@ async fn while_a_tenant_holds_the_broker_routes_its_new_jobs_straight_to_its_hel
     let in_held = broker::queue_depth(&conn, &held).await.unwrap().unwrap() as i64;
     // The marker jobs of "quiet" may still be in the work queue too.
     let in_work = env.topology.work_depth(&conn).await.unwrap() as i64;
-    let sent = count_sent(&env, "noisy").await;
+    let sent = count_accepted(&env, "noisy").await;
     let published = 30 + probes + 5;
     assert!(
         in_held + sent <= published && published <= in_held + in_work + sent,
@@ -634,7 +532,7 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
     eventually(
         Duration::from_secs(60),
         "the backlog to be sent",
-        || async { count_sent(&env, "noisy").await == 60 },
+        || async { count_accepted(&env, "noisy").await == 60 },
     )
     .await;
 
@@ -643,7 +541,7 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
     eventually(
         Duration::from_secs(30),
         "every probe to be sent",
-        || async { count_sent(&env, "noisy").await == 60 + probes },
+        || async { count_accepted(&env, "noisy").await == 60 + probes },
     )
     .await;
 

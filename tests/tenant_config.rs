@@ -205,17 +205,21 @@ async fn a_tenant_encrypted_with_an_unknown_key_fails_alone_while_another_tenant
         .unwrap()
         .with_store(with_k2);
 
-    let err = directory
+    let old = directory
         .resolve(&tenant("clinic-old"), Channel::Email)
         .await
-        .err()
         .unwrap();
     let ok = directory
         .resolve(&tenant("clinic-new"), Channel::Email)
         .await
         .unwrap();
 
-    assert_eq!(err.kind, ErrorKind::Config);
+    // Its one entry cannot be opened: no usable step, the entry listed as
+    // unusable (so its jobs fail with a config error that says which).
+    assert!(old.steps.is_empty());
+    assert_eq!(old.unusable.len(), 1);
+    assert_eq!(old.unusable[0].kind, ProviderKind::Sendgrid);
+    assert_eq!(old.unusable[0].error.kind, ErrorKind::Config);
     let kinds: Vec<_> = ok.steps.iter().map(|s| (s.kind, s.is_system)).collect();
     assert_eq!(
         kinds,

@@ -250,15 +250,16 @@ impl Directory {
                 .map_err(ChainError::from)
                 .and_then(|settings| {
                     let fp = sealed::fingerprint(&settings);
-                    let p = match previous.get(&fp).or_else(|| built.get(&fp)) {
-                        Some(p) => p.clone(),
-                        None => provider::build(&settings, &self.ctx, Some(tenant)).map_err(
-                            |e| ChainError::Build {
-                                field: format!("chain[{i}].{}", e.field),
-                                reason: e.reason,
-                            },
-                        )?,
-                    };
+                    let p =
+                        match previous.get(&fp).or_else(|| built.get(&fp)) {
+                            Some(p) => p.clone(),
+                            None => provider::build(&settings, &self.ctx, Some(tenant)).map_err(
+                                |e| ChainError::Build {
+                                    field: format!("chain[{i}].{}", e.field),
+                                    reason: e.reason,
+                                },
+                            )?,
+                        };
                     Ok((fp, p))
                 });
             let (fp, p) = match opened {

@@ -3,9 +3,7 @@
 
 use super::Shared;
 use crate::broker::{self, BrokerError, headers};
-use crate::delivery_log::{
-    Attempt, Claim, ClaimRequest, DeliveryStatus, LogError, LogRow, Record,
-};
+use crate::delivery_log::{Attempt, Claim, ClaimRequest, DeliveryStatus, LogError, LogRow, Record};
 use crate::dispatch::{self, Admission, Fate};
 use crate::events::DeliveryEvent;
 use crate::job::{Job, JobError, Salvaged};

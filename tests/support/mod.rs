@@ -4,6 +4,7 @@
 
 pub mod fake_providers;
 pub mod smtp;
+pub mod tenants;
 
 use futures::StreamExt;
 use lapin::options::{
@@ -82,9 +83,15 @@ impl TestEnv {
             ("OUTREACH__AMQP__URL".into(), AMQP_URL.into()),
             ("OUTREACH__AMQP__PREFIX".into(), self.prefix.clone()),
             ("OUTREACH__WORKER__RETRY_DELAYS_SECS".into(), "1,2,5".into()),
-            ("OUTREACH__DEFAULTS__EMAIL__PROVIDER".into(), "sandbox".into()),
+            (
+                "OUTREACH__DEFAULTS__EMAIL__PROVIDER".into(),
+                "sandbox".into(),
+            ),
             ("OUTREACH__DEFAULTS__SMS__PROVIDER".into(), "sandbox".into()),
-            ("OUTREACH__DEFAULTS__WHATSAPP__PROVIDER".into(), "sandbox".into()),
+            (
+                "OUTREACH__DEFAULTS__WHATSAPP__PROVIDER".into(),
+                "sandbox".into(),
+            ),
             ("RUST_LOG".into(), "info".into()),
         ])
     }

@@ -1,0 +1,373 @@
+//! What a row and an event say happened, did happen: retries end when their
+//! budget does, nothing is reported sent that reached nobody, configuration
+//! trouble fails over at once and otherwise fails (not waits), and every
+//! step passed over is in the attempt log. Counted at the fakes.
+
+mod support;
+
+use outreach::settings::SystemDefaults;
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::fake_providers::{self as fake, Always, sendgrid_error};
+use support::tenants::*;
+use support::{TestEnv, free_port, http_get};
+
+/// A tenant chain that sends only through `entries` (no system default).
+fn only(entries: Vec<Value>) -> Value {
+    json!({"fallback_to_system": false, "chain": entries})
+}
+
+#[tokio::test]
+async fn a_provider_answering_500_gets_one_call_plus_the_quick_retries_per_delivery_attempt() {
+    let env = TestEnv::new().await;
+    let broken = fake::serve(
+        "/v3/mail/send",
+        Always(sendgrid_error(500, "Internal Server Error")),
+    )
+    .await;
+    set_tenant(
+        &env,
+        "clinic-a",
+        outreach::job::Channel::Email,
+        only(vec![sendgrid_at(&broken)]),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    s.worker.quick_retries = 2;
+    s.worker.max_attempts = 2;
+    s.worker.retry_delays_secs = vec![1];
+    // The breaker must not be what ends the calls.
+    s.circuit.min_calls = 1000;
+    let (stop, worker) = env.spawn_worker(s);
+
+    publish(&env, &[email("job-500", "clinic-a")]).await;
+    let r = wait_final(&env, "job-500", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["attempts"], 2);
+    assert_eq!(
+        broken.received_requests().await.unwrap().len(),
+        2 * 3,
+        "two delivery attempts of 1 call + 2 quick retries"
+    );
+    assert_eq!(r["attempt_log"].as_array().unwrap().len(), 6);
+    let dead = env.dead_letters().await;
+    assert_eq!(dead[0].0["x-outreach-reason"], "max_attempts");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+/// Runs `outreach <args>` and gives it `limit` to finish (a deadline for
+/// failing, not a timing assertion); returns (success, stdout).
+fn run_bounded(
+    vars: &std::collections::HashMap<String, String>,
+    args: &[&str],
+    limit: Duration,
+) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach"))
+        .args(args)
+        .envs(vars)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (status.success(), String::from_utf8(out.stdout).unwrap());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("outreach {args:?} did not return within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn tenant_test_against_a_closed_port_returns_and_lists_every_attempt() {
+    let env = TestEnv::new().await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let entry = json!({"provider": "sendgrid", "api_key": fake::SENDGRID_KEY,
+        "from_email": "desk@clinic.example", "base_url": closed});
+    set_tenant(
+        &env,
+        "clinic-t",
+        outreach::job::Channel::Email,
+        only(vec![entry]),
+    )
+    .await;
+    let mut vars = worker_env(&env);
+    vars.insert("OUTREACH__WORKER__QUICK_RETRIES".into(), "2".into());
+
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        run_bounded(
+            &vars,
+            &[
+                "tenant",
+                "test",
+                "clinic-t",
+                "--channel",
+                "email",
+                "--to",
+                "me@clinic.example",
+            ],
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
+
+    assert!(!ok, "a test that reached nobody fails");
+    let result: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["sent"], false);
+    let attempts = result["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "1 call + 2 quick retries: {attempts:?}");
+    assert!(attempts.iter().all(|a| a["kind"] == "transient"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_the_shipped_defaults_a_tenant_without_a_chain_fails_with_no_provider() {
+    let env = TestEnv::new().await;
+    let mut s = worker_settings(&env);
+    // What ships: no system default for any channel.
+    s.defaults = SystemDefaults::default();
+    let mut events = env.event_queue().await;
+    let (stop, worker) = env.spawn_worker(s);
+
+    publish(&env, &[email("job-bare", "no-config")]).await;
+    let r = wait_final(&env, "job-bare", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_kind"], "config");
+    assert_eq!(r["error_code"], "no_provider");
+    assert_eq!(r["provider"], Value::Null);
+    let (key, event) = events
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event");
+    assert_eq!(key, "failed.email");
+    assert_eq!(event["error"]["code"], "no_provider");
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0["x-outreach-reason"], "no_provider");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_message_the_sandbox_accepted_is_logged_simulated_never_sent() {
+    let env = TestEnv::new().await;
+    let mut s = worker_settings(&env);
+    let port = free_port();
+    s.http.bind = format!("127.0.0.1:{port}");
+    let mut events = env.event_queue().await;
+    let (stop, worker) = env.spawn_worker(s);
+
+    publish(&env, &[email("job-sandbox", "no-config")]).await;
+    let r = wait_final(&env, "job-sandbox", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "simulated");
+    assert_eq!(r["provider"], "sandbox");
+    assert_eq!(r["sent_at"], Value::Null, "nothing was sent");
+    let (key, _) = events
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event");
+    assert_eq!(key, "simulated.email");
+    let (_, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("outreach_jobs_simulated_total{channel=\"email\"}")),
+        "{metrics}"
+    );
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_tenant_entry_whose_credentials_cannot_be_read_is_skipped_visibly() {
+    let env = TestEnv::new().await;
+    let healthy = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    // Stored under key k1; the worker below only has another key.
+    set_tenant(
+        &env,
+        "clinic-k",
+        outreach::job::Channel::Email,
+        json!({"fallback_to_system": true, "chain": [sendgrid_at(&healthy)]}),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    s.crypto.keys = vec![outreach::crypto::KeyConfig {
+        id: "k2".into(),
+        key: "f".repeat(64).into(),
+    }];
+    let mut events = env.event_queue().await;
+    let (stop, worker) = env.spawn_worker(s);
+
+    publish(&env, &[email("job-k", "clinic-k")]).await;
+    let r = wait_final(&env, "job-k", Duration::from_secs(30)).await;
+
+    assert_eq!(
+        r["status"], "simulated",
+        "the system default (sandbox) took it"
+    );
+    assert_eq!(r["chain_step"], 1);
+    assert_eq!(r["fallback_used"], true);
+    let log = r["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0]["step"], 0);
+    assert_eq!(log[0]["provider"], "sendgrid");
+    assert_eq!(log[0]["skipped"], "unusable");
+    assert_eq!(log[0]["kind"], "config");
+    assert_eq!(log[1]["step"], 1);
+    assert_eq!(log[1]["skipped"], Value::Null);
+    assert!(healthy.received_requests().await.unwrap().is_empty());
+    let (_, event) = events
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event");
+    assert_eq!(event["attempt_log"][0]["skipped"], "unusable");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_step_passed_over_for_an_open_circuit_is_in_the_attempt_log() {
+    let env = TestEnv::new().await;
+    let broken = fake::serve(
+        "/v3/mail/send",
+        Always(sendgrid_error(500, "Internal Server Error")),
+    )
+    .await;
+    let healthy = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    set_tenant(
+        &env,
+        "clinic-c",
+        outreach::job::Channel::Email,
+        only(vec![sendgrid_at(&broken), sendgrid_at(&healthy)]),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    s.worker.quick_retries = 0;
+    s.circuit.min_calls = 3;
+    s.circuit.open_secs = 600;
+    let (stop, worker) = env.spawn_worker(s);
+
+    // One at a time: three failures open the primary's circuit.
+    for i in 0..4 {
+        let id = format!("job-c-{i}");
+        publish(&env, &[email(&id, "clinic-c")]).await;
+        wait_final(&env, &id, Duration::from_secs(30)).await;
+    }
+    let r = row(&env, "job-c-3").await.unwrap();
+
+    assert_eq!(r["status"], "sent");
+    assert_eq!(r["chain_step"], 1);
+    let log = r["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0]["step"], 0);
+    assert_eq!(log[0]["skipped"], "circuit_open");
+    assert_eq!(log[0]["code"], "circuit_open");
+    assert_eq!(log[1]["step"], 1);
+    assert_eq!(broken.received_requests().await.unwrap().len(), 3);
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_with_no_other_step_fail_at_once_naming_the_account() {
+    let env = TestEnv::new().await;
+    let refused = fake::serve(
+        "/v3/mail/send",
+        Always(sendgrid_error(
+            401,
+            "The provided authorization grant is invalid, expired, or revoked",
+        )),
+    )
+    .await;
+    set_tenant(
+        &env,
+        "clinic-r",
+        outreach::job::Channel::Email,
+        only(vec![sendgrid_at(&refused)]),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    // Long tiers: a job that waited one would not be final within the test.
+    s.worker.retry_delays_secs = vec![600];
+    let (stop, worker) = env.spawn_worker(s);
+
+    publish(&env, &[email("job-401", "clinic-r")]).await;
+    let r = wait_final(&env, "job-401", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_kind"], "config");
+    assert_eq!(r["attempts"], 1, "not waited out");
+    assert_eq!(
+        refused.received_requests().await.unwrap().len(),
+        1,
+        "not retried"
+    );
+    let message: String =
+        sqlx::query_scalar("SELECT error_message FROM outreach_logs WHERE job_id = 'job-401'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(message.contains("tenant:clinic-r:email:0"), "{message}");
+    let dead = env.dead_letters().await;
+    assert_eq!(dead[0].0["x-outreach-reason"], "config");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_fall_over_to_the_next_step_at_once() {
+    let env = TestEnv::new().await;
+    let refused = fake::serve(
+        "/v3/mail/send",
+        Always(sendgrid_error(403, "access forbidden")),
+    )
+    .await;
+    let healthy = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    set_tenant(
+        &env,
+        "clinic-f",
+        outreach::job::Channel::Email,
+        only(vec![sendgrid_at(&refused), sendgrid_at(&healthy)]),
+    )
+    .await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+
+    publish(&env, &[email("job-403", "clinic-f")]).await;
+    let r = wait_final(&env, "job-403", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "sent");
+    assert_eq!(r["chain_step"], 1);
+    assert_eq!(r["attempts"], 1);
+    assert_eq!(refused.received_requests().await.unwrap().len(), 1);
+    assert_eq!(healthy.received_requests().await.unwrap().len(), 1);
+    let log = r["attempt_log"].as_array().unwrap();
+    assert_eq!(log[0]["kind"], "config");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
