@@ -58,10 +58,18 @@ fn httpdate_parse(s: &str) -> Result<SystemTime, ()> {
 }
 
 /// The class of an HTTP status when the body has nothing more precise.
+///
+/// | status        | kind        | scope                         |
+/// |---------------|-------------|-------------------------------|
+/// | 429           | RateLimited | neither (waits for the hint)  |
+/// | 401, 403      | Config      | account (credentials refused) |
+/// | 408, 5xx      | Transient   | account                       |
+/// | 404           | Provider    | account                       |
+/// | 413, other 4xx| Content     | neither (this message)        |
 pub fn kind_for_status(status: u16) -> ErrorKind {
     match status {
         429 => ErrorKind::RateLimited,
-        401 | 403 => ErrorKind::Provider,
+        401 | 403 => ErrorKind::Config,
         408 | 500..=599 => ErrorKind::Transient,
         413 => ErrorKind::Content,
         404 => ErrorKind::Provider,
@@ -70,8 +78,20 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
     }
 }
 
-/// A request that got no answer: timeouts and connection errors are worth a retry.
+/// A request that got no answer: timeouts and connection errors are worth a
+/// retry; a server certificate that does not verify is [`ErrorKind::Config`]
+/// (waiting will not make it verify).
 pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
+    if let Some(why) = certificate_problem(e) {
+        let host = e.url().and_then(|u| u.host_str()).unwrap_or("the server");
+        return ProviderError::new(
+            ErrorKind::Config,
+            None,
+            format!(
+                "{provider}: certificate for {host} does not verify ({why}): fix the server certificate or the account's base_url"
+            ),
+        );
+    }
     // reqwest's Display includes the URL; our URLs carry no secrets (Twilio's
     // account SID is an identifier, not a credential), but keep it short.
     let what = if e.is_timeout() {
@@ -84,6 +104,99 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
         "request failed"
     };
     ProviderError::new(ErrorKind::Transient, None, format!("{provider}: {what}"))
+}
+
+/// Why the server's certificate did not verify, if that is what `e` (or an
+/// error in its `source()` chain) says: a `rustls::Error::InvalidCertificate`
+/// found through the chain and through `std::io::Error::get_ref` (an
+/// `io::Error`'s own `source()` skips the error it wraps, and TLS streams
+/// report handshake failures as `io::Error`s), else any error in the chain
+/// whose text mentions a certificate.
+pub fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    fn walk(e: &(dyn std::error::Error + 'static), depth: usize) -> Option<String> {
+        if depth > 32 {
+            return None;
+        }
+        if let Some(rustls::Error::InvalidCertificate(ce)) = e.downcast_ref::<rustls::Error>() {
+            return Some(describe_certificate_error(ce));
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| walk(inner, depth + 1))
+        {
+            return Some(inner);
+        }
+        e.source().and_then(|s| walk(s, depth + 1))
+    }
+    walk(e, 0).or_else(|| {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            let text = err.to_string();
+            if text.to_ascii_lowercase().contains("certificate") {
+                return Some(body_excerpt(text.as_bytes()));
+            }
+            next = err.source();
+        }
+        None
+    })
+}
+
+/// A certificate error in a few words, for an error message.
+fn describe_certificate_error(ce: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match ce {
+        C::UnknownIssuer => "unknown issuer".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => "not valid for this name".into(),
+        C::Expired | C::ExpiredContext { .. } => "expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".into(),
+        C::Revoked => "revoked".into(),
+        C::BadSignature => "bad signature".into(),
+        C::BadEncoding => "bad encoding".into(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => "not valid for server use".into(),
+        // Other(CaUsedAsEndEntity) and the like: webpki's name for it.
+        other => body_excerpt(other.to_string().as_bytes()),
+    }
+}
+
+/// A short, printable excerpt of a body the adapter did not understand, for
+/// the error message: at most 200 characters, whitespace runs collapsed to
+/// one space, control and non-printable characters dropped. It goes into the
+/// message, so [`scrub`] sees it like the rest.
+pub fn body_excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    // Enough input for 200 printable characters in all but absurd bodies.
+    let text = String::from_utf8_lossy(&body[..body.len().min(16 * 1024)]);
+    let words = text
+        .split(char::is_whitespace)
+        .map(|w| {
+            w.chars()
+                .filter(|&c| {
+                    !(c.is_control() || c == char::REPLACEMENT_CHARACTER || is_format_char(c))
+                })
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty());
+    let mut out = String::new();
+    for w in words {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&w);
+        if out.len() > 4 * MAX {
+            break;
+        }
+    }
+    if out.chars().count() > MAX {
+        out = out.chars().take(MAX - 1).collect();
+        out.push('…');
+    }
+    out
+}
+
+/// Invisible formatting characters (zero-width, bidi controls, BOM).
+fn is_format_char(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Largest response body an adapter reads; providers answer in a few hundred
@@ -150,8 +263,16 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= 4) {
         let encoded: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
-        out = out.replace(s, MARK).replace(&encoded, MARK);
-        if let Some(k) = (4..s.len())
+        // JSON may escape `/` (and quotes, backslashes) in an echoed secret.
+        let json = serde_json::to_string(s).unwrap_or_default();
+        let json = json
+            .get(1..json.len().saturating_sub(1))
+            .unwrap_or_default()
+            .replace('/', "\\/");
+        out = out.replace(s, MARK).replace(&encoded, MARK).replace(&json, MARK);
+        // A prefix of the secret cut at the end: no longer than the text, so
+        // a long secret costs no more than the text it is looked for in.
+        if let Some(k) = (4..s.len().min(out.len() + 1))
             .rev()
             .find(|&k| s.get(..k).is_some_and(|p| out.ends_with(p)))
         {
@@ -164,21 +285,82 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
 
 /// The error for an answer whose body says nothing more precise than its
 /// status: [`kind_for_status`], with the provider's wait hint on 429 and 5xx.
+/// Without a `message` (the body was not in the provider's documented
+/// format), the message is the status and an excerpt of `body`.
 pub fn status_error(
     provider: &str,
     status: u16,
     headers: &HeaderMap,
     code: Option<String>,
     message: &str,
+    body: &[u8],
 ) -> ProviderError {
-    let kind = kind_for_status(status);
-    let message = if message.is_empty() {
-        format!("{provider}: HTTP {status}")
+    answer_error(
+        provider,
+        kind_for_status(status),
+        status,
+        headers,
+        code,
+        message,
+        body,
+    )
+}
+
+/// The error of `kind` for an answer: the provider's `code` (else the
+/// status), its `message` (else the status and an excerpt of `body`), the
+/// wait hint on 429 and 5xx. A Config error from a bare 401/403 names the
+/// fix (the account's credentials).
+pub fn answer_error(
+    provider: &str,
+    kind: ErrorKind,
+    status: u16,
+    headers: &HeaderMap,
+    code: Option<String>,
+    message: &str,
+    body: &[u8],
+) -> ProviderError {
+    let excerpt = body_excerpt(body);
+    let said = match (message.is_empty(), excerpt.is_empty()) {
+        (false, _) => message.to_owned(),
+        (true, false) => format!("HTTP {status}: {excerpt}"),
+        (true, true) => format!("HTTP {status}"),
+    };
+    let message = if kind == ErrorKind::Config && matches!(status, 401 | 403) {
+        format!(
+            "{provider}: credentials refused ({status}): check the account's credentials; {said}"
+        )
     } else {
-        format!("{provider}: {message}")
+        format!("{provider}: {said}")
     };
     let code = code.or_else(|| Some(status.to_string()));
     with_hint(ProviderError::new(kind, code, message), headers)
+}
+
+/// A Config error that names what is wrong and the fix, keeping what the
+/// provider said (its message, else an excerpt of the body).
+pub fn config_error(
+    provider: &str,
+    code: Option<String>,
+    what: &str,
+    fix: &str,
+    said: &str,
+    body: &[u8],
+) -> ProviderError {
+    let said = if said.is_empty() {
+        body_excerpt(body)
+    } else {
+        said.to_owned()
+    };
+    let tail = if said.is_empty() {
+        String::new()
+    } else {
+        format!("; the provider said: {said}")
+    };
+    ProviderError::new(
+        ErrorKind::Config,
+        code,
+        format!("{provider}: {what}: {fix}{tail}"),
+    )
 }
 
 /// Attach the `Retry-After` hint to an error worth retrying.
@@ -246,7 +428,7 @@ mod tests {
     fn a_503_with_retry_after_is_transient_with_the_hint() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7"));
-        let e = status_error("x", 503, &h, None, "");
+        let e = status_error("x", 503, &h, None, "", b"");
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(e.code.as_deref(), Some("503"));
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));

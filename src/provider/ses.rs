@@ -199,6 +199,28 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+impl ErrorBody {
+    /// The JSON error body, else the `<Code>` and `<Message>` of an AWS XML
+    /// error (`<ErrorResponse><Error>…`, as the edge answers some 403s).
+    fn parse(body: &[u8]) -> Self {
+        if let Ok(b) = serde_json::from_slice(body) {
+            return b;
+        }
+        let text = String::from_utf8_lossy(body);
+        let element = |name: &str| {
+            let open = format!("<{name}>");
+            let start = text.find(&open)? + open.len();
+            let end = start + text[start..].find(&format!("</{name}>"))?;
+            let value = text[start..end].trim();
+            (!value.is_empty()).then(|| value.to_owned())
+        };
+        Self {
+            kind: element("Code"),
+            message: element("Message"),
+        }
+    }
+}
+
 /// `x-amzn-ErrorType: MessageRejected:http://internal.amazon.com/…` or a body
 /// `__type` of `com.amazonaws…#MessageRejected` → `MessageRejected`.
 fn exception_name(headers: &HeaderMap, body: &ErrorBody) -> Option<String> {
@@ -221,41 +243,71 @@ fn exception_name(headers: &HeaderMap, body: &ErrorBody) -> Option<String> {
 /// identity, or a sandboxed account, surfaces as `MessageRejected`); AWS
 /// common errors (`ThrottlingException`, `AccessDenied…`, signature errors).
 ///
-/// | exception                                   | kind        |
-/// |---------------------------------------------|-------------|
-/// | TooManyRequestsException, LimitExceededException, ThrottlingException | RateLimited |
-/// | SendingPausedException, AccountSuspendedException, MailFromDomainNotVerifiedException, NotFoundException | Provider |
-/// | MessageRejected with "not verified"         | Provider    |
-/// | MessageRejected                             | Content     |
-/// | BadRequestException                         | Content     |
-/// | AccessDeniedException, UnrecognizedClientException, InvalidSignatureException, SignatureDoesNotMatch, IncompleteSignatureException, MissingAuthenticationTokenException, InvalidClientTokenId, ExpiredTokenException | Provider |
-/// | InternalFailure, ServiceUnavailable, RequestTimeout… | Transient |
-/// | anything else                               | by HTTP status |
+/// "Account" rows count against the account's circuit breaker; message rows
+/// and throttling do not. SES answers nothing recipient-scoped at send time
+/// (bounces come later, by notification).
+///
+/// | exception                                   | kind        | scope   |
+/// |---------------------------------------------|-------------|---------|
+/// | TooManyRequestsException, LimitExceededException, ThrottlingException, Throttling | RateLimited | neither |
+/// | SendingPausedException, AccountSuspendedException | Provider | account |
+/// | UnrecognizedClientException, InvalidSignatureException, SignatureDoesNotMatch, IncompleteSignature(Exception), MissingAuthenticationToken(Exception), InvalidClientTokenId, ExpiredToken(Exception) | Config (check the keys) | account |
+/// | AccessDenied, AccessDeniedException          | Config (allow ses:SendEmail) | account |
+/// | MailFromDomainNotVerifiedException, MessageRejected with "not verified" | Config (verify the identity) | account |
+/// | NotFoundException (e.g. the configuration set) | Config (check configuration_set) | account |
+/// | MessageRejected, BadRequestException         | Content     | message |
+/// | InternalFailure, ServiceUnavailable, RequestTimeout… | Transient | account |
+/// | anything else, or a body in neither the JSON nor the XML shape | by HTTP status ([`http::kind_for_status`]; 403 → Config) | |
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
-    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let parsed = ErrorBody::parse(body);
     let name = exception_name(headers, &parsed);
     let message = parsed.message.unwrap_or_default();
-    let kind = match name.as_deref() {
-        Some("TooManyRequestsException" | "LimitExceededException" | "ThrottlingException") => {
-            Some(ErrorKind::RateLimited)
-        }
+    let config = match name.as_deref() {
         Some(
-            "SendingPausedException"
-            | "AccountSuspendedException"
-            | "MailFromDomainNotVerifiedException"
-            | "NotFoundException"
-            | "AccessDeniedException"
-            | "UnrecognizedClientException"
+            "UnrecognizedClientException"
             | "InvalidSignatureException"
             | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
             | "IncompleteSignatureException"
+            | "MissingAuthenticationToken"
             | "MissingAuthenticationTokenException"
             | "InvalidClientTokenId"
+            | "ExpiredToken"
             | "ExpiredTokenException",
-        ) => Some(ErrorKind::Provider),
-        Some("MessageRejected") if message.to_ascii_lowercase().contains("not verified") => {
-            Some(ErrorKind::Provider)
-        }
+        ) => Some((
+            "credentials refused",
+            "check the account's access_key_id, secret_access_key and region",
+        )),
+        Some("AccessDenied" | "AccessDeniedException") => Some((
+            "access denied",
+            "allow ses:SendEmail for the access key's IAM identity",
+        )),
+        Some("MailFromDomainNotVerifiedException") => Some((
+            "MAIL FROM domain not verified",
+            "verify the custom MAIL FROM domain in SES or change from_email",
+        )),
+        Some("MessageRejected") if message.to_ascii_lowercase().contains("not verified") => Some((
+            "sender not verified",
+            "verify the identity in SES or change from_email (in the SES sandbox, recipients must be verified too)",
+        )),
+        Some("NotFoundException") => Some((
+            "not found",
+            "check the account's configuration_set exists in this region",
+        )),
+        _ => None,
+    };
+    if let Some((what, fix)) = config {
+        let code = name.or_else(|| Some(status.to_string()));
+        return http::config_error("ses", code, what, fix, &message, body);
+    }
+    let kind = match name.as_deref() {
+        Some(
+            "TooManyRequestsException"
+            | "LimitExceededException"
+            | "ThrottlingException"
+            | "Throttling",
+        ) => Some(ErrorKind::RateLimited),
+        Some("SendingPausedException" | "AccountSuspendedException") => Some(ErrorKind::Provider),
         Some("MessageRejected" | "BadRequestException") => Some(ErrorKind::Content),
         Some(
             "InternalFailure"
@@ -267,11 +319,8 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
         ) => Some(ErrorKind::Transient),
         _ => None,
     };
-    let e = http::status_error("ses", status, headers, name, &message);
-    match kind {
-        Some(kind) => http::with_hint(ProviderError { kind, ..e }, headers),
-        None => e,
-    }
+    let kind = kind.unwrap_or_else(|| http::kind_for_status(status));
+    http::answer_error("ses", kind, status, headers, name, &message, body)
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     timeout: Duration,
+    host: String,
+    /// The password, scrubbed from every error (servers may echo AUTH data).
+    password: Option<secrecy::SecretString>,
 }
 
 impl Smtp {
@@ -65,6 +68,8 @@ impl Smtp {
             transport: b.build(),
             from: Mailbox::new(s.from_name.clone(), email),
             timeout: ctx.timeout,
+            host: s.host.clone(),
+            password: s.password.clone(),
         })
     }
 
@@ -143,7 +148,10 @@ impl Provider for Smtp {
         let reply = tokio::time::timeout(self.timeout, self.transport.send(msg))
             .await
             .map_err(|_| ProviderError::transient("smtp: timed out"))?
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| {
+                let secrets: Vec<&str> = self.password.iter().map(|p| p.expose_secret()).collect();
+                super::http::scrub(classify(&e, &self.host), &secrets)
+            })?;
         let queued = reply.message().find_map(queue_id);
         Ok(Receipt {
             message_id: Some(queued.unwrap_or(message_id)),
@@ -161,25 +169,128 @@ fn queue_id(line: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_owned())
 }
 
-/// Classify an SMTP failure by its reply code.
-pub fn classify(e: &lettre::transport::smtp::Error) -> ProviderError {
-    let code = e.status().map(|c| c.to_string());
-    let text = e.to_string();
-    let kind = match code.as_deref().and_then(|c| c.parse::<u16>().ok()) {
-        Some(400..=499) => ErrorKind::Transient,
-        // Authentication required / failed / too weak: this account's trouble.
-        Some(530 | 534 | 535 | 538) => ErrorKind::Provider,
-        // Mailbox unavailable, user not local, bad mailbox name.
-        Some(550 | 551 | 553) => ErrorKind::Recipient,
-        // Exceeded storage / message too big, transaction failed.
-        Some(552 | 554) => ErrorKind::Content,
-        Some(_) => ErrorKind::Provider,
-        // No reply code: connection, TLS or protocol trouble.
-        None if e.is_timeout() => ErrorKind::Transient,
-        None if e.is_tls() => ErrorKind::Provider,
-        None => ErrorKind::Transient,
+/// An RFC 3463 enhanced status code: `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Enhanced {
+    class: u8,
+    subject: u16,
+    detail: u16,
+}
+
+/// The enhanced status code a reply's text starts with (`4.7.1 Greylisted`).
+fn enhanced_code(text: &str) -> Option<Enhanced> {
+    let token = text.split_whitespace().next()?;
+    let mut parts = token.split('.');
+    let class = parts.next()?.parse().ok()?;
+    let subject = parts.next()?.parse().ok()?;
+    let detail = parts.next()?.parse().ok()?;
+    let valid = parts.next().is_none() && matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000;
+    valid.then_some(Enhanced {
+        class,
+        subject,
+        detail,
+    })
+}
+
+/// The kind of a negative SMTP reply, by reply code, RFC 3463 enhanced status
+/// code (the first token of the text) and text. lettre does not say which
+/// command (MAIL, RCPT, DATA, AUTH) drew the reply, so the enhanced code's
+/// subject tells whether it is about the recipient (x.1 addressing — but
+/// x.1.7/x.1.8 are the sender's —, x.2 mailbox) or about this account and
+/// server. The first row that matches decides.
+///
+/// "Account-scoped" rows count against the account's circuit breaker;
+/// "recipient-scoped" and "message" rows do not.
+///
+/// | reply | enhanced code / text                  | kind              | scope     |
+/// |-------|---------------------------------------|-------------------|-----------|
+/// | 421   | any (server closing the channel)      | Transient         | account   |
+/// | 4xx   | text mentions greylist / graylist     | RecipientDeferred | recipient |
+/// | 4xx   | 4.1.7, 4.1.8 (sender address)         | Transient         | account   |
+/// | 4xx   | 4.1.x (addressing), 4.2.x (mailbox busy / full, e.g. 452 4.2.2) | RecipientDeferred | recipient |
+/// | 4xx   | 4.7.1 (greylisting, per-recipient policy) | RecipientDeferred | recipient |
+/// | 4xx   | 4.3.x (system), 4.4.x (network), 4.5.x (protocol, e.g. 452 4.5.3 too many recipients) | Transient | account |
+/// | 450   | (mailbox unavailable, no enhanced code that says otherwise) | RecipientDeferred | recipient |
+/// | 4xx   | anything else                         | Transient         | account   |
+/// | 530, 534, 535, 538 | (authentication required / too weak / refused) | Config | account |
+/// | 5xx   | 5.1.7, 5.1.8 (sender address refused) | Config            | account   |
+/// | 5xx   | 5.2.3 (message longer than the mailbox takes), 5.3.4 (too big) | Content | message |
+/// | 5xx   | 5.1.x (bad recipient address), 5.2.x (mailbox disabled / full) | Recipient | recipient |
+/// | 550, 551, 553 | (mailbox unavailable, user not local, bad mailbox name) | Recipient | recipient |
+/// | 552, 554 | (storage exceeded / too big, transaction failed) | Content | message |
+/// | 5xx   | anything else                         | Provider          | account   |
+///
+/// Sources: RFC 5321 §4.2 (reply codes), RFC 3463 (enhanced status codes),
+/// RFC 6647 (greylisting answers 4xx, often `451 4.7.1`).
+pub fn classify_reply(code: u16, text: &str) -> ErrorKind {
+    let enhanced = enhanced_code(text);
+    let (subject, detail) = enhanced.map_or((0, 0), |e| (e.subject, e.detail));
+    let lower = text.to_ascii_lowercase();
+    match code {
+        421 => ErrorKind::Transient,
+        400..=499 if lower.contains("greylist") || lower.contains("graylist") => {
+            ErrorKind::RecipientDeferred
+        }
+        400..=499 if subject == 1 && matches!(detail, 7 | 8) => ErrorKind::Transient,
+        400..=499 if matches!(subject, 1 | 2) => ErrorKind::RecipientDeferred,
+        400..=499 if (subject, detail) == (7, 1) => ErrorKind::RecipientDeferred,
+        400..=499 if matches!(subject, 3..=5) => ErrorKind::Transient,
+        450 => ErrorKind::RecipientDeferred,
+        400..=499 => ErrorKind::Transient,
+        530 | 534 | 535 | 538 => ErrorKind::Config,
+        500..=599 if subject == 1 && matches!(detail, 7 | 8) => ErrorKind::Config,
+        500..=599 if matches!((subject, detail), (2, 3) | (3, 4)) => ErrorKind::Content,
+        500..=599 if matches!(subject, 1 | 2) => ErrorKind::Recipient,
+        550 | 551 | 553 => ErrorKind::Recipient,
+        552 | 554 => ErrorKind::Content,
+        _ => ErrorKind::Provider,
+    }
+}
+
+/// Classify an SMTP failure: a negative reply by [`classify_reply`]; without
+/// a reply, a server certificate that does not verify is Config (found in
+/// the error's source chain: lettre reports a failed STARTTLS handshake as a
+/// connection error, not `is_tls()`), a timeout or connection trouble is
+/// Transient, other TLS trouble is Provider. `host` names the server in the
+/// certificate message.
+pub fn classify(e: &lettre::transport::smtp::Error, host: &str) -> ProviderError {
+    use std::error::Error as _;
+    let Some(status) = e.status() else {
+        if let Some(why) = super::http::certificate_problem(e) {
+            return ProviderError::new(
+                ErrorKind::Config,
+                None,
+                format!(
+                    "smtp: certificate for {host} does not verify ({why}): fix the server certificate or set ca_file"
+                ),
+            );
+        }
+        let kind = if e.is_timeout() {
+            ErrorKind::Transient
+        } else if e.is_tls() {
+            ErrorKind::Provider
+        } else {
+            ErrorKind::Transient
+        };
+        return ProviderError::new(kind, None, format!("smtp: {e}"));
     };
-    ProviderError::new(kind, code, format!("smtp: {text}"))
+    let code = status.to_string();
+    // A negative reply's source is the reply text, every line joined.
+    let text = e.source().map(|s| s.to_string()).unwrap_or_default();
+    let kind = code
+        .parse()
+        .map(|c| classify_reply(c, &text))
+        .unwrap_or(ErrorKind::Provider);
+    let message = match (kind, code.as_str()) {
+        (ErrorKind::Config, "530" | "534" | "535" | "538") => format!(
+            "smtp: authentication refused ({code} {text}): check the account's username and password (and that the server allows this AUTH over this security)"
+        ),
+        (ErrorKind::Config, _) => format!(
+            "smtp: sender refused ({code} {text}): check from_email (the server must accept it for this login)"
+        ),
+        _ => format!("smtp: {e}"),
+    };
+    ProviderError::new(kind, Some(code), message)
 }
 
 #[cfg(test)]
