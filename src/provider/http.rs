@@ -435,6 +435,101 @@ mod tests {
     }
 
     #[test]
+    fn redacting_a_long_secret_in_a_long_text_stays_cheap() {
+        let secret = "k".repeat(200_000);
+        let text = "x".repeat(200_000);
+        let started = std::time::Instant::now();
+        assert_eq!(redact(&text, &[&secret]), text);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_cut_secret_is_found_even_when_the_text_is_shorter_than_the_secret() {
+        assert_eq!(redact("s3cr3", &["s3cr3t-and-more"]), "[redacted]");
+    }
+
+    #[test]
+    fn redact_removes_a_secret_echoed_with_json_escaped_slashes() {
+        assert_eq!(
+            redact(r#"{"m":"key a\/b+c\/d0"}"#, &["a/b+c/d0"]),
+            r#"{"m":"key [redacted]"}"#
+        );
+    }
+
+    #[test]
+    fn a_bare_401_is_config_and_names_the_credentials() {
+        let e = status_error("x", 401, &HeaderMap::new(), None, "", b"");
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(
+            e.message,
+            "x: credentials refused (401): check the account's credentials; HTTP 401"
+        );
+    }
+
+    #[test]
+    fn a_403_is_config() {
+        assert_eq!(kind_for_status(403), ErrorKind::Config);
+    }
+
+    #[test]
+    fn a_body_excerpt_collapses_whitespace_and_drops_control_characters() {
+        assert_eq!(
+            body_excerpt(b"  <h1>Bad\r\n\tGateway</h1>\x07\x1b[0m \xff  "),
+            "<h1>Bad Gateway</h1>[0m"
+        );
+    }
+
+    #[test]
+    fn a_body_excerpt_is_at_most_200_characters() {
+        let e = body_excerpt("é".repeat(500).as_bytes());
+        assert_eq!(e.chars().count(), 200);
+        assert!(e.ends_with('…'));
+        assert_eq!(body_excerpt("a".repeat(200).as_bytes()), "a".repeat(200));
+    }
+
+    #[test]
+    fn an_excerpt_of_an_echoed_secret_is_scrubbed() {
+        let body = format!("{{\"oops\": \"token={}\"}}", "s3cr3t-token");
+        let e = status_error("x", 500, &HeaderMap::new(), None, "", body.as_bytes());
+        let e = scrub(e, &["s3cr3t-token"]);
+        assert_eq!(e.message, r#"x: HTTP 500: {"oops": "token=[redacted]"}"#);
+    }
+
+    #[test]
+    fn a_rustls_certificate_error_inside_an_io_error_is_found() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let outer = std::io::Error::other(io);
+        assert_eq!(certificate_problem(&outer).as_deref(), Some("unknown issuer"));
+    }
+
+    #[test]
+    fn a_certificate_error_is_found_by_its_text_when_rustls_is_not_in_the_chain() {
+        let e = std::io::Error::other("invalid peer certificate: Expired");
+        assert!(certificate_problem(&e).is_some());
+        let e = std::io::Error::other("connection refused");
+        assert_eq!(certificate_problem(&e), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = client(Duration::from_secs(2), Duration::from_secs(2));
+        let e = c
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(transport_error("x", &e).kind, ErrorKind::Transient);
+    }
+
+    #[test]
     fn a_huge_retry_after_is_clamped_by_the_error() {
         let e =
             ProviderError::transient("x").with_retry_after(Some(Duration::from_secs(86_400 * 7)));

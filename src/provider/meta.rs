@@ -317,15 +317,39 @@ mod tests {
                 401,
                 190,
                 "Error validating access token: Session has expired",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 403,
                 10,
                 "(#10) Application does not have permission for this action",
+                ErrorKind::Config,
+            ),
+            (403, 200, "(#200) Permissions error", ErrorKind::Config),
+            (
+                400,
+                100,
+                "(#100) Missing permission",
+                ErrorKind::Config,
+            ),
+            (
+                400,
+                131049,
+                "(#131049) This message was not delivered to maintain healthy ecosystem engagement.",
+                ErrorKind::RecipientDeferred,
+            ),
+            (
+                400,
+                131048,
+                "(#131048) Spam rate limit hit",
                 ErrorKind::Provider,
             ),
-            (403, 200, "(#200) Permissions error", ErrorKind::Provider),
+            (
+                400,
+                133010,
+                "(#133010) Phone number Not Registered",
+                ErrorKind::Config,
+            ),
             (
                 400,
                 131031,
@@ -387,6 +411,59 @@ mod tests {
                 .starts_with("meta: (#130429) Rate limit hit (Message failed")
         );
         assert!(e.message.ends_with("[subcode 2494055]"));
+    }
+
+    #[test]
+    fn an_expired_token_names_renewing_it_as_the_fix() {
+        let e = classify(401, &HeaderMap::new(), &error(190, "Session has expired"));
+        assert!(
+            e.message
+                .starts_with("meta: access token refused: renew the account's access_token"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_parameter_with_subcode_33_is_config_naming_the_phone_number_id() {
+        let body = br#"{"error":{"message":"Unsupported post request. Object with ID '1' does not exist, cannot be loaded due to missing permissions, or does not support this operation.","type":"GraphMethodException","code":100,"error_subcode":33}}"#;
+        let e = classify(400, &HeaderMap::new(), body);
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("check the account's phone_number_id"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_parameter_without_a_permission_hint_stays_content() {
+        let e = classify(400, &HeaderMap::new(), &error(100, "(#100) Invalid parameter"));
+        assert_eq!(e.kind, ErrorKind::Content);
+    }
+
+    #[test]
+    fn a_422_without_error_message_keeps_the_status_and_an_excerpt() {
+        let e = classify(422, &HeaderMap::new(), b"{\"detail\": \"unprocessable\x07 entity\"}");
+        assert_eq!(e.kind, ErrorKind::Content);
+        assert_eq!(e.code.as_deref(), Some("422"));
+        assert_eq!(
+            e.message,
+            r#"meta: HTTP 422: {"detail": "unprocessable entity"}"#
+        );
+    }
+
+    #[test]
+    fn a_template_carries_the_deterministic_language_policy() {
+        let m = Meta::new(
+            &serde_json::from_value(json!({"access_token": "t", "phone_number_id": "1"})).unwrap(),
+            &crate::provider::ProviderContext::new(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                None,
+            ),
+        );
+        let job = Job::decode(br#"{"job_id":"j","tenant_id":"t","channel":"whatsapp","recipient":"+14155550111","content":{"template":{"name":"reminder","language":"en"}}}"#).unwrap();
+        let body = m.body(&job).unwrap();
+        assert_eq!(
+            body["template"]["language"],
+            json!({"code": "en", "policy": "deterministic"})
+        );
     }
 
     #[test]

@@ -245,7 +245,7 @@ mod tests {
                     "from.email",
                     "The from email does not contain a valid address.",
                 ),
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
@@ -255,7 +255,7 @@ mod tests {
             (
                 401,
                 errors("null", "authorization required"),
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 403,
@@ -263,8 +263,9 @@ mod tests {
                     "from",
                     "The from address does not match a verified Sender Identity.",
                 ),
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
+            (403, errors("null", "access forbidden"), ErrorKind::Config),
             (404, errors("null", "not found"), ErrorKind::Provider),
             (413, errors("null", "content too large"), ErrorKind::Content),
             (
@@ -310,5 +311,68 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("999999"));
         let e = classify(429, &h, b"");
         assert_eq!(e.retry_after, Some(super::super::error::MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_401_names_the_api_key_as_the_fix_and_keeps_sendgrids_words() {
+        let e = classify(
+            401,
+            &HeaderMap::new(),
+            &errors("null", "authorization required"),
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(
+            e.message,
+            "sendgrid: API key refused (401): check the account's api_key; the provider said: authorization required"
+        );
+    }
+
+    #[test]
+    fn a_403_for_an_unverified_sender_names_the_sender_identity_as_the_fix() {
+        let e = classify(
+            403,
+            &HeaderMap::new(),
+            &errors(
+                "from",
+                "The from address does not match a verified Sender Identity.",
+            ),
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(
+            e.message
+                .starts_with("sendgrid: sender not verified (403): verify from_email"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_403_without_a_sender_complaint_names_the_mail_send_permission() {
+        let e = classify(403, &HeaderMap::new(), &errors("null", "access forbidden"));
+        assert!(e.message.contains("Mail Send permission"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_template_id_is_config() {
+        let e = classify(
+            400,
+            &HeaderMap::new(),
+            &errors("template_id", "The template_id must be a valid GUID"),
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("check the account's template_id"), "{e}");
+    }
+
+    #[test]
+    fn an_html_error_page_keeps_the_status_and_an_excerpt_of_the_body() {
+        let e = classify(
+            502,
+            &HeaderMap::new(),
+            b"<html>\n  <body>Bad   Gateway</body>\n</html>",
+        );
+        assert_eq!(e.code.as_deref(), Some("502"));
+        assert_eq!(
+            e.message,
+            "sendgrid: HTTP 502: <html> <body>Bad Gateway</body> </html>"
+        );
     }
 }

@@ -376,19 +376,19 @@ mod tests {
                 400,
                 "MailFromDomainNotVerifiedException",
                 "MAIL FROM domain not verified.",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 404,
                 "NotFoundException",
                 "Configuration set <x> does not exist.",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
                 "MessageRejected",
                 "Email address is not verified. The following identities failed the check in region EU-WEST-1: a@b.co",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
@@ -406,14 +406,21 @@ mod tests {
                 403,
                 "InvalidSignatureException",
                 "The request signature we calculated does not match",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 403,
                 "UnrecognizedClientException",
                 "The security token included in the request is invalid.",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
+            (403, "SignatureDoesNotMatch", "", ErrorKind::Config),
+            (403, "IncompleteSignatureException", "", ErrorKind::Config),
+            (403, "MissingAuthenticationTokenException", "", ErrorKind::Config),
+            (403, "InvalidClientTokenId", "", ErrorKind::Config),
+            (403, "ExpiredTokenException", "", ErrorKind::Config),
+            (403, "AccessDeniedException", "", ErrorKind::Config),
+            (403, "AccessDenied", "", ErrorKind::Config),
             (500, "InternalFailure", "", ErrorKind::Transient),
             (503, "SomethingNew", "", ErrorKind::Transient),
         ];
@@ -431,6 +438,56 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Provider);
         assert_eq!(e.code.as_deref(), Some("SendingPausedException"));
         assert_eq!(e.message, "ses: paused");
+    }
+
+    #[test]
+    fn an_unverified_sender_names_the_identity_as_the_fix() {
+        let e = answer(
+            400,
+            "MessageRejected",
+            "Email address is not verified. The following identities failed the check in region EU-WEST-1: a@b.co",
+        );
+        assert!(
+            e.message
+                .starts_with("ses: sender not verified: verify the identity in SES or change from_email"),
+            "{e}"
+        );
+        assert!(e.message.contains("identities failed the check"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_signature_names_the_keys_as_the_fix() {
+        let e = answer(403, "SignatureDoesNotMatch", "signature mismatch");
+        assert!(
+            e.message
+                .contains("check the account's access_key_id, secret_access_key and region"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_xml_403_is_config_with_its_code_and_message() {
+        let body = br#"<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/">
+  <Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code>
+  <Message>The request signature we calculated does not match the signature you provided.</Message></Error>
+  <RequestId>0b8b7ac9-0000-0000-0000-000000000000</RequestId></ErrorResponse>"#;
+        let e = classify(403, &HeaderMap::new(), body);
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.code.as_deref(), Some("SignatureDoesNotMatch"));
+        assert!(e.message.contains("we calculated does not match"), "{e}");
+    }
+
+    #[test]
+    fn a_403_in_no_known_shape_keeps_the_status_and_an_excerpt_of_the_body() {
+        let e = classify(403, &HeaderMap::new(), b"<html><h1>Forbidden</h1>\n\t</html>");
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.code.as_deref(), Some("403"));
+        assert!(
+            e.message
+                .ends_with("HTTP 403: <html><h1>Forbidden</h1> </html>"),
+            "{e}"
+        );
+        assert!(e.message.contains("check the account's credentials"), "{e}");
     }
 
     #[test]

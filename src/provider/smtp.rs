@@ -297,6 +297,141 @@ pub fn classify(e: &lettre::transport::smtp::Error, host: &str) -> ProviderError
 mod tests {
     use super::*;
 
+    fn kind(code: u16, text: &str) -> ErrorKind {
+        classify_reply(code, text)
+    }
+
+    #[test]
+    fn greylisting_with_4_7_1_is_recipient_deferred() {
+        assert_eq!(
+            kind(451, "4.7.1 Greylisting in action, please come back later"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_4xx_mentioning_greylisting_without_an_enhanced_code_is_recipient_deferred() {
+        assert_eq!(
+            kind(450, "Recipient address rejected: Greylisted, see http://x"),
+            ErrorKind::RecipientDeferred
+        );
+        assert_eq!(kind(451, "graylisted, try later"), ErrorKind::RecipientDeferred);
+    }
+
+    #[test]
+    fn a_4_7_1_without_greylisting_text_is_recipient_deferred() {
+        assert_eq!(
+            kind(450, "4.7.1 <pat@example.com>: Recipient address rejected: try later"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_mailbox_busy_450_is_recipient_deferred() {
+        assert_eq!(
+            kind(450, "Requested mail action not taken: mailbox unavailable"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_temporarily_full_mailbox_452_4_2_2_is_recipient_deferred() {
+        assert_eq!(kind(452, "4.2.2 Mailbox full"), ErrorKind::RecipientDeferred);
+    }
+
+    #[test]
+    fn a_4_1_x_addressing_reply_is_recipient_deferred() {
+        assert_eq!(
+            kind(450, "4.1.1 Recipient address rejected: temporary lookup failure"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_temporary_sender_address_reply_is_account_scoped_transient() {
+        assert_eq!(
+            kind(450, "4.1.8 Sender address rejected: Domain not found"),
+            ErrorKind::Transient
+        );
+    }
+
+    #[test]
+    fn a_421_is_transient_even_when_it_mentions_a_recipient_code() {
+        assert_eq!(
+            kind(421, "4.7.0 Try again later, closing connection"),
+            ErrorKind::Transient
+        );
+        assert_eq!(kind(421, "4.2.1 busy"), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn a_451_4_3_0_system_trouble_is_transient() {
+        assert_eq!(
+            kind(451, "4.3.0 Temporary failure, try again later"),
+            ErrorKind::Transient
+        );
+    }
+
+    #[test]
+    fn a_451_4_4_x_network_trouble_is_transient() {
+        assert_eq!(kind(451, "4.4.1 No answer from host"), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn too_many_recipients_452_4_5_3_is_transient() {
+        assert_eq!(kind(452, "4.5.3 Too many recipients"), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn a_4xx_without_hints_is_transient() {
+        assert_eq!(kind(451, "Local error in processing"), ErrorKind::Transient);
+        assert_eq!(kind(452, "Insufficient system storage"), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn authentication_replies_are_config() {
+        for code in [530, 534, 535, 538] {
+            assert_eq!(kind(code, "5.7.8 Authentication failed"), ErrorKind::Config);
+        }
+    }
+
+    #[test]
+    fn a_refused_sender_address_is_config() {
+        assert_eq!(
+            kind(553, "5.1.8 Sender address rejected: Domain not found"),
+            ErrorKind::Config
+        );
+    }
+
+    #[test]
+    fn unknown_users_and_bad_mailboxes_are_recipient_errors() {
+        assert_eq!(kind(550, "5.1.1 User unknown"), ErrorKind::Recipient);
+        assert_eq!(kind(551, "User not local"), ErrorKind::Recipient);
+        assert_eq!(kind(553, "Mailbox name not allowed"), ErrorKind::Recipient);
+        assert_eq!(kind(550, "5.2.1 Mailbox disabled"), ErrorKind::Recipient);
+    }
+
+    #[test]
+    fn a_too_big_message_is_content() {
+        assert_eq!(kind(552, "5.3.4 Message too big"), ErrorKind::Content);
+        assert_eq!(kind(552, "Exceeded storage allocation"), ErrorKind::Content);
+        assert_eq!(kind(554, "Transaction failed"), ErrorKind::Content);
+    }
+
+    #[test]
+    fn an_enhanced_code_is_only_read_from_the_first_token() {
+        assert_eq!(enhanced_code("see 4.2.2 later"), None);
+        assert_eq!(enhanced_code("4.2"), None);
+        assert_eq!(
+            enhanced_code("4.7.1 Greylisted"),
+            Some(Enhanced {
+                class: 4,
+                subject: 7,
+                detail: 1
+            })
+        );
+    }
+
     #[test]
     fn queue_ids_are_read_from_postfix_style_replies() {
         assert_eq!(

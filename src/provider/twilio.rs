@@ -232,7 +232,7 @@ mod tests {
     fn error_codes_map_to_the_documented_kinds() {
         let cases = [
             (429, 20429, "Too Many Requests", ErrorKind::RateLimited),
-            (401, 20003, "Authenticate", ErrorKind::Provider),
+            (401, 20003, "Authenticate", ErrorKind::Config),
             (
                 404,
                 20404,
@@ -243,13 +243,13 @@ mod tests {
                 400,
                 21606,
                 "The 'From' phone number provided is not a valid message-capable Twilio phone number for this destination/account",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
                 21408,
                 "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: +98…",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
@@ -294,8 +294,52 @@ mod tests {
             let e = classify(status, &HeaderMap::new(), &error(status, code, message));
             assert_eq!(e.kind, kind, "{code}: {e}");
             assert_eq!(e.code, Some(code.to_string()));
-            assert_eq!(e.message, format!("twilio: {message}"));
+            if kind == ErrorKind::Config {
+                assert!(e.message.ends_with(&format!("the provider said: {message}")));
+            } else {
+                assert_eq!(e.message, format!("twilio: {message}"));
+            }
         }
+    }
+
+    #[test]
+    fn a_refused_auth_token_names_the_credentials_as_the_fix() {
+        let e = classify(401, &HeaderMap::new(), &error(401, 20003, "Authenticate"));
+        assert_eq!(
+            e.message,
+            "twilio: credentials refused: check the account's account_sid and auth_token; the provider said: Authenticate"
+        );
+    }
+
+    #[test]
+    fn a_bare_401_without_a_twilio_body_is_config() {
+        let e = classify(401, &HeaderMap::new(), b"Unauthorized");
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.code.as_deref(), Some("401"));
+        assert!(e.message.contains("Unauthorized"), "{e}");
+    }
+
+    #[test]
+    fn a_whatsapp_template_is_config_naming_a_meta_account_as_the_fix() {
+        let t = Twilio::new(
+            &serde_json::from_value(serde_json::json!({
+                "account_sid": "AC0123", "auth_token": "tok", "from": "+14155550100",
+            }))
+            .unwrap(),
+            &crate::provider::ProviderContext::new(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                None,
+            ),
+        );
+        let job = Job::decode(br#"{"job_id":"j","tenant_id":"t","channel":"whatsapp","recipient":"+14155550111","content":{"template":{"name":"reminder","language":"en"}}}"#).unwrap();
+        let e = t.form(&job).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(
+            e.message
+                .ends_with("configure a Meta WhatsApp account for template messages"),
+            "{e}"
+        );
     }
 
     #[test]

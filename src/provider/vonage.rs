@@ -231,7 +231,7 @@ mod tests {
             ),
             ("2", "Missing to param", ErrorKind::Content),
             ("3", "Invalid to param", ErrorKind::Content),
-            ("4", "Bad Credentials", ErrorKind::Provider),
+            ("4", "Bad Credentials", ErrorKind::Config),
             ("5", "Internal Error", ErrorKind::Transient),
             ("6", "Unroutable message - rejected", ErrorKind::Recipient),
             ("7", "Number barred.", ErrorKind::Recipient),
@@ -241,7 +241,7 @@ mod tests {
             (
                 "15",
                 "Illegal Sender Address - rejected",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 "29",
@@ -253,7 +253,11 @@ mod tests {
             let e = classify(200, &HeaderMap::new(), &rejected(status, text));
             assert_eq!(e.kind, kind, "{status}: {e}");
             assert_eq!(e.code.as_deref(), Some(status));
-            assert_eq!(e.message, format!("vonage: {text}"));
+            if kind == ErrorKind::Config {
+                assert!(e.message.ends_with(&format!("the provider said: {text}")));
+            } else {
+                assert_eq!(e.message, format!("vonage: {text}"));
+            }
         }
     }
 
@@ -262,7 +266,22 @@ mod tests {
         let e = classify(503, &HeaderMap::new(), b"<html>unavailable</html>");
         assert_eq!(e.kind, ErrorKind::Transient);
         let e = classify(401, &HeaderMap::new(), b"");
-        assert_eq!(e.kind, ErrorKind::Provider);
+        assert_eq!(e.kind, ErrorKind::Config);
+    }
+
+    #[test]
+    fn bad_credentials_name_the_key_and_secret_as_the_fix() {
+        let e = classify(200, &HeaderMap::new(), &rejected("4", "Bad Credentials"));
+        assert_eq!(
+            e.message,
+            "vonage: credentials refused: check the account's api_key and api_secret; the provider said: Bad Credentials"
+        );
+    }
+
+    #[test]
+    fn a_gateway_error_page_keeps_an_excerpt_of_the_body() {
+        let e = classify(503, &HeaderMap::new(), b"<html>unavailable</html>");
+        assert_eq!(e.message, "vonage: HTTP 503: <html>unavailable</html>");
     }
 
     #[test]
