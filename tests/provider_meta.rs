@@ -96,7 +96,10 @@ async fn an_invalid_token_is_config_that_does_not_show_the_token() {
         (e.kind, e.code.as_deref()),
         (ErrorKind::Config, Some("190"))
     );
-    assert!(e.message.contains("renew the account's access_token"), "{e}");
+    assert!(
+        e.message.contains("renew the account's access_token"),
+        "{e}"
+    );
     assert_secret_hidden(&e, wrong);
 }
 
@@ -133,7 +136,10 @@ async fn a_422_without_an_error_message_keeps_the_status_and_what_the_body_said(
         .await
         .unwrap_err();
 
-    assert_eq!((e.kind, e.code.as_deref()), (ErrorKind::Content, Some("422")));
+    assert_eq!(
+        (e.kind, e.code.as_deref()),
+        (ErrorKind::Content, Some("422"))
+    );
     assert!(e.message.contains("payload rejected"), "{e}");
 }
 

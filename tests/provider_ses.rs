@@ -94,7 +94,10 @@ async fn a_request_signed_with_another_secret_is_config_naming_the_keys() {
 
     assert_eq!(e.kind, ErrorKind::Config);
     assert_eq!(e.code.as_deref(), Some("InvalidSignatureException"));
-    assert!(e.message.contains("check the account's access_key_id"), "{e}");
+    assert!(
+        e.message.contains("check the account's access_key_id"),
+        "{e}"
+    );
     assert_secret_hidden(&e, wrong);
 }
 
@@ -149,7 +152,8 @@ async fn an_xml_403_from_the_edge_keeps_the_status_and_what_it_said() {
     assert_eq!(e.kind, ErrorKind::Config);
     assert_eq!(e.code.as_deref(), Some("403"));
     assert!(
-        e.message.contains("<h1>403 Forbidden</h1> <p>Request blocked.</p>"),
+        e.message
+            .contains("<h1>403 Forbidden</h1> <p>Request blocked.</p>"),
         "{e}"
     );
 }

@@ -87,7 +87,10 @@ async fn a_greylisted_recipient_is_deferred_after_one_rcpt_and_keeps_the_reply()
     let smtp = server(dir.path());
     let p = provider::build(&settings(&smtp, PASSWORD), &support::context(), None).unwrap();
 
-    let err = p.send(&mail_to("greylist-pat@example.com")).await.unwrap_err();
+    let err = p
+        .send(&mail_to("greylist-pat@example.com"))
+        .await
+        .unwrap_err();
 
     assert_eq!(err.kind, ErrorKind::RecipientDeferred, "{err}");
     assert!(!err.kind.is_account_scoped());
@@ -144,7 +147,11 @@ async fn a_server_certificate_that_does_not_verify_is_config_after_one_connectio
     let before = smtp.connections();
 
     let first = p.send(&mail_to("pat@example.com")).await.unwrap_err();
-    assert_eq!(smtp.connections() - before, 1, "one connection for one send");
+    assert_eq!(
+        smtp.connections() - before,
+        1,
+        "one connection for one send"
+    );
     let second = p.send(&mail_to("pat@example.com")).await.unwrap_err();
 
     for err in [&first, &second] {

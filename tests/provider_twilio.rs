@@ -118,7 +118,11 @@ async fn a_wrong_auth_token_is_config_that_does_not_show_the_token() {
         (e.kind, e.code.as_deref()),
         (ErrorKind::Config, Some("20003"))
     );
-    assert!(e.message.contains("check the account's account_sid and auth_token"), "{e}");
+    assert!(
+        e.message
+            .contains("check the account's account_sid and auth_token"),
+        "{e}"
+    );
     assert_secret_hidden(&e, wrong);
 }
 

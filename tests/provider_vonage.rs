@@ -83,11 +83,12 @@ async fn bad_credentials_are_config_that_do_not_show_the_secret() {
 
     let e = provider.send(&text_job(Channel::Sms)).await.unwrap_err();
 
-    assert_eq!(
-        (e.kind, e.code.as_deref()),
-        (ErrorKind::Config, Some("4"))
+    assert_eq!((e.kind, e.code.as_deref()), (ErrorKind::Config, Some("4")));
+    assert!(
+        e.message
+            .contains("check the account's api_key and api_secret"),
+        "{e}"
     );
-    assert!(e.message.contains("check the account's api_key and api_secret"), "{e}");
     assert_secret_hidden(&e, wrong);
 }
 

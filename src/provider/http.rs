@@ -269,7 +269,10 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
             .get(1..json.len().saturating_sub(1))
             .unwrap_or_default()
             .replace('/', "\\/");
-        out = out.replace(s, MARK).replace(&encoded, MARK).replace(&json, MARK);
+        out = out
+            .replace(s, MARK)
+            .replace(&encoded, MARK)
+            .replace(&json, MARK);
         // A prefix of the secret cut at the end: no longer than the text, so
         // a long secret costs no more than the text it is looked for in.
         if let Some(k) = (4..s.len().min(out.len() + 1))
@@ -502,7 +505,10 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
         let outer = std::io::Error::other(io);
-        assert_eq!(certificate_problem(&outer).as_deref(), Some("unknown issuer"));
+        assert_eq!(
+            certificate_problem(&outer).as_deref(),
+            Some("unknown issuer")
+        );
     }
 
     #[test]

@@ -163,7 +163,11 @@ fn kind_for_code(code: i64) -> Option<ErrorKind> {
 }
 
 /// For an error that needs a person: what is wrong and the fix.
-fn config_fix(code: i64, subcode: Option<i64>, message: &str) -> Option<(&'static str, &'static str)> {
+fn config_fix(
+    code: i64,
+    subcode: Option<i64>,
+    message: &str,
+) -> Option<(&'static str, &'static str)> {
     let permission = message.to_ascii_lowercase().contains("permission");
     Some(match code {
         // 0 AuthException; 190 access token invalid or expired.
@@ -326,12 +330,7 @@ mod tests {
                 ErrorKind::Config,
             ),
             (403, 200, "(#200) Permissions error", ErrorKind::Config),
-            (
-                400,
-                100,
-                "(#100) Missing permission",
-                ErrorKind::Config,
-            ),
+            (400, 100, "(#100) Missing permission", ErrorKind::Config),
             (
                 400,
                 131049,
@@ -428,18 +427,29 @@ mod tests {
         let body = br#"{"error":{"message":"Unsupported post request. Object with ID '1' does not exist, cannot be loaded due to missing permissions, or does not support this operation.","type":"GraphMethodException","code":100,"error_subcode":33}}"#;
         let e = classify(400, &HeaderMap::new(), body);
         assert_eq!(e.kind, ErrorKind::Config);
-        assert!(e.message.contains("check the account's phone_number_id"), "{e}");
+        assert!(
+            e.message.contains("check the account's phone_number_id"),
+            "{e}"
+        );
     }
 
     #[test]
     fn an_invalid_parameter_without_a_permission_hint_stays_content() {
-        let e = classify(400, &HeaderMap::new(), &error(100, "(#100) Invalid parameter"));
+        let e = classify(
+            400,
+            &HeaderMap::new(),
+            &error(100, "(#100) Invalid parameter"),
+        );
         assert_eq!(e.kind, ErrorKind::Content);
     }
 
     #[test]
     fn a_422_without_error_message_keeps_the_status_and_an_excerpt() {
-        let e = classify(422, &HeaderMap::new(), b"{\"detail\": \"unprocessable\x07 entity\"}");
+        let e = classify(
+            422,
+            &HeaderMap::new(),
+            b"{\"detail\": \"unprocessable\x07 entity\"}",
+        );
         assert_eq!(e.kind, ErrorKind::Content);
         assert_eq!(e.code.as_deref(), Some("422"));
         assert_eq!(

@@ -178,14 +178,12 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
         .unwrap_or_default();
     let unverified = field.starts_with("from") || message.to_ascii_lowercase().contains("verified");
     let config = match status {
-        400 if field.starts_with("from") => Some((
-            "sender refused",
-            "check the account's from_email",
-        )),
-        400 if field == "template_id" => Some((
-            "template refused",
-            "check the account's template_id",
-        )),
+        400 if field.starts_with("from") => {
+            Some(("sender refused", "check the account's from_email"))
+        }
+        400 if field == "template_id" => {
+            Some(("template refused", "check the account's template_id"))
+        }
         401 => Some(("API key refused (401)", "check the account's api_key")),
         403 if unverified => Some((
             "sender not verified (403)",

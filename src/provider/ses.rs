@@ -416,7 +416,12 @@ mod tests {
             ),
             (403, "SignatureDoesNotMatch", "", ErrorKind::Config),
             (403, "IncompleteSignatureException", "", ErrorKind::Config),
-            (403, "MissingAuthenticationTokenException", "", ErrorKind::Config),
+            (
+                403,
+                "MissingAuthenticationTokenException",
+                "",
+                ErrorKind::Config,
+            ),
             (403, "InvalidClientTokenId", "", ErrorKind::Config),
             (403, "ExpiredTokenException", "", ErrorKind::Config),
             (403, "AccessDeniedException", "", ErrorKind::Config),
@@ -448,8 +453,9 @@ mod tests {
             "Email address is not verified. The following identities failed the check in region EU-WEST-1: a@b.co",
         );
         assert!(
-            e.message
-                .starts_with("ses: sender not verified: verify the identity in SES or change from_email"),
+            e.message.starts_with(
+                "ses: sender not verified: verify the identity in SES or change from_email"
+            ),
             "{e}"
         );
         assert!(e.message.contains("identities failed the check"), "{e}");
@@ -479,7 +485,11 @@ mod tests {
 
     #[test]
     fn a_403_in_no_known_shape_keeps_the_status_and_an_excerpt_of_the_body() {
-        let e = classify(403, &HeaderMap::new(), b"<html><h1>Forbidden</h1>\n\t</html>");
+        let e = classify(
+            403,
+            &HeaderMap::new(),
+            b"<html><h1>Forbidden</h1>\n\t</html>",
+        );
         assert_eq!(e.kind, ErrorKind::Config);
         assert_eq!(e.code.as_deref(), Some("403"));
         assert!(

@@ -184,7 +184,8 @@ fn enhanced_code(text: &str) -> Option<Enhanced> {
     let class = parts.next()?.parse().ok()?;
     let subject = parts.next()?.parse().ok()?;
     let detail = parts.next()?.parse().ok()?;
-    let valid = parts.next().is_none() && matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000;
+    let valid =
+        parts.next().is_none() && matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000;
     valid.then_some(Enhanced {
         class,
         subject,
@@ -315,13 +316,19 @@ mod tests {
             kind(450, "Recipient address rejected: Greylisted, see http://x"),
             ErrorKind::RecipientDeferred
         );
-        assert_eq!(kind(451, "graylisted, try later"), ErrorKind::RecipientDeferred);
+        assert_eq!(
+            kind(451, "graylisted, try later"),
+            ErrorKind::RecipientDeferred
+        );
     }
 
     #[test]
     fn a_4_7_1_without_greylisting_text_is_recipient_deferred() {
         assert_eq!(
-            kind(450, "4.7.1 <pat@example.com>: Recipient address rejected: try later"),
+            kind(
+                450,
+                "4.7.1 <pat@example.com>: Recipient address rejected: try later"
+            ),
             ErrorKind::RecipientDeferred
         );
     }
@@ -336,13 +343,19 @@ mod tests {
 
     #[test]
     fn a_temporarily_full_mailbox_452_4_2_2_is_recipient_deferred() {
-        assert_eq!(kind(452, "4.2.2 Mailbox full"), ErrorKind::RecipientDeferred);
+        assert_eq!(
+            kind(452, "4.2.2 Mailbox full"),
+            ErrorKind::RecipientDeferred
+        );
     }
 
     #[test]
     fn a_4_1_x_addressing_reply_is_recipient_deferred() {
         assert_eq!(
-            kind(450, "4.1.1 Recipient address rejected: temporary lookup failure"),
+            kind(
+                450,
+                "4.1.1 Recipient address rejected: temporary lookup failure"
+            ),
             ErrorKind::RecipientDeferred
         );
     }
@@ -385,7 +398,10 @@ mod tests {
     #[test]
     fn a_4xx_without_hints_is_transient() {
         assert_eq!(kind(451, "Local error in processing"), ErrorKind::Transient);
-        assert_eq!(kind(452, "Insufficient system storage"), ErrorKind::Transient);
+        assert_eq!(
+            kind(452, "Insufficient system storage"),
+            ErrorKind::Transient
+        );
     }
 
     #[test]

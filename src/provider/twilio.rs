@@ -295,7 +295,10 @@ mod tests {
             assert_eq!(e.kind, kind, "{code}: {e}");
             assert_eq!(e.code, Some(code.to_string()));
             if kind == ErrorKind::Config {
-                assert!(e.message.ends_with(&format!("the provider said: {message}")));
+                assert!(
+                    e.message
+                        .ends_with(&format!("the provider said: {message}"))
+                );
             } else {
                 assert_eq!(e.message, format!("twilio: {message}"));
             }

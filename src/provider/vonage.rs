@@ -238,11 +238,7 @@ mod tests {
             ("8", "Partner account barred.", ErrorKind::Provider),
             ("9", "Partner quota exceeded.", ErrorKind::Provider),
             ("12", "Message too long", ErrorKind::Content),
-            (
-                "15",
-                "Illegal Sender Address - rejected",
-                ErrorKind::Config,
-            ),
+            ("15", "Illegal Sender Address - rejected", ErrorKind::Config),
             (
                 "29",
                 "Non White-listed Destination - rejected",
