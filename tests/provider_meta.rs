@@ -53,7 +53,8 @@ async fn a_template_is_sent_with_its_language_and_body_parameters() {
     assert_eq!(
         body["template"],
         json!({
-            "name": "appointment_reminder", "language": {"code": "en_GB"},
+            "name": "appointment_reminder",
+            "language": {"code": "en_GB", "policy": "deterministic"},
             "components": [{"type": "body", "parameters": [
                 {"type": "text", "text": "Ada"}, {"type": "text", "text": "10:00"},
             ]}],
@@ -81,7 +82,7 @@ async fn a_throughput_limit_with_retry_after_is_rate_limited_for_that_long() {
 }
 
 #[tokio::test]
-async fn an_invalid_token_is_provider_trouble_that_does_not_show_the_token() {
+async fn an_invalid_token_is_config_that_does_not_show_the_token() {
     let server = fake::serve(&fake::meta_path(), fake::Meta).await;
     let wrong = "EAAG-expired-token-meta-refuses-0123";
     let provider = Meta::new(&settings(&server, wrong), &context());
@@ -93,7 +94,11 @@ async fn an_invalid_token_is_provider_trouble_that_does_not_show_the_token() {
 
     assert_eq!(
         (e.kind, e.code.as_deref()),
-        (ErrorKind::Provider, Some("190"))
+        (ErrorKind::Config, Some("190"))
+    );
+    assert!(
+        e.message.contains("renew the account's access_token"),
+        "{e}"
     );
     assert_secret_hidden(&e, wrong);
 }
@@ -117,4 +122,42 @@ async fn an_error_that_echoes_the_request_does_not_leak_the_token() {
         "the echo reached the error: {e}"
     );
     assert_secret_hidden(&e, META_TOKEN);
+}
+
+#[tokio::test]
+async fn a_422_without_an_error_message_keeps_the_status_and_what_the_body_said() {
+    let answer = wiremock::ResponseTemplate::new(422)
+        .set_body_json(json!({"error": {"code": null, "reason": "payload rejected"}}));
+    let server = fake::serve(&fake::meta_path(), answer).await;
+    let provider = Meta::new(&settings(&server, META_TOKEN), &context());
+
+    let e = provider
+        .send(&text_job(Channel::Whatsapp))
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        (e.kind, e.code.as_deref()),
+        (ErrorKind::Content, Some("422"))
+    );
+    assert!(e.message.contains("payload rejected"), "{e}");
+}
+
+#[tokio::test]
+async fn a_per_user_marketing_limit_is_deferred_for_that_recipient() {
+    let answer = fake::meta_error(
+        400,
+        131049,
+        "(#131049) This message was not delivered to maintain healthy ecosystem engagement.",
+    );
+    let server = fake::serve(&fake::meta_path(), answer).await;
+    let provider = Meta::new(&settings(&server, META_TOKEN), &context());
+
+    let e = provider.send(&template_job()).await.unwrap_err();
+
+    assert_eq!(
+        (e.kind, e.code.as_deref()),
+        (ErrorKind::RecipientDeferred, Some("131049"))
+    );
+    assert!(!e.kind.is_account_scoped());
 }

@@ -85,7 +85,7 @@ async fn a_429_with_retry_after_is_rate_limited_for_that_long() {
 }
 
 #[tokio::test]
-async fn a_wrong_api_key_is_provider_trouble_that_does_not_show_the_key() {
+async fn a_wrong_api_key_is_config_that_does_not_show_the_key() {
     let server = fake::serve("/v3/mail/send", fake::Sendgrid).await;
     let mut s = settings(&server, None);
     s.api_key = "SG.another-key-that-sendgrid-refuses".into();
@@ -95,8 +95,9 @@ async fn a_wrong_api_key_is_provider_trouble_that_does_not_show_the_key() {
 
     assert_eq!(
         (e.kind, e.code.as_deref()),
-        (ErrorKind::Provider, Some("401"))
+        (ErrorKind::Config, Some("401"))
     );
+    assert!(e.message.contains("check the account's api_key"), "{e}");
     assert_secret_hidden(&e, "SG.another-key-that-sendgrid-refuses");
 }
 
@@ -111,4 +112,25 @@ async fn an_error_that_echoes_the_request_does_not_leak_the_api_key() {
     assert_eq!(e.kind, ErrorKind::Content);
     assert!(e.message.contains("[redacted]"), "{e}");
     assert_secret_hidden(&e, SENDGRID_KEY);
+}
+
+#[tokio::test]
+async fn a_server_certificate_that_does_not_verify_is_config_naming_the_fix() {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = support::smtp::UntrustedTlsServer::start(dir.path());
+    let s: SendgridSettings = serde_json::from_value(json!({
+        "api_key": SENDGRID_KEY, "from_email": "clinic@example.com",
+        "base_url": format!("https://localhost:{}", tls.port),
+    }))
+    .unwrap();
+    let provider = Sendgrid::new(&s, &context());
+
+    let e = provider.send(&email_job()).await.unwrap_err();
+
+    assert_eq!(e.kind, ErrorKind::Config, "{e}");
+    assert_eq!(
+        e.message,
+        "sendgrid: certificate for localhost does not verify (unknown issuer): fix the server certificate or the account's base_url"
+    );
 }

@@ -85,15 +85,19 @@ async fn a_signed_email_is_accepted_and_the_message_id_becomes_the_receipt() {
 }
 
 #[tokio::test]
-async fn a_request_signed_with_another_secret_is_refused_as_provider_trouble() {
+async fn a_request_signed_with_another_secret_is_config_naming_the_keys() {
     let server = fake::serve(PATH, fake::Ses).await;
     let wrong = "not/the+secret/aws/knows/0123456789abcd";
     let provider = Ses::new(&settings(&server, wrong), &context());
 
     let e = provider.send(&email_job()).await.unwrap_err();
 
-    assert_eq!(e.kind, ErrorKind::Provider);
+    assert_eq!(e.kind, ErrorKind::Config);
     assert_eq!(e.code.as_deref(), Some("InvalidSignatureException"));
+    assert!(
+        e.message.contains("check the account's access_key_id"),
+        "{e}"
+    );
     assert_secret_hidden(&e, wrong);
 }
 
@@ -132,4 +136,24 @@ async fn an_error_that_echoes_the_secret_key_does_not_leak_it() {
         "the echo reached the error: {e}"
     );
     assert_secret_hidden(&e, SES_SECRET);
+}
+
+#[tokio::test]
+async fn an_xml_403_from_the_edge_keeps_the_status_and_what_it_said() {
+    let answer = ResponseTemplate::new(403).set_body_raw(
+        "<html><body><h1>403 Forbidden</h1>\n<p>Request blocked.</p></body></html>",
+        "text/html",
+    );
+    let server = fake::serve(PATH, answer).await;
+    let provider = Ses::new(&settings(&server, SES_SECRET), &context());
+
+    let e = provider.send(&email_job()).await.unwrap_err();
+
+    assert_eq!(e.kind, ErrorKind::Config);
+    assert_eq!(e.code.as_deref(), Some("403"));
+    assert!(
+        e.message
+            .contains("<h1>403 Forbidden</h1> <p>Request blocked.</p>"),
+        "{e}"
+    );
 }

@@ -1,5 +1,6 @@
 //! The SMTP adapter against a real SMTP server on 127.0.0.1 (aiosmtpd) that
-//! offers STARTTLS and AUTH and answers 451 / 550 for chosen recipients.
+//! offers STARTTLS and AUTH and answers 451 (greylisting or a system
+//! failure) / 550 for chosen recipients.
 
 mod support;
 
@@ -21,10 +22,15 @@ fn server(dir: &std::path::Path) -> SmtpServer {
 }
 
 fn settings(smtp: &SmtpServer, password: &str) -> ProviderSettings {
+    settings_trusting(smtp, password, smtp.cert.as_deref())
+}
+
+/// Settings whose `ca_file` is `ca_file` (none: the system's roots only).
+fn settings_trusting(smtp: &SmtpServer, password: &str, ca_file: Option<&str>) -> ProviderSettings {
     serde_json::from_value(serde_json::json!({
         "provider": "smtp", "host": "127.0.0.1", "port": smtp.port, "security": "starttls",
         "username": "clinic", "password": password, "from_email": "reminders@clinic.example",
-        "from_name": "Clinic", "ca_file": smtp.cert,
+        "from_name": "Clinic", "ca_file": ca_file,
     }))
     .unwrap()
 }
@@ -62,7 +68,7 @@ async fn mail_goes_over_starttls_with_auth_and_the_queue_id_is_the_receipt() {
 }
 
 #[tokio::test]
-async fn a_451_for_the_recipient_is_transient_and_keeps_the_code() {
+async fn a_451_4_3_0_system_failure_is_transient_and_keeps_the_code() {
     outreach::app::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let smtp = server(dir.path());
@@ -72,6 +78,26 @@ async fn a_451_for_the_recipient_is_transient_and_keeps_the_code() {
 
     assert_eq!(err.kind, ErrorKind::Transient);
     assert_eq!(err.code.as_deref(), Some("451"));
+}
+
+#[tokio::test]
+async fn a_greylisted_recipient_is_deferred_after_one_rcpt_and_keeps_the_reply() {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = server(dir.path());
+    let p = provider::build(&settings(&smtp, PASSWORD), &support::context(), None).unwrap();
+
+    let err = p
+        .send(&mail_to("greylist-pat@example.com"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.kind, ErrorKind::RecipientDeferred, "{err}");
+    assert!(!err.kind.is_account_scoped());
+    assert_eq!(err.code.as_deref(), Some("451"));
+    assert!(err.message.contains("4.7.1 Greylisting in action"), "{err}");
+    assert_eq!(smtp.rcpt_replies("greylist-pat@example.com"), ["451"]);
+    assert!(smtp.messages().is_empty());
 }
 
 #[tokio::test]
@@ -88,7 +114,7 @@ async fn a_550_unknown_user_is_a_recipient_error_no_provider_would_fix() {
 }
 
 #[tokio::test]
-async fn a_wrong_password_is_provider_trouble_and_never_shows_the_password() {
+async fn a_wrong_password_is_config_naming_the_fix_and_never_shows_the_password() {
     outreach::app::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let smtp = server(dir.path());
@@ -97,10 +123,45 @@ async fn a_wrong_password_is_provider_trouble_and_never_shows_the_password() {
 
     let err = p.send(&mail_to("pat@example.com")).await.unwrap_err();
 
-    assert_eq!(err.kind, ErrorKind::Provider, "{err}");
+    assert_eq!(err.kind, ErrorKind::Config, "{err}");
     assert_eq!(err.code.as_deref(), Some("535"));
+    assert!(
+        err.message
+            .contains("check the account's username and password"),
+        "{err}"
+    );
     for shown in [err.to_string(), format!("{err:?}")] {
         assert!(!shown.contains(wrong) && !shown.contains(PASSWORD));
     }
+    assert!(smtp.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_server_certificate_that_does_not_verify_is_config_after_one_connection_per_send() {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = server(dir.path());
+    // No ca_file: the test CA that signed the server's certificate is unknown.
+    let s = settings_trusting(&smtp, PASSWORD, None);
+    let p = provider::build(&s, &support::context(), None).unwrap();
+    let before = smtp.connections();
+
+    let first = p.send(&mail_to("pat@example.com")).await.unwrap_err();
+    assert_eq!(
+        smtp.connections() - before,
+        1,
+        "one connection for one send"
+    );
+    let second = p.send(&mail_to("pat@example.com")).await.unwrap_err();
+
+    for err in [&first, &second] {
+        assert_eq!(err.kind, ErrorKind::Config, "{err}");
+        assert_eq!(
+            err.message,
+            "smtp: certificate for 127.0.0.1 does not verify (unknown issuer): fix the server certificate or set ca_file"
+        );
+    }
+    assert_eq!(smtp.connections() - before, 2, "one connection per send");
+    assert_eq!(smtp.rcpt_count("pat@example.com"), 0);
     assert!(smtp.messages().is_empty());
 }

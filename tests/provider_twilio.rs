@@ -74,13 +74,18 @@ async fn a_whatsapp_message_prefixes_both_numbers() {
 }
 
 #[tokio::test]
-async fn a_whatsapp_template_is_left_to_another_provider_without_a_request() {
+async fn a_whatsapp_template_is_config_naming_meta_without_a_request() {
     let server = fake::serve(&fake::twilio_path(), fake::Twilio).await;
     let provider = Twilio::new(&settings(&server, TWILIO_TOKEN), &context());
 
     let e = provider.send(&template_job()).await.unwrap_err();
 
-    assert_eq!(e.kind, ErrorKind::Provider);
+    assert_eq!(e.kind, ErrorKind::Config);
+    assert!(
+        e.message
+            .contains("configure a Meta WhatsApp account for template messages"),
+        "{e}"
+    );
     assert!(server.received_requests().await.unwrap().is_empty());
 }
 
@@ -102,7 +107,7 @@ async fn a_429_with_retry_after_is_rate_limited_for_that_long() {
 }
 
 #[tokio::test]
-async fn a_wrong_auth_token_is_provider_trouble_that_does_not_show_the_token() {
+async fn a_wrong_auth_token_is_config_that_does_not_show_the_token() {
     let server = fake::serve(&fake::twilio_path(), fake::Twilio).await;
     let wrong = "not-the-token-twilio-knows-0123456";
     let provider = Twilio::new(&settings(&server, wrong), &context());
@@ -111,7 +116,12 @@ async fn a_wrong_auth_token_is_provider_trouble_that_does_not_show_the_token() {
 
     assert_eq!(
         (e.kind, e.code.as_deref()),
-        (ErrorKind::Provider, Some("20003"))
+        (ErrorKind::Config, Some("20003"))
+    );
+    assert!(
+        e.message
+            .contains("check the account's account_sid and auth_token"),
+        "{e}"
     );
     assert_secret_hidden(&e, wrong);
 }

@@ -76,16 +76,18 @@ async fn a_gateway_429_with_retry_after_is_rate_limited_for_that_long() {
 }
 
 #[tokio::test]
-async fn bad_credentials_are_provider_trouble_that_do_not_show_the_secret() {
+async fn bad_credentials_are_config_that_do_not_show_the_secret() {
     let server = fake::serve(PATH, fake::Vonage).await;
     let wrong = "not-the-vonage-secret-987654";
     let provider = Vonage::new(&settings(&server, wrong), &context());
 
     let e = provider.send(&text_job(Channel::Sms)).await.unwrap_err();
 
-    assert_eq!(
-        (e.kind, e.code.as_deref()),
-        (ErrorKind::Provider, Some("4"))
+    assert_eq!((e.kind, e.code.as_deref()), (ErrorKind::Config, Some("4")));
+    assert!(
+        e.message
+            .contains("check the account's api_key and api_secret"),
+        "{e}"
     );
     assert_secret_hidden(&e, wrong);
 }

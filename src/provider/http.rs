@@ -58,10 +58,18 @@ fn httpdate_parse(s: &str) -> Result<SystemTime, ()> {
 }
 
 /// The class of an HTTP status when the body has nothing more precise.
+///
+/// | status        | kind        | scope                         |
+/// |---------------|-------------|-------------------------------|
+/// | 429           | RateLimited | neither (waits for the hint)  |
+/// | 401, 403      | Config      | account (credentials refused) |
+/// | 408, 5xx      | Transient   | account                       |
+/// | 404           | Provider    | account                       |
+/// | 413, other 4xx| Content     | neither (this message)        |
 pub fn kind_for_status(status: u16) -> ErrorKind {
     match status {
         429 => ErrorKind::RateLimited,
-        401 | 403 => ErrorKind::Provider,
+        401 | 403 => ErrorKind::Config,
         408 | 500..=599 => ErrorKind::Transient,
         413 => ErrorKind::Content,
         404 => ErrorKind::Provider,
@@ -70,8 +78,20 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
     }
 }
 
-/// A request that got no answer: timeouts and connection errors are worth a retry.
+/// A request that got no answer: timeouts and connection errors are worth a
+/// retry; a server certificate that does not verify is [`ErrorKind::Config`]
+/// (waiting will not make it verify).
 pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
+    if let Some(why) = certificate_problem(e) {
+        let host = e.url().and_then(|u| u.host_str()).unwrap_or("the server");
+        return ProviderError::new(
+            ErrorKind::Config,
+            None,
+            format!(
+                "{provider}: certificate for {host} does not verify ({why}): fix the server certificate or the account's base_url"
+            ),
+        );
+    }
     // reqwest's Display includes the URL; our URLs carry no secrets (Twilio's
     // account SID is an identifier, not a credential), but keep it short.
     let what = if e.is_timeout() {
@@ -84,6 +104,99 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
         "request failed"
     };
     ProviderError::new(ErrorKind::Transient, None, format!("{provider}: {what}"))
+}
+
+/// Why the server's certificate did not verify, if that is what `e` (or an
+/// error in its `source()` chain) says: a `rustls::Error::InvalidCertificate`
+/// found through the chain and through `std::io::Error::get_ref` (an
+/// `io::Error`'s own `source()` skips the error it wraps, and TLS streams
+/// report handshake failures as `io::Error`s), else any error in the chain
+/// whose text mentions a certificate.
+pub fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    fn walk(e: &(dyn std::error::Error + 'static), depth: usize) -> Option<String> {
+        if depth > 32 {
+            return None;
+        }
+        if let Some(rustls::Error::InvalidCertificate(ce)) = e.downcast_ref::<rustls::Error>() {
+            return Some(describe_certificate_error(ce));
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| walk(inner, depth + 1))
+        {
+            return Some(inner);
+        }
+        e.source().and_then(|s| walk(s, depth + 1))
+    }
+    walk(e, 0).or_else(|| {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            let text = err.to_string();
+            if text.to_ascii_lowercase().contains("certificate") {
+                return Some(body_excerpt(text.as_bytes()));
+            }
+            next = err.source();
+        }
+        None
+    })
+}
+
+/// A certificate error in a few words, for an error message.
+fn describe_certificate_error(ce: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match ce {
+        C::UnknownIssuer => "unknown issuer".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => "not valid for this name".into(),
+        C::Expired | C::ExpiredContext { .. } => "expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".into(),
+        C::Revoked => "revoked".into(),
+        C::BadSignature => "bad signature".into(),
+        C::BadEncoding => "bad encoding".into(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => "not valid for server use".into(),
+        // Other(CaUsedAsEndEntity) and the like: webpki's name for it.
+        other => body_excerpt(other.to_string().as_bytes()),
+    }
+}
+
+/// A short, printable excerpt of a body the adapter did not understand, for
+/// the error message: at most 200 characters, whitespace runs collapsed to
+/// one space, control and non-printable characters dropped. It goes into the
+/// message, so [`scrub`] sees it like the rest.
+pub fn body_excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    // Enough input for 200 printable characters in all but absurd bodies.
+    let text = String::from_utf8_lossy(&body[..body.len().min(16 * 1024)]);
+    let words = text
+        .split(char::is_whitespace)
+        .map(|w| {
+            w.chars()
+                .filter(|&c| {
+                    !(c.is_control() || c == char::REPLACEMENT_CHARACTER || is_format_char(c))
+                })
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty());
+    let mut out = String::new();
+    for w in words {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&w);
+        if out.len() > 4 * MAX {
+            break;
+        }
+    }
+    if out.chars().count() > MAX {
+        out = out.chars().take(MAX - 1).collect();
+        out.push('…');
+    }
+    out
+}
+
+/// Invisible formatting characters (zero-width, bidi controls, BOM).
+fn is_format_char(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Largest response body an adapter reads; providers answer in a few hundred
@@ -150,8 +263,19 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= 4) {
         let encoded: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
-        out = out.replace(s, MARK).replace(&encoded, MARK);
-        if let Some(k) = (4..s.len())
+        // JSON may escape `/` (and quotes, backslashes) in an echoed secret.
+        let json = serde_json::to_string(s).unwrap_or_default();
+        let json = json
+            .get(1..json.len().saturating_sub(1))
+            .unwrap_or_default()
+            .replace('/', "\\/");
+        out = out
+            .replace(s, MARK)
+            .replace(&encoded, MARK)
+            .replace(&json, MARK);
+        // A prefix of the secret cut at the end: no longer than the text, so
+        // a long secret costs no more than the text it is looked for in.
+        if let Some(k) = (4..s.len().min(out.len() + 1))
             .rev()
             .find(|&k| s.get(..k).is_some_and(|p| out.ends_with(p)))
         {
@@ -164,21 +288,82 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
 
 /// The error for an answer whose body says nothing more precise than its
 /// status: [`kind_for_status`], with the provider's wait hint on 429 and 5xx.
+/// Without a `message` (the body was not in the provider's documented
+/// format), the message is the status and an excerpt of `body`.
 pub fn status_error(
     provider: &str,
     status: u16,
     headers: &HeaderMap,
     code: Option<String>,
     message: &str,
+    body: &[u8],
 ) -> ProviderError {
-    let kind = kind_for_status(status);
-    let message = if message.is_empty() {
-        format!("{provider}: HTTP {status}")
+    answer_error(
+        provider,
+        kind_for_status(status),
+        status,
+        headers,
+        code,
+        message,
+        body,
+    )
+}
+
+/// The error of `kind` for an answer: the provider's `code` (else the
+/// status), its `message` (else the status and an excerpt of `body`), the
+/// wait hint on 429 and 5xx. A Config error from a bare 401/403 names the
+/// fix (the account's credentials).
+pub fn answer_error(
+    provider: &str,
+    kind: ErrorKind,
+    status: u16,
+    headers: &HeaderMap,
+    code: Option<String>,
+    message: &str,
+    body: &[u8],
+) -> ProviderError {
+    let excerpt = body_excerpt(body);
+    let said = match (message.is_empty(), excerpt.is_empty()) {
+        (false, _) => message.to_owned(),
+        (true, false) => format!("HTTP {status}: {excerpt}"),
+        (true, true) => format!("HTTP {status}"),
+    };
+    let message = if kind == ErrorKind::Config && matches!(status, 401 | 403) {
+        format!(
+            "{provider}: credentials refused ({status}): check the account's credentials; {said}"
+        )
     } else {
-        format!("{provider}: {message}")
+        format!("{provider}: {said}")
     };
     let code = code.or_else(|| Some(status.to_string()));
     with_hint(ProviderError::new(kind, code, message), headers)
+}
+
+/// A Config error that names what is wrong and the fix, keeping what the
+/// provider said (its message, else an excerpt of the body).
+pub fn config_error(
+    provider: &str,
+    code: Option<String>,
+    what: &str,
+    fix: &str,
+    said: &str,
+    body: &[u8],
+) -> ProviderError {
+    let said = if said.is_empty() {
+        body_excerpt(body)
+    } else {
+        said.to_owned()
+    };
+    let tail = if said.is_empty() {
+        String::new()
+    } else {
+        format!("; the provider said: {said}")
+    };
+    ProviderError::new(
+        ErrorKind::Config,
+        code,
+        format!("{provider}: {what}: {fix}{tail}"),
+    )
 }
 
 /// Attach the `Retry-After` hint to an error worth retrying.
@@ -246,10 +431,108 @@ mod tests {
     fn a_503_with_retry_after_is_transient_with_the_hint() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7"));
-        let e = status_error("x", 503, &h, None, "");
+        let e = status_error("x", 503, &h, None, "", b"");
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(e.code.as_deref(), Some("503"));
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn redacting_a_long_secret_in_a_long_text_stays_cheap() {
+        let secret = "k".repeat(200_000);
+        let text = "x".repeat(200_000);
+        let started = std::time::Instant::now();
+        assert_eq!(redact(&text, &[&secret]), text);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_cut_secret_is_found_even_when_the_text_is_shorter_than_the_secret() {
+        assert_eq!(redact("s3cr3", &["s3cr3t-and-more"]), "[redacted]");
+    }
+
+    #[test]
+    fn redact_removes_a_secret_echoed_with_json_escaped_slashes() {
+        assert_eq!(
+            redact(r#"{"m":"key a\/b+c\/d0"}"#, &["a/b+c/d0"]),
+            r#"{"m":"key [redacted]"}"#
+        );
+    }
+
+    #[test]
+    fn a_bare_401_is_config_and_names_the_credentials() {
+        let e = status_error("x", 401, &HeaderMap::new(), None, "", b"");
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(
+            e.message,
+            "x: credentials refused (401): check the account's credentials; HTTP 401"
+        );
+    }
+
+    #[test]
+    fn a_403_is_config() {
+        assert_eq!(kind_for_status(403), ErrorKind::Config);
+    }
+
+    #[test]
+    fn a_body_excerpt_collapses_whitespace_and_drops_control_characters() {
+        assert_eq!(
+            body_excerpt(b"  <h1>Bad\r\n\tGateway</h1>\x07\x1b[0m \xff  "),
+            "<h1>Bad Gateway</h1>[0m"
+        );
+    }
+
+    #[test]
+    fn a_body_excerpt_is_at_most_200_characters() {
+        let e = body_excerpt("é".repeat(500).as_bytes());
+        assert_eq!(e.chars().count(), 200);
+        assert!(e.ends_with('…'));
+        assert_eq!(body_excerpt("a".repeat(200).as_bytes()), "a".repeat(200));
+    }
+
+    #[test]
+    fn an_excerpt_of_an_echoed_secret_is_scrubbed() {
+        let body = format!("{{\"oops\": \"token={}\"}}", "s3cr3t-token");
+        let e = status_error("x", 500, &HeaderMap::new(), None, "", body.as_bytes());
+        let e = scrub(e, &["s3cr3t-token"]);
+        assert_eq!(e.message, r#"x: HTTP 500: {"oops": "token=[redacted]"}"#);
+    }
+
+    #[test]
+    fn a_rustls_certificate_error_inside_an_io_error_is_found() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let outer = std::io::Error::other(io);
+        assert_eq!(
+            certificate_problem(&outer).as_deref(),
+            Some("unknown issuer")
+        );
+    }
+
+    #[test]
+    fn a_certificate_error_is_found_by_its_text_when_rustls_is_not_in_the_chain() {
+        let e = std::io::Error::other("invalid peer certificate: Expired");
+        assert!(certificate_problem(&e).is_some());
+        let e = std::io::Error::other("connection refused");
+        assert_eq!(certificate_problem(&e), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = client(Duration::from_secs(2), Duration::from_secs(2));
+        let e = c
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(transport_error("x", &e).kind, ErrorKind::Transient);
     }
 
     #[test]

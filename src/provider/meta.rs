@@ -51,7 +51,12 @@ impl Meta {
                 body["text"] = json!({"body": text});
             }
             Content::Template { template } => {
-                let mut t = json!({"name": template.name, "language": {"code": template.language}});
+                // `LanguageObject` requires `policy` ("deterministic", its only value)
+                // beside `code` in the business messaging spec.
+                let mut t = json!({
+                    "name": template.name,
+                    "language": {"code": template.language, "policy": "deterministic"},
+                });
                 if !template.parameters.is_empty() {
                     let params: Vec<Value> = template
                         .parameters
@@ -120,7 +125,8 @@ struct GraphError {
     error_data: Option<Value>,
 }
 
-/// The kind of a Graph / Cloud API error code, when the code decides it.
+/// The kind of a Graph / Cloud API error code, when the code decides it
+/// (codes that need a person are in [`config_fix`]).
 ///
 /// Sources: developers.facebook.com/documentation/business-messaging/whatsapp/
 /// support/error-codes (Cloud API error codes: authorization, throttling,
@@ -134,27 +140,13 @@ fn kind_for_code(code: i64) -> Option<ErrorKind> {
         // 1 API unknown; 2 API service (downtime/overload); 131000 something
         // went wrong; 131016 service unavailable; 133004 server unavailable.
         1 | 2 | 131000 | 131016 | 133004 => ErrorKind::Transient,
-        // Credentials and account: 0 AuthException; 3 capability; 10 and
-        // 200–299 permission; 190 token expired; 33 phone number deleted;
-        // 368 blocked for policy violations; 130497 country restricted;
-        // 131005 access denied; 131031 account locked; 131037 display name
-        // not approved; 131042 payment issue; 131045 certificate/registration;
-        // 131048 spam rate limit (sender quality); 133010 number not registered.
-        0
-        | 3
-        | 10
-        | 190
-        | 200..=299
-        | 33
-        | 368
-        | 130497
-        | 131005
-        | 131031
-        | 131037
-        | 131042
-        | 131045
-        | 131048
-        | 133010 => ErrorKind::Provider,
+        // The account, for now: 368 blocked for policy violations; 130497
+        // country restricted; 131031 account locked; 131048 spam rate limit
+        // (sender quality).
+        368 | 130497 | 131031 | 131048 => ErrorKind::Provider,
+        // 131049 Meta chose not to deliver (per-user marketing message
+        // limit, "healthy ecosystem engagement"): this user, later.
+        131049 => ErrorKind::RecipientDeferred,
         // Recipient: 131021 recipient is the sender; 131026 undeliverable;
         // 131047 re-engagement (outside the 24-hour window); 131050 the user
         // stopped marketing messages.
@@ -170,14 +162,78 @@ fn kind_for_code(code: i64) -> Option<ErrorKind> {
     })
 }
 
+/// For an error that needs a person: what is wrong and the fix.
+fn config_fix(
+    code: i64,
+    subcode: Option<i64>,
+    message: &str,
+) -> Option<(&'static str, &'static str)> {
+    let permission = message.to_ascii_lowercase().contains("permission");
+    Some(match code {
+        // 0 AuthException; 190 access token invalid or expired.
+        0 | 190 => (
+            "access token refused",
+            "renew the account's access_token (a system user token does not expire)",
+        ),
+        // 3 capability; 10 and 200–299 permission; 131005 access denied.
+        3 | 10 | 200..=299 | 131005 => (
+            "permission denied",
+            "give the access token whatsapp_business_messaging on this WhatsApp Business Account",
+        ),
+        // 100 with a permission message, or subcode 33 (the object does not
+        // exist or the token may not see it): a wrong phone_number_id or a
+        // token without access to it.
+        100 if permission || subcode == Some(33) => (
+            "phone number not accessible",
+            "check the account's phone_number_id and that the access_token has access to it",
+        ),
+        // 33 the business phone number was deleted.
+        33 => (
+            "phone number deleted",
+            "check the account's phone_number_id",
+        ),
+        // 131045 certificate / registration; 133010 number not registered.
+        131045 | 133010 => (
+            "phone number not registered",
+            "register the phone number with the Cloud API",
+        ),
+        // 131037 display name not approved.
+        131037 => (
+            "display name not approved",
+            "get the phone number's display name approved in WhatsApp Manager",
+        ),
+        // 131042 eligibility: payment issue.
+        131042 => (
+            "payment issue",
+            "fix the WhatsApp Business Account's payment method",
+        ),
+        _ => return None,
+    })
+}
+
 /// Classify a Graph API error answer by `error.code`, then `is_transient`,
-/// then the HTTP status. The code is Meta's `code`; the message keeps Meta's
-/// text, details and subcode.
+/// then the HTTP status (401/403 → Config). The code is Meta's `code`; the
+/// message keeps Meta's text, details and subcode. A body without
+/// `error.message` leaves an excerpt of the body as the message (and the
+/// status as the code when there is no `error.code`).
+///
+/// | code                                       | kind        | scope     |
+/// |--------------------------------------------|-------------|-----------|
+/// | 4, 80007, 130429, 131056                   | RateLimited | neither   |
+/// | 1, 2, 131000, 131016, 133004; unknown with `is_transient` | Transient | account |
+/// | 0, 190                                     | Config (renew the token) | account |
+/// | 3, 10, 200–299, 131005; 100 mentioning a permission or subcode 33 | Config (permissions / phone_number_id) | account |
+/// | 33, 131037, 131042, 131045, 133010         | Config (the phone number, its name, payment) | account |
+/// | 368, 130497, 131031, 131048                | Provider    | account   |
+/// | 131049 (per-user marketing limit)          | RecipientDeferred | recipient |
+/// | 131021, 131026, 131047, 131050             | Recipient   | recipient |
+/// | 100, 131008, 131009, 131051–131053, 132000, 132001, 132005, 132007, 132012, 132015, 132016 | Content | message |
+/// | anything else                              | by HTTP status | |
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let g = serde_json::from_slice::<ErrorBody>(body)
         .unwrap_or_default()
         .error;
-    let mut message = g.message.unwrap_or_default();
+    let mut message = g.message.clone().unwrap_or_default();
     if let Some(details) = g
         .error_data
         .as_ref()
@@ -189,22 +245,34 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
     if let Some(sub) = g.error_subcode {
         message = format!("{message} [subcode {sub}]");
     }
-    let kind = g.code.and_then(kind_for_code).or_else(|| {
-        g.is_transient
-            .unwrap_or(false)
-            .then_some(ErrorKind::Transient)
-    });
-    let e = http::status_error(
-        "meta",
-        status,
-        headers,
-        g.code.map(|c| c.to_string()),
-        &message,
-    );
-    match kind {
-        Some(kind) => http::with_hint(ProviderError { kind, ..e }, headers),
-        None => e,
+    let message = if g.message.is_none() {
+        // Not the documented shape: keep what the body said.
+        let excerpt = http::body_excerpt(body);
+        match (excerpt.is_empty(), message.is_empty()) {
+            (true, _) => message,
+            (false, true) => format!("HTTP {status}: {excerpt}"),
+            (false, false) => format!("HTTP {status}: {excerpt} {message}"),
+        }
+    } else {
+        message
+    };
+    let code = g.code.map(|c| c.to_string());
+    if let Some((what, fix)) = g
+        .code
+        .and_then(|c| config_fix(c, g.error_subcode, &message))
+    {
+        return http::config_error("meta", code, what, fix, &message, body);
     }
+    let kind = g
+        .code
+        .and_then(kind_for_code)
+        .or_else(|| {
+            g.is_transient
+                .unwrap_or(false)
+                .then_some(ErrorKind::Transient)
+        })
+        .unwrap_or_else(|| http::kind_for_status(status));
+    http::answer_error("meta", kind, status, headers, code, &message, body)
 }
 
 #[cfg(test)]
@@ -253,15 +321,34 @@ mod tests {
                 401,
                 190,
                 "Error validating access token: Session has expired",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 403,
                 10,
                 "(#10) Application does not have permission for this action",
+                ErrorKind::Config,
+            ),
+            (403, 200, "(#200) Permissions error", ErrorKind::Config),
+            (400, 100, "(#100) Missing permission", ErrorKind::Config),
+            (
+                400,
+                131049,
+                "(#131049) This message was not delivered to maintain healthy ecosystem engagement.",
+                ErrorKind::RecipientDeferred,
+            ),
+            (
+                400,
+                131048,
+                "(#131048) Spam rate limit hit",
                 ErrorKind::Provider,
             ),
-            (403, 200, "(#200) Permissions error", ErrorKind::Provider),
+            (
+                400,
+                133010,
+                "(#133010) Phone number Not Registered",
+                ErrorKind::Config,
+            ),
             (
                 400,
                 131031,
@@ -323,6 +410,70 @@ mod tests {
                 .starts_with("meta: (#130429) Rate limit hit (Message failed")
         );
         assert!(e.message.ends_with("[subcode 2494055]"));
+    }
+
+    #[test]
+    fn an_expired_token_names_renewing_it_as_the_fix() {
+        let e = classify(401, &HeaderMap::new(), &error(190, "Session has expired"));
+        assert!(
+            e.message
+                .starts_with("meta: access token refused: renew the account's access_token"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_parameter_with_subcode_33_is_config_naming_the_phone_number_id() {
+        let body = br#"{"error":{"message":"Unsupported post request. Object with ID '1' does not exist, cannot be loaded due to missing permissions, or does not support this operation.","type":"GraphMethodException","code":100,"error_subcode":33}}"#;
+        let e = classify(400, &HeaderMap::new(), body);
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(
+            e.message.contains("check the account's phone_number_id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_parameter_without_a_permission_hint_stays_content() {
+        let e = classify(
+            400,
+            &HeaderMap::new(),
+            &error(100, "(#100) Invalid parameter"),
+        );
+        assert_eq!(e.kind, ErrorKind::Content);
+    }
+
+    #[test]
+    fn a_422_without_error_message_keeps_the_status_and_an_excerpt() {
+        let e = classify(
+            422,
+            &HeaderMap::new(),
+            b"{\"detail\": \"unprocessable\x07 entity\"}",
+        );
+        assert_eq!(e.kind, ErrorKind::Content);
+        assert_eq!(e.code.as_deref(), Some("422"));
+        assert_eq!(
+            e.message,
+            r#"meta: HTTP 422: {"detail": "unprocessable entity"}"#
+        );
+    }
+
+    #[test]
+    fn a_template_carries_the_deterministic_language_policy() {
+        let m = Meta::new(
+            &serde_json::from_value(json!({"access_token": "t", "phone_number_id": "1"})).unwrap(),
+            &crate::provider::ProviderContext::new(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                None,
+            ),
+        );
+        let job = Job::decode(br#"{"job_id":"j","tenant_id":"t","channel":"whatsapp","recipient":"+14155550111","content":{"template":{"name":"reminder","language":"en"}}}"#).unwrap();
+        let body = m.body(&job).unwrap();
+        assert_eq!(
+            body["template"]["language"],
+            json!({"code": "en", "policy": "deterministic"})
+        );
     }
 
     #[test]

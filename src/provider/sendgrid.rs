@@ -133,19 +133,31 @@ struct ErrorItem {
 /// the HTTP status is the code, refined by the `field` it blames.
 ///
 /// Sources: `tsg_mail_v3.json` responses 400/401/403/404/413/429/500 and the
-/// `ErrorResponse` schema; SendGrid's Mail Send errors page (403 "The from
-/// address does not match a verified Sender Identity"; 429 carries
+/// `ErrorResponse` schema; SendGrid's Mail Send errors page (401 for a
+/// missing or wrong API key, 403 "The from address does not match a verified
+/// Sender Identity" or a key without the Mail Send permission; 429 carries
 /// `X-RateLimit-Reset`).
 ///
-/// | status | field               | kind        |
-/// |--------|---------------------|-------------|
-/// | 400    | `personalizations…to…` | Recipient |
-/// | 400    | `from…`, `template_id` | Provider  |
-/// | 400    | other               | Content     |
-/// | 401, 403, 404 |              | Provider    |
-/// | 413    |                     | Content     |
-/// | 429    |                     | RateLimited (hint from `Retry-After` / `X-RateLimit-Reset`) |
-/// | 5xx    |                     | Transient   |
+/// "Account" rows count against the account's circuit breaker; recipient
+/// and message rows do not. SendGrid answers nothing recipient-deferred: it
+/// queues and retries greylisted mail itself.
+///
+/// | status | field / text              | kind        | scope     |
+/// |--------|---------------------------|-------------|-----------|
+/// | 400    | `personalizations…to…`    | Recipient   | recipient |
+/// | 400    | `from…`                   | Config (check from_email) | account |
+/// | 400    | `template_id`             | Config (check template_id) | account |
+/// | 400    | other                     | Content     | message   |
+/// | 401    |                           | Config (check api_key) | account |
+/// | 403    | `from…` or "verified"     | Config (verify the Sender Identity) | account |
+/// | 403    | other                     | Config (give the key Mail Send) | account |
+/// | 404    |                           | Provider    | account   |
+/// | 413    |                           | Content     | message   |
+/// | 429    |                           | RateLimited (hint from `Retry-After` / `X-RateLimit-Reset`) | neither |
+/// | 5xx    |                           | Transient   | account   |
+///
+/// A body not in the `errors` shape leaves the status as the code and an
+/// excerpt of the body as the message.
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let items = serde_json::from_slice::<ErrorBody>(body)
         .map(|b| b.errors)
@@ -164,17 +176,42 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
         .iter()
         .find_map(|i| i.field.as_deref())
         .unwrap_or_default();
-    let kind = match status {
-        400 if field.starts_with("personalizations") && field.contains(".to") => {
-            Some(ErrorKind::Recipient)
+    let unverified = field.starts_with("from") || message.to_ascii_lowercase().contains("verified");
+    let config = match status {
+        400 if field.starts_with("from") => {
+            Some(("sender refused", "check the account's from_email"))
         }
-        400 if field.starts_with("from") || field == "template_id" => Some(ErrorKind::Provider),
+        400 if field == "template_id" => {
+            Some(("template refused", "check the account's template_id"))
+        }
+        401 => Some(("API key refused (401)", "check the account's api_key")),
+        403 if unverified => Some((
+            "sender not verified (403)",
+            "verify from_email as a Sender Identity (or its domain) in SendGrid or change from_email",
+        )),
+        403 => Some((
+            "API key not permitted (403)",
+            "give the account's api_key the Mail Send permission",
+        )),
         _ => None,
     };
-    let e = http::status_error("sendgrid", status, headers, None, &message);
-    match kind {
-        Some(kind) => ProviderError { kind, ..e },
-        None => e,
+    if let Some((what, fix)) = config {
+        return http::config_error(
+            "sendgrid",
+            Some(status.to_string()),
+            what,
+            fix,
+            &message,
+            body,
+        );
+    }
+    let e = http::status_error("sendgrid", status, headers, None, &message, body);
+    match status {
+        400 if field.starts_with("personalizations") && field.contains(".to") => ProviderError {
+            kind: ErrorKind::Recipient,
+            ..e
+        },
+        _ => e,
     }
 }
 
@@ -206,7 +243,7 @@ mod tests {
                     "from.email",
                     "The from email does not contain a valid address.",
                 ),
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
@@ -216,7 +253,7 @@ mod tests {
             (
                 401,
                 errors("null", "authorization required"),
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 403,
@@ -224,8 +261,9 @@ mod tests {
                     "from",
                     "The from address does not match a verified Sender Identity.",
                 ),
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
+            (403, errors("null", "access forbidden"), ErrorKind::Config),
             (404, errors("null", "not found"), ErrorKind::Provider),
             (413, errors("null", "content too large"), ErrorKind::Content),
             (
@@ -271,5 +309,68 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("999999"));
         let e = classify(429, &h, b"");
         assert_eq!(e.retry_after, Some(super::super::error::MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_401_names_the_api_key_as_the_fix_and_keeps_sendgrids_words() {
+        let e = classify(
+            401,
+            &HeaderMap::new(),
+            &errors("null", "authorization required"),
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(
+            e.message,
+            "sendgrid: API key refused (401): check the account's api_key; the provider said: authorization required"
+        );
+    }
+
+    #[test]
+    fn a_403_for_an_unverified_sender_names_the_sender_identity_as_the_fix() {
+        let e = classify(
+            403,
+            &HeaderMap::new(),
+            &errors(
+                "from",
+                "The from address does not match a verified Sender Identity.",
+            ),
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(
+            e.message
+                .starts_with("sendgrid: sender not verified (403): verify from_email"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_403_without_a_sender_complaint_names_the_mail_send_permission() {
+        let e = classify(403, &HeaderMap::new(), &errors("null", "access forbidden"));
+        assert!(e.message.contains("Mail Send permission"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_template_id_is_config() {
+        let e = classify(
+            400,
+            &HeaderMap::new(),
+            &errors("template_id", "The template_id must be a valid GUID"),
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("check the account's template_id"), "{e}");
+    }
+
+    #[test]
+    fn an_html_error_page_keeps_the_status_and_an_excerpt_of_the_body() {
+        let e = classify(
+            502,
+            &HeaderMap::new(),
+            b"<html>\n  <body>Bad   Gateway</body>\n</html>",
+        );
+        assert_eq!(e.code.as_deref(), Some("502"));
+        assert_eq!(
+            e.message,
+            "sendgrid: HTTP 502: <html> <body>Bad Gateway</body> </html>"
+        );
     }
 }

@@ -199,6 +199,28 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+impl ErrorBody {
+    /// The JSON error body, else the `<Code>` and `<Message>` of an AWS XML
+    /// error (`<ErrorResponse><Error>…`, as the edge answers some 403s).
+    fn parse(body: &[u8]) -> Self {
+        if let Ok(b) = serde_json::from_slice(body) {
+            return b;
+        }
+        let text = String::from_utf8_lossy(body);
+        let element = |name: &str| {
+            let open = format!("<{name}>");
+            let start = text.find(&open)? + open.len();
+            let end = start + text[start..].find(&format!("</{name}>"))?;
+            let value = text[start..end].trim();
+            (!value.is_empty()).then(|| value.to_owned())
+        };
+        Self {
+            kind: element("Code"),
+            message: element("Message"),
+        }
+    }
+}
+
 /// `x-amzn-ErrorType: MessageRejected:http://internal.amazon.com/…` or a body
 /// `__type` of `com.amazonaws…#MessageRejected` → `MessageRejected`.
 fn exception_name(headers: &HeaderMap, body: &ErrorBody) -> Option<String> {
@@ -221,41 +243,71 @@ fn exception_name(headers: &HeaderMap, body: &ErrorBody) -> Option<String> {
 /// identity, or a sandboxed account, surfaces as `MessageRejected`); AWS
 /// common errors (`ThrottlingException`, `AccessDenied…`, signature errors).
 ///
-/// | exception                                   | kind        |
-/// |---------------------------------------------|-------------|
-/// | TooManyRequestsException, LimitExceededException, ThrottlingException | RateLimited |
-/// | SendingPausedException, AccountSuspendedException, MailFromDomainNotVerifiedException, NotFoundException | Provider |
-/// | MessageRejected with "not verified"         | Provider    |
-/// | MessageRejected                             | Content     |
-/// | BadRequestException                         | Content     |
-/// | AccessDeniedException, UnrecognizedClientException, InvalidSignatureException, SignatureDoesNotMatch, IncompleteSignatureException, MissingAuthenticationTokenException, InvalidClientTokenId, ExpiredTokenException | Provider |
-/// | InternalFailure, ServiceUnavailable, RequestTimeout… | Transient |
-/// | anything else                               | by HTTP status |
+/// "Account" rows count against the account's circuit breaker; message rows
+/// and throttling do not. SES answers nothing recipient-scoped at send time
+/// (bounces come later, by notification).
+///
+/// | exception                                   | kind        | scope   |
+/// |---------------------------------------------|-------------|---------|
+/// | TooManyRequestsException, LimitExceededException, ThrottlingException, Throttling | RateLimited | neither |
+/// | SendingPausedException, AccountSuspendedException | Provider | account |
+/// | UnrecognizedClientException, InvalidSignatureException, SignatureDoesNotMatch, IncompleteSignature(Exception), MissingAuthenticationToken(Exception), InvalidClientTokenId, ExpiredToken(Exception) | Config (check the keys) | account |
+/// | AccessDenied, AccessDeniedException          | Config (allow ses:SendEmail) | account |
+/// | MailFromDomainNotVerifiedException, MessageRejected with "not verified" | Config (verify the identity) | account |
+/// | NotFoundException (e.g. the configuration set) | Config (check configuration_set) | account |
+/// | MessageRejected, BadRequestException         | Content     | message |
+/// | InternalFailure, ServiceUnavailable, RequestTimeout… | Transient | account |
+/// | anything else, or a body in neither the JSON nor the XML shape | by HTTP status ([`http::kind_for_status`]; 403 → Config) | |
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
-    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let parsed = ErrorBody::parse(body);
     let name = exception_name(headers, &parsed);
     let message = parsed.message.unwrap_or_default();
-    let kind = match name.as_deref() {
-        Some("TooManyRequestsException" | "LimitExceededException" | "ThrottlingException") => {
-            Some(ErrorKind::RateLimited)
-        }
+    let config = match name.as_deref() {
         Some(
-            "SendingPausedException"
-            | "AccountSuspendedException"
-            | "MailFromDomainNotVerifiedException"
-            | "NotFoundException"
-            | "AccessDeniedException"
-            | "UnrecognizedClientException"
+            "UnrecognizedClientException"
             | "InvalidSignatureException"
             | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
             | "IncompleteSignatureException"
+            | "MissingAuthenticationToken"
             | "MissingAuthenticationTokenException"
             | "InvalidClientTokenId"
+            | "ExpiredToken"
             | "ExpiredTokenException",
-        ) => Some(ErrorKind::Provider),
-        Some("MessageRejected") if message.to_ascii_lowercase().contains("not verified") => {
-            Some(ErrorKind::Provider)
-        }
+        ) => Some((
+            "credentials refused",
+            "check the account's access_key_id, secret_access_key and region",
+        )),
+        Some("AccessDenied" | "AccessDeniedException") => Some((
+            "access denied",
+            "allow ses:SendEmail for the access key's IAM identity",
+        )),
+        Some("MailFromDomainNotVerifiedException") => Some((
+            "MAIL FROM domain not verified",
+            "verify the custom MAIL FROM domain in SES or change from_email",
+        )),
+        Some("MessageRejected") if message.to_ascii_lowercase().contains("not verified") => Some((
+            "sender not verified",
+            "verify the identity in SES or change from_email (in the SES sandbox, recipients must be verified too)",
+        )),
+        Some("NotFoundException") => Some((
+            "not found",
+            "check the account's configuration_set exists in this region",
+        )),
+        _ => None,
+    };
+    if let Some((what, fix)) = config {
+        let code = name.or_else(|| Some(status.to_string()));
+        return http::config_error("ses", code, what, fix, &message, body);
+    }
+    let kind = match name.as_deref() {
+        Some(
+            "TooManyRequestsException"
+            | "LimitExceededException"
+            | "ThrottlingException"
+            | "Throttling",
+        ) => Some(ErrorKind::RateLimited),
+        Some("SendingPausedException" | "AccountSuspendedException") => Some(ErrorKind::Provider),
         Some("MessageRejected" | "BadRequestException") => Some(ErrorKind::Content),
         Some(
             "InternalFailure"
@@ -267,11 +319,8 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
         ) => Some(ErrorKind::Transient),
         _ => None,
     };
-    let e = http::status_error("ses", status, headers, name, &message);
-    match kind {
-        Some(kind) => http::with_hint(ProviderError { kind, ..e }, headers),
-        None => e,
-    }
+    let kind = kind.unwrap_or_else(|| http::kind_for_status(status));
+    http::answer_error("ses", kind, status, headers, name, &message, body)
 }
 
 #[cfg(test)]
@@ -327,19 +376,19 @@ mod tests {
                 400,
                 "MailFromDomainNotVerifiedException",
                 "MAIL FROM domain not verified.",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 404,
                 "NotFoundException",
                 "Configuration set <x> does not exist.",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
                 "MessageRejected",
                 "Email address is not verified. The following identities failed the check in region EU-WEST-1: a@b.co",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
@@ -357,14 +406,26 @@ mod tests {
                 403,
                 "InvalidSignatureException",
                 "The request signature we calculated does not match",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 403,
                 "UnrecognizedClientException",
                 "The security token included in the request is invalid.",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
+            (403, "SignatureDoesNotMatch", "", ErrorKind::Config),
+            (403, "IncompleteSignatureException", "", ErrorKind::Config),
+            (
+                403,
+                "MissingAuthenticationTokenException",
+                "",
+                ErrorKind::Config,
+            ),
+            (403, "InvalidClientTokenId", "", ErrorKind::Config),
+            (403, "ExpiredTokenException", "", ErrorKind::Config),
+            (403, "AccessDeniedException", "", ErrorKind::Config),
+            (403, "AccessDenied", "", ErrorKind::Config),
             (500, "InternalFailure", "", ErrorKind::Transient),
             (503, "SomethingNew", "", ErrorKind::Transient),
         ];
@@ -382,6 +443,61 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Provider);
         assert_eq!(e.code.as_deref(), Some("SendingPausedException"));
         assert_eq!(e.message, "ses: paused");
+    }
+
+    #[test]
+    fn an_unverified_sender_names_the_identity_as_the_fix() {
+        let e = answer(
+            400,
+            "MessageRejected",
+            "Email address is not verified. The following identities failed the check in region EU-WEST-1: a@b.co",
+        );
+        assert!(
+            e.message.starts_with(
+                "ses: sender not verified: verify the identity in SES or change from_email"
+            ),
+            "{e}"
+        );
+        assert!(e.message.contains("identities failed the check"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_signature_names_the_keys_as_the_fix() {
+        let e = answer(403, "SignatureDoesNotMatch", "signature mismatch");
+        assert!(
+            e.message
+                .contains("check the account's access_key_id, secret_access_key and region"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_xml_403_is_config_with_its_code_and_message() {
+        let body = br#"<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/">
+  <Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code>
+  <Message>The request signature we calculated does not match the signature you provided.</Message></Error>
+  <RequestId>0b8b7ac9-0000-0000-0000-000000000000</RequestId></ErrorResponse>"#;
+        let e = classify(403, &HeaderMap::new(), body);
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.code.as_deref(), Some("SignatureDoesNotMatch"));
+        assert!(e.message.contains("we calculated does not match"), "{e}");
+    }
+
+    #[test]
+    fn a_403_in_no_known_shape_keeps_the_status_and_an_excerpt_of_the_body() {
+        let e = classify(
+            403,
+            &HeaderMap::new(),
+            b"<html><h1>Forbidden</h1>\n\t</html>",
+        );
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.code.as_deref(), Some("403"));
+        assert!(
+            e.message
+                .ends_with("HTTP 403: <html><h1>Forbidden</h1> </html>"),
+            "{e}"
+        );
+        assert!(e.message.contains("check the account's credentials"), "{e}");
     }
 
     #[test]

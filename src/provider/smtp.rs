@@ -20,6 +20,9 @@ pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     timeout: Duration,
+    host: String,
+    /// The password, scrubbed from every error (servers may echo AUTH data).
+    password: Option<secrecy::SecretString>,
 }
 
 impl Smtp {
@@ -65,6 +68,8 @@ impl Smtp {
             transport: b.build(),
             from: Mailbox::new(s.from_name.clone(), email),
             timeout: ctx.timeout,
+            host: s.host.clone(),
+            password: s.password.clone(),
         })
     }
 
@@ -143,7 +148,10 @@ impl Provider for Smtp {
         let reply = tokio::time::timeout(self.timeout, self.transport.send(msg))
             .await
             .map_err(|_| ProviderError::transient("smtp: timed out"))?
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| {
+                let secrets: Vec<&str> = self.password.iter().map(|p| p.expose_secret()).collect();
+                super::http::scrub(classify(&e, &self.host), &secrets)
+            })?;
         let queued = reply.message().find_map(queue_id);
         Ok(Receipt {
             message_id: Some(queued.unwrap_or(message_id)),
@@ -161,30 +169,284 @@ fn queue_id(line: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_owned())
 }
 
-/// Classify an SMTP failure by its reply code.
-pub fn classify(e: &lettre::transport::smtp::Error) -> ProviderError {
-    let code = e.status().map(|c| c.to_string());
-    let text = e.to_string();
-    let kind = match code.as_deref().and_then(|c| c.parse::<u16>().ok()) {
-        Some(400..=499) => ErrorKind::Transient,
-        // Authentication required / failed / too weak: this account's trouble.
-        Some(530 | 534 | 535 | 538) => ErrorKind::Provider,
-        // Mailbox unavailable, user not local, bad mailbox name.
-        Some(550 | 551 | 553) => ErrorKind::Recipient,
-        // Exceeded storage / message too big, transaction failed.
-        Some(552 | 554) => ErrorKind::Content,
-        Some(_) => ErrorKind::Provider,
-        // No reply code: connection, TLS or protocol trouble.
-        None if e.is_timeout() => ErrorKind::Transient,
-        None if e.is_tls() => ErrorKind::Provider,
-        None => ErrorKind::Transient,
+/// An RFC 3463 enhanced status code: `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Enhanced {
+    class: u8,
+    subject: u16,
+    detail: u16,
+}
+
+/// The enhanced status code a reply's text starts with (`4.7.1 Greylisted`).
+fn enhanced_code(text: &str) -> Option<Enhanced> {
+    let token = text.split_whitespace().next()?;
+    let mut parts = token.split('.');
+    let class = parts.next()?.parse().ok()?;
+    let subject = parts.next()?.parse().ok()?;
+    let detail = parts.next()?.parse().ok()?;
+    let valid =
+        parts.next().is_none() && matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000;
+    valid.then_some(Enhanced {
+        class,
+        subject,
+        detail,
+    })
+}
+
+/// The kind of a negative SMTP reply, by reply code, RFC 3463 enhanced status
+/// code (the first token of the text) and text. lettre does not say which
+/// command (MAIL, RCPT, DATA, AUTH) drew the reply, so the enhanced code's
+/// subject tells whether it is about the recipient (x.1 addressing — but
+/// x.1.7/x.1.8 are the sender's —, x.2 mailbox) or about this account and
+/// server. The first row that matches decides.
+///
+/// "Account-scoped" rows count against the account's circuit breaker;
+/// "recipient-scoped" and "message" rows do not.
+///
+/// | reply | enhanced code / text                  | kind              | scope     |
+/// |-------|---------------------------------------|-------------------|-----------|
+/// | 421   | any (server closing the channel)      | Transient         | account   |
+/// | 4xx   | text mentions greylist / graylist     | RecipientDeferred | recipient |
+/// | 4xx   | 4.1.7, 4.1.8 (sender address)         | Transient         | account   |
+/// | 4xx   | 4.1.x (addressing), 4.2.x (mailbox busy / full, e.g. 452 4.2.2) | RecipientDeferred | recipient |
+/// | 4xx   | 4.7.1 (greylisting, per-recipient policy) | RecipientDeferred | recipient |
+/// | 4xx   | 4.3.x (system), 4.4.x (network), 4.5.x (protocol, e.g. 452 4.5.3 too many recipients) | Transient | account |
+/// | 450   | (mailbox unavailable, no enhanced code that says otherwise) | RecipientDeferred | recipient |
+/// | 4xx   | anything else                         | Transient         | account   |
+/// | 530, 534, 535, 538 | (authentication required / too weak / refused) | Config | account |
+/// | 5xx   | 5.1.7, 5.1.8 (sender address refused) | Config            | account   |
+/// | 5xx   | 5.2.3 (message longer than the mailbox takes), 5.3.4 (too big) | Content | message |
+/// | 5xx   | 5.1.x (bad recipient address), 5.2.x (mailbox disabled / full) | Recipient | recipient |
+/// | 550, 551, 553 | (mailbox unavailable, user not local, bad mailbox name) | Recipient | recipient |
+/// | 552, 554 | (storage exceeded / too big, transaction failed) | Content | message |
+/// | 5xx   | anything else                         | Provider          | account   |
+///
+/// Sources: RFC 5321 §4.2 (reply codes), RFC 3463 (enhanced status codes),
+/// RFC 6647 (greylisting answers 4xx, often `451 4.7.1`).
+pub fn classify_reply(code: u16, text: &str) -> ErrorKind {
+    let enhanced = enhanced_code(text);
+    let (subject, detail) = enhanced.map_or((0, 0), |e| (e.subject, e.detail));
+    let lower = text.to_ascii_lowercase();
+    match code {
+        421 => ErrorKind::Transient,
+        400..=499 if lower.contains("greylist") || lower.contains("graylist") => {
+            ErrorKind::RecipientDeferred
+        }
+        400..=499 if subject == 1 && matches!(detail, 7 | 8) => ErrorKind::Transient,
+        400..=499 if matches!(subject, 1 | 2) => ErrorKind::RecipientDeferred,
+        400..=499 if (subject, detail) == (7, 1) => ErrorKind::RecipientDeferred,
+        400..=499 if matches!(subject, 3..=5) => ErrorKind::Transient,
+        450 => ErrorKind::RecipientDeferred,
+        400..=499 => ErrorKind::Transient,
+        530 | 534 | 535 | 538 => ErrorKind::Config,
+        500..=599 if subject == 1 && matches!(detail, 7 | 8) => ErrorKind::Config,
+        500..=599 if matches!((subject, detail), (2, 3) | (3, 4)) => ErrorKind::Content,
+        500..=599 if matches!(subject, 1 | 2) => ErrorKind::Recipient,
+        550 | 551 | 553 => ErrorKind::Recipient,
+        552 | 554 => ErrorKind::Content,
+        _ => ErrorKind::Provider,
+    }
+}
+
+/// Classify an SMTP failure: a negative reply by [`classify_reply`]; without
+/// a reply, a server certificate that does not verify is Config (found in
+/// the error's source chain: lettre reports a failed STARTTLS handshake as a
+/// connection error, not `is_tls()`), a timeout or connection trouble is
+/// Transient, other TLS trouble is Provider. `host` names the server in the
+/// certificate message.
+pub fn classify(e: &lettre::transport::smtp::Error, host: &str) -> ProviderError {
+    use std::error::Error as _;
+    let Some(status) = e.status() else {
+        if let Some(why) = super::http::certificate_problem(e) {
+            return ProviderError::new(
+                ErrorKind::Config,
+                None,
+                format!(
+                    "smtp: certificate for {host} does not verify ({why}): fix the server certificate or set ca_file"
+                ),
+            );
+        }
+        let kind = if e.is_timeout() {
+            ErrorKind::Transient
+        } else if e.is_tls() {
+            ErrorKind::Provider
+        } else {
+            ErrorKind::Transient
+        };
+        return ProviderError::new(kind, None, format!("smtp: {e}"));
     };
-    ProviderError::new(kind, code, format!("smtp: {text}"))
+    let code = status.to_string();
+    // A negative reply's source is the reply text, every line joined.
+    let text = e.source().map(|s| s.to_string()).unwrap_or_default();
+    let kind = code
+        .parse()
+        .map(|c| classify_reply(c, &text))
+        .unwrap_or(ErrorKind::Provider);
+    let message = match (kind, code.as_str()) {
+        (ErrorKind::Config, "530" | "534" | "535" | "538") => format!(
+            "smtp: authentication refused ({code} {text}): check the account's username and password (and that the server allows this AUTH over this security)"
+        ),
+        (ErrorKind::Config, _) => format!(
+            "smtp: sender refused ({code} {text}): check from_email (the server must accept it for this login)"
+        ),
+        _ => format!("smtp: {e}"),
+    };
+    ProviderError::new(kind, Some(code), message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kind(code: u16, text: &str) -> ErrorKind {
+        classify_reply(code, text)
+    }
+
+    #[test]
+    fn greylisting_with_4_7_1_is_recipient_deferred() {
+        assert_eq!(
+            kind(451, "4.7.1 Greylisting in action, please come back later"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_4xx_mentioning_greylisting_without_an_enhanced_code_is_recipient_deferred() {
+        assert_eq!(
+            kind(450, "Recipient address rejected: Greylisted, see http://x"),
+            ErrorKind::RecipientDeferred
+        );
+        assert_eq!(
+            kind(451, "graylisted, try later"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_4_7_1_without_greylisting_text_is_recipient_deferred() {
+        assert_eq!(
+            kind(
+                450,
+                "4.7.1 <pat@example.com>: Recipient address rejected: try later"
+            ),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_mailbox_busy_450_is_recipient_deferred() {
+        assert_eq!(
+            kind(450, "Requested mail action not taken: mailbox unavailable"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_temporarily_full_mailbox_452_4_2_2_is_recipient_deferred() {
+        assert_eq!(
+            kind(452, "4.2.2 Mailbox full"),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_4_1_x_addressing_reply_is_recipient_deferred() {
+        assert_eq!(
+            kind(
+                450,
+                "4.1.1 Recipient address rejected: temporary lookup failure"
+            ),
+            ErrorKind::RecipientDeferred
+        );
+    }
+
+    #[test]
+    fn a_temporary_sender_address_reply_is_account_scoped_transient() {
+        assert_eq!(
+            kind(450, "4.1.8 Sender address rejected: Domain not found"),
+            ErrorKind::Transient
+        );
+    }
+
+    #[test]
+    fn a_421_is_transient_even_when_it_mentions_a_recipient_code() {
+        assert_eq!(
+            kind(421, "4.7.0 Try again later, closing connection"),
+            ErrorKind::Transient
+        );
+        assert_eq!(kind(421, "4.2.1 busy"), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn a_451_4_3_0_system_trouble_is_transient() {
+        assert_eq!(
+            kind(451, "4.3.0 Temporary failure, try again later"),
+            ErrorKind::Transient
+        );
+    }
+
+    #[test]
+    fn a_451_4_4_x_network_trouble_is_transient() {
+        assert_eq!(kind(451, "4.4.1 No answer from host"), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn too_many_recipients_452_4_5_3_is_transient() {
+        assert_eq!(kind(452, "4.5.3 Too many recipients"), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn a_4xx_without_hints_is_transient() {
+        assert_eq!(kind(451, "Local error in processing"), ErrorKind::Transient);
+        assert_eq!(
+            kind(452, "Insufficient system storage"),
+            ErrorKind::Transient
+        );
+    }
+
+    #[test]
+    fn authentication_replies_are_config() {
+        for code in [530, 534, 535, 538] {
+            assert_eq!(kind(code, "5.7.8 Authentication failed"), ErrorKind::Config);
+        }
+    }
+
+    #[test]
+    fn a_refused_sender_address_is_config() {
+        assert_eq!(
+            kind(553, "5.1.8 Sender address rejected: Domain not found"),
+            ErrorKind::Config
+        );
+    }
+
+    #[test]
+    fn unknown_users_and_bad_mailboxes_are_recipient_errors() {
+        assert_eq!(kind(550, "5.1.1 User unknown"), ErrorKind::Recipient);
+        assert_eq!(kind(551, "User not local"), ErrorKind::Recipient);
+        assert_eq!(kind(553, "Mailbox name not allowed"), ErrorKind::Recipient);
+        assert_eq!(kind(550, "5.2.1 Mailbox disabled"), ErrorKind::Recipient);
+    }
+
+    #[test]
+    fn a_too_big_message_is_content() {
+        assert_eq!(kind(552, "5.3.4 Message too big"), ErrorKind::Content);
+        assert_eq!(kind(552, "Exceeded storage allocation"), ErrorKind::Content);
+        assert_eq!(kind(554, "Transaction failed"), ErrorKind::Content);
+    }
+
+    #[test]
+    fn an_enhanced_code_is_only_read_from_the_first_token() {
+        assert_eq!(enhanced_code("see 4.2.2 later"), None);
+        assert_eq!(enhanced_code("4.2"), None);
+        assert_eq!(
+            enhanced_code("4.7.1 Greylisted"),
+            Some(Enhanced {
+                class: 4,
+                subject: 7,
+                detail: 1
+            })
+        );
+    }
 
     #[test]
     fn queue_ids_are_read_from_postfix_style_replies() {

@@ -49,12 +49,13 @@ impl Twilio {
             Content::Text { text } => text,
             // Twilio sends WhatsApp templates only as Content API templates
             // (`ContentSid` HX…), which a job's template name cannot name.
-            // Another provider (Meta) can send it, so this is a fallback.
+            // A capability the account lacks: Config (another step may send
+            // it; retrying this one never will).
             Content::Template { .. } => {
                 return Err(ProviderError::new(
-                    ErrorKind::Provider,
+                    ErrorKind::Config,
                     None,
-                    "twilio: WhatsApp templates need a Twilio Content SID; this account sends free text only",
+                    "twilio: WhatsApp templates need Twilio Content SIDs, which this account does not have: configure a Meta WhatsApp account for template messages",
                 ));
             }
             Content::Email { .. } => {
@@ -130,24 +131,25 @@ struct ErrorBody {
 /// The kind of a Twilio error code, when the code decides it.
 ///
 /// Sources: twilio.com/docs/api/errors/<code> for each code below.
+///
+/// Recipient-scoped codes (not held against the account): 21211, 21610,
+/// 21614, 63016 (Recipient). Rate limits are held against neither. Every
+/// other row is account-scoped.
 fn kind_for_code(code: u32) -> Option<ErrorKind> {
+    if config_fix(code).is_some() {
+        return Some(ErrorKind::Config);
+    }
     Some(match code {
         // 20429 Too Many Requests; 21611 'From' exceeded the maximum number of
         // queued messages; 63017/63018 rate limit exceeded.
         20429 | 21611 | 63017 | 63018 => ErrorKind::RateLimited,
-        // 20003 authenticate / permission denied; 20005 account not active;
-        // 20403 account suspended or closed; 20404 resource (account) not found.
-        20003 | 20005 | 20403 | 20404 => ErrorKind::Provider,
-        // Sender trouble: 21212 invalid From; 21606 From not a valid
-        // message-capable number for this account; 21659 From not a Twilio
-        // number; 21660 From does not belong to the account; 21661 From not
-        // SMS-capable; 63007 no WhatsApp channel for From.
-        21212 | 21606 | 21659 | 21660 | 21661 | 63007 => ErrorKind::Provider,
-        // Account restrictions another provider does not share: 21408 geo
-        // permission disabled for the destination; 21608 trial account, To
-        // not verified; 21612 To/From combination not routable from this
-        // sender; 63038 daily message limit.
-        21408 | 21608 | 21612 | 63038 => ErrorKind::Provider,
+        // 20005 account not active; 20403 account suspended or closed; 20404
+        // resource (account) not found.
+        20005 | 20403 | 20404 => ErrorKind::Provider,
+        // Account restrictions another provider does not share: 21608 trial
+        // account, To not verified; 21612 To/From combination not routable
+        // from this sender; 63038 daily message limit.
+        21608 | 21612 | 63038 => ErrorKind::Provider,
         // Recipient: 21211 invalid To; 21610 recipient replied STOP; 21614 To
         // is not a mobile number; 63016 outside the WhatsApp 24-hour window.
         21211 | 21610 | 21614 | 63016 => ErrorKind::Recipient,
@@ -158,17 +160,58 @@ fn kind_for_code(code: u32) -> Option<ErrorKind> {
     })
 }
 
+/// For a code that needs a person: what is wrong and the fix.
+fn config_fix(code: u32) -> Option<(&'static str, &'static str)> {
+    Some(match code {
+        // 20003 authenticate / permission denied.
+        20003 => (
+            "credentials refused",
+            "check the account's account_sid and auth_token",
+        ),
+        // Sender trouble: 21212 invalid From; 21606 From not a valid
+        // message-capable number for this account; 21659 From not a Twilio
+        // number; 21660 From does not belong to the account; 21661 From not
+        // SMS-capable; 63007 no WhatsApp channel for From.
+        21212 | 21606 | 21659 | 21660 | 21661 | 63007 => (
+            "sender refused",
+            "check the account's from (a number of this account, enabled for this channel) or messaging_service_sid",
+        ),
+        // 21408 geo permission disabled for the destination's country.
+        21408 => (
+            "destination country not enabled",
+            "enable the country in the Twilio account's Messaging Geo Permissions",
+        ),
+        _ => return None,
+    })
+}
+
 /// Classify a Twilio error answer (`{"code", "message", "more_info",
-/// "status"}`) by its code, else by HTTP status; see [`kind_for_code`].
+/// "status"}`) by its code, else by HTTP status (401/403 → Config); see
+/// [`kind_for_code`]. A body not in that shape leaves the status as the code
+/// and an excerpt of the body as the message.
+///
+/// | code                                  | kind        | scope     |
+/// |---------------------------------------|-------------|-----------|
+/// | 20429, 21611, 63017, 63018            | RateLimited | neither   |
+/// | 20003                                 | Config (check account_sid / auth_token) | account |
+/// | 21212, 21606, 21659, 21660, 21661, 63007 | Config (check from) | account |
+/// | 21408                                 | Config (enable Geo Permissions) | account |
+/// | 20005, 20403, 20404, 21608, 21612, 63038 | Provider | account   |
+/// | 21211, 21610, 21614, 63016            | Recipient   | recipient |
+/// | 21602, 21617, 21619, 21658            | Content     | message   |
+/// | anything else                         | by HTTP status | |
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
     let message = parsed.message.unwrap_or_default();
     let code = parsed.code.map(|c| c.to_string());
-    let e = http::status_error("twilio", status, headers, code, &message);
-    match parsed.code.and_then(kind_for_code) {
-        Some(kind) => http::with_hint(ProviderError { kind, ..e }, headers),
-        None => e,
+    if let Some((what, fix)) = parsed.code.and_then(config_fix) {
+        return http::config_error("twilio", code, what, fix, &message, body);
     }
+    let kind = parsed
+        .code
+        .and_then(kind_for_code)
+        .unwrap_or_else(|| http::kind_for_status(status));
+    http::answer_error("twilio", kind, status, headers, code, &message, body)
 }
 
 #[cfg(test)]
@@ -189,7 +232,7 @@ mod tests {
     fn error_codes_map_to_the_documented_kinds() {
         let cases = [
             (429, 20429, "Too Many Requests", ErrorKind::RateLimited),
-            (401, 20003, "Authenticate", ErrorKind::Provider),
+            (401, 20003, "Authenticate", ErrorKind::Config),
             (
                 404,
                 20404,
@@ -200,13 +243,13 @@ mod tests {
                 400,
                 21606,
                 "The 'From' phone number provided is not a valid message-capable Twilio phone number for this destination/account",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
                 21408,
                 "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: +98…",
-                ErrorKind::Provider,
+                ErrorKind::Config,
             ),
             (
                 400,
@@ -251,8 +294,55 @@ mod tests {
             let e = classify(status, &HeaderMap::new(), &error(status, code, message));
             assert_eq!(e.kind, kind, "{code}: {e}");
             assert_eq!(e.code, Some(code.to_string()));
-            assert_eq!(e.message, format!("twilio: {message}"));
+            if kind == ErrorKind::Config {
+                assert!(
+                    e.message
+                        .ends_with(&format!("the provider said: {message}"))
+                );
+            } else {
+                assert_eq!(e.message, format!("twilio: {message}"));
+            }
         }
+    }
+
+    #[test]
+    fn a_refused_auth_token_names_the_credentials_as_the_fix() {
+        let e = classify(401, &HeaderMap::new(), &error(401, 20003, "Authenticate"));
+        assert_eq!(
+            e.message,
+            "twilio: credentials refused: check the account's account_sid and auth_token; the provider said: Authenticate"
+        );
+    }
+
+    #[test]
+    fn a_bare_401_without_a_twilio_body_is_config() {
+        let e = classify(401, &HeaderMap::new(), b"Unauthorized");
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert_eq!(e.code.as_deref(), Some("401"));
+        assert!(e.message.contains("Unauthorized"), "{e}");
+    }
+
+    #[test]
+    fn a_whatsapp_template_is_config_naming_a_meta_account_as_the_fix() {
+        let t = Twilio::new(
+            &serde_json::from_value(serde_json::json!({
+                "account_sid": "AC0123", "auth_token": "tok", "from": "+14155550100",
+            }))
+            .unwrap(),
+            &crate::provider::ProviderContext::new(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                None,
+            ),
+        );
+        let job = Job::decode(br#"{"job_id":"j","tenant_id":"t","channel":"whatsapp","recipient":"+14155550111","content":{"template":{"name":"reminder","language":"en"}}}"#).unwrap();
+        let e = t.form(&job).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(
+            e.message
+                .ends_with("configure a Meta WhatsApp account for template messages"),
+            "{e}"
+        );
     }
 
     #[test]

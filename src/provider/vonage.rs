@@ -108,21 +108,24 @@ fn outcome(a: &Answer) -> Result<Receipt, ProviderError> {
     })
 }
 
-/// The kind of a Vonage SMS API status.
+/// The kind of a Vonage SMS API status (those that need a person are in
+/// [`config_fix`]).
 ///
 /// Source: developer.vonage.com/en/api-errors/sms and the SMS
 /// troubleshooting guide (status table 0–34, 101–103).
 fn kind_for_status(status: u32) -> ErrorKind {
+    if config_fix(status).is_some() {
+        return ErrorKind::Config;
+    }
     match status {
         // 1 throttled; 10 too many existing binds (back off and retry).
         1 | 10 => ErrorKind::RateLimited,
         // 5 internal error; 13 communication failed.
         5 | 13 => ErrorKind::Transient,
-        // Account trouble: 4 invalid credentials; 8 account barred; 9 quota
-        // (no credit); 11 not enabled for HTTP; 14 invalid signature; 15
-        // sender id not allowed; 19 facility not allowed; 29 non-whitelisted
-        // destination (demo accounts); 102 invalid campaign short code.
-        4 | 8 | 9 | 11 | 14 | 15 | 19 | 29 | 102 => ErrorKind::Provider,
+        // The account, for now: 8 account barred; 9 quota (no credit); 29
+        // non-whitelisted destination (demo accounts); 102 invalid campaign
+        // short code.
+        8 | 9 | 29 | 102 => ErrorKind::Provider,
         // Recipient: 6 unroutable (unrecognised prefix); 7 number barred;
         // 34 invalid or missing msisdn; 101 opted out; 103 invalid msisdn.
         6 | 7 | 34 | 101 | 103 => ErrorKind::Recipient,
@@ -133,8 +136,47 @@ fn kind_for_status(status: u32) -> ErrorKind {
     }
 }
 
+/// For a status that needs a person: what is wrong and the fix.
+fn config_fix(status: u32) -> Option<(&'static str, &'static str)> {
+    Some(match status {
+        // 4 invalid credentials.
+        4 => (
+            "credentials refused",
+            "check the account's api_key and api_secret",
+        ),
+        // 14 invalid signature (the account requires signed requests).
+        14 => (
+            "signature refused",
+            "turn off signed requests for this key in the Vonage dashboard (this adapter sends the api_secret)",
+        ),
+        // 15 sender id not allowed.
+        15 => (
+            "sender refused",
+            "change the account's from to a sender id or number Vonage allows for it",
+        ),
+        // 11 not enabled for HTTP; 19 facility not allowed.
+        11 | 19 => (
+            "capability not enabled",
+            "ask Vonage to enable the SMS API (HTTP) for this account",
+        ),
+        _ => return None,
+    })
+}
+
 /// Classify a Vonage answer that is not an acceptance: a non-zero
-/// `messages[].status` in a 200, or a non-200 (gateway trouble, by status).
+/// `messages[].status` in a 200, or a non-200 (gateway trouble, by status;
+/// 401/403 → Config).
+///
+/// | status                   | kind        | scope     |
+/// |--------------------------|-------------|-----------|
+/// | 1, 10                    | RateLimited | neither   |
+/// | 5, 13                    | Transient   | account   |
+/// | 4, 14                    | Config (check api_key / api_secret) | account |
+/// | 15                       | Config (change from) | account |
+/// | 11, 19                   | Config (enable the capability) | account |
+/// | 8, 9, 29, 102            | Provider    | account   |
+/// | 6, 7, 34, 101, 103       | Recipient   | recipient |
+/// | anything else            | Content     | message   |
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let parsed = serde_json::from_slice::<SmsAnswer>(body).unwrap_or_default();
     let failed = parsed
@@ -144,20 +186,26 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
     match (status, failed) {
         (200, Some(m)) => {
             let code = m.status.clone().unwrap_or_default();
+            let text = m.error_text.as_deref().unwrap_or("rejected");
+            if let Some((what, fix)) = code.parse().ok().and_then(config_fix) {
+                return http::config_error("vonage", Some(code), what, fix, text, body);
+            }
             let kind = code
                 .parse()
                 .map(kind_for_status)
                 .unwrap_or(ErrorKind::Content);
-            let text = m.error_text.as_deref().unwrap_or("rejected");
             let e = ProviderError::new(kind, Some(code), format!("vonage: {text}"));
             http::with_hint(e, headers)
         }
-        (200, None) => ProviderError::new(
-            ErrorKind::Transient,
-            None,
-            "vonage: answer without a message status",
-        ),
-        _ => http::status_error("vonage", status, headers, None, ""),
+        (200, None) => {
+            let excerpt = http::body_excerpt(body);
+            ProviderError::new(
+                ErrorKind::Transient,
+                None,
+                format!("vonage: answer without a message status: {excerpt}"),
+            )
+        }
+        _ => http::status_error("vonage", status, headers, None, "", body),
     }
 }
 
@@ -183,18 +231,14 @@ mod tests {
             ),
             ("2", "Missing to param", ErrorKind::Content),
             ("3", "Invalid to param", ErrorKind::Content),
-            ("4", "Bad Credentials", ErrorKind::Provider),
+            ("4", "Bad Credentials", ErrorKind::Config),
             ("5", "Internal Error", ErrorKind::Transient),
             ("6", "Unroutable message - rejected", ErrorKind::Recipient),
             ("7", "Number barred.", ErrorKind::Recipient),
             ("8", "Partner account barred.", ErrorKind::Provider),
             ("9", "Partner quota exceeded.", ErrorKind::Provider),
             ("12", "Message too long", ErrorKind::Content),
-            (
-                "15",
-                "Illegal Sender Address - rejected",
-                ErrorKind::Provider,
-            ),
+            ("15", "Illegal Sender Address - rejected", ErrorKind::Config),
             (
                 "29",
                 "Non White-listed Destination - rejected",
@@ -205,7 +249,11 @@ mod tests {
             let e = classify(200, &HeaderMap::new(), &rejected(status, text));
             assert_eq!(e.kind, kind, "{status}: {e}");
             assert_eq!(e.code.as_deref(), Some(status));
-            assert_eq!(e.message, format!("vonage: {text}"));
+            if kind == ErrorKind::Config {
+                assert!(e.message.ends_with(&format!("the provider said: {text}")));
+            } else {
+                assert_eq!(e.message, format!("vonage: {text}"));
+            }
         }
     }
 
@@ -214,7 +262,22 @@ mod tests {
         let e = classify(503, &HeaderMap::new(), b"<html>unavailable</html>");
         assert_eq!(e.kind, ErrorKind::Transient);
         let e = classify(401, &HeaderMap::new(), b"");
-        assert_eq!(e.kind, ErrorKind::Provider);
+        assert_eq!(e.kind, ErrorKind::Config);
+    }
+
+    #[test]
+    fn bad_credentials_name_the_key_and_secret_as_the_fix() {
+        let e = classify(200, &HeaderMap::new(), &rejected("4", "Bad Credentials"));
+        assert_eq!(
+            e.message,
+            "vonage: credentials refused: check the account's api_key and api_secret; the provider said: Bad Credentials"
+        );
+    }
+
+    #[test]
+    fn a_gateway_error_page_keeps_an_excerpt_of_the_body() {
+        let e = classify(503, &HeaderMap::new(), b"<html>unavailable</html>");
+        assert_eq!(e.message, "vonage: HTTP 503: <html>unavailable</html>");
     }
 
     #[test]

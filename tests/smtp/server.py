@@ -3,7 +3,11 @@
 
 - Every accepted message is appended as one JSON line to --out
   ({"mail_from", "rcpt_tos", "data"}).
-- Recipients whose local part starts with "tempfail" get 451, "unknown" get 550.
+- Recipients whose local part starts with "greylist" get
+  451 4.7.1 (greylisting), "tempfail" get 451 4.3.0, "unknown" get 550.
+- --rcpt-log appends one line per RCPT: "<address> <reply code>".
+- --conn-log appends one line per TCP connection accepted ("connect"),
+  including the controller's own start-up probe.
 - --tls-cert/--tls-key offer STARTTLS (and require it with --require-tls);
   --user/--password require AUTH PLAIN/LOGIN.
 Prints "READY <port>" once listening; exits on stdin EOF or SIGTERM.
@@ -11,21 +15,32 @@ Prints "READY <port>" once listening; exits on stdin EOF or SIGTERM.
 import argparse, asyncio, json, signal, ssl, sys
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Handler:
-    def __init__(self, out):
+    def __init__(self, out, rcpt_log=None):
         self.out = out
+        self.rcpt_log = rcpt_log
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+    def reply_for(self, address):
         local = address.split("@", 1)[0]
+        if local.startswith("greylist"):
+            return "451 4.7.1 Greylisting in action, please come back later"
         if local.startswith("tempfail"):
             return "451 4.3.0 Temporary failure, try again later"
         if local.startswith("unknown"):
             return "550 5.1.1 User unknown"
-        envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.reply_for(address)
+        if self.rcpt_log:
+            with open(self.rcpt_log, "a") as f:
+                f.write("%s %s\n" % (address, reply.split(" ", 1)[0]))
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return reply
 
     async def handle_DATA(self, server, session, envelope):
         with open(self.out, "a") as f:
@@ -48,6 +63,8 @@ def main():
     p.add_argument("--require-tls", action="store_true")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--rcpt-log")
+    p.add_argument("--conn-log")
     a = p.parse_args()
 
     kwargs = {}
@@ -71,7 +88,19 @@ def main():
     port = a.port
     if port == 0:
         s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-    c = Controller(Handler(a.out), hostname="127.0.0.1", port=port, server_hostname="localhost", **kwargs)
+    class CountingSMTP(SMTP):
+        def connection_made(self, transport):
+            if a.conn_log:
+                with open(a.conn_log, "a") as f:
+                    f.write("connect\n")
+            super().connection_made(transport)
+
+    class CountingController(Controller):
+        def factory(self):
+            return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+    c = CountingController(Handler(a.out, a.rcpt_log), hostname="127.0.0.1", port=port,
+                           server_hostname="localhost", **kwargs)
     c.start()
     print("READY %d" % port, flush=True)
 

@@ -396,8 +396,12 @@ impl Respond for Meta {
         }
         let ok = match b["type"].as_str() {
             Some("text") => is_str(&b, "/text/body"),
+            // `LanguageObject` requires both `code` and `policy`
+            // ("deterministic", its only value).
             Some("template") => {
-                is_str(&b, "/template/name") && is_str(&b, "/template/language/code")
+                is_str(&b, "/template/name")
+                    && is_str(&b, "/template/language/code")
+                    && b.pointer("/template/language/policy") == Some(&json!("deterministic"))
             }
             _ => false,
         };

@@ -8,6 +8,10 @@ pub struct SmtpServer {
     pub port: u16,
     pub out: String,
     pub cert: Option<String>,
+    /// One line per RCPT: `<address> <reply code>`.
+    pub rcpt_log: String,
+    /// One line per TCP connection accepted (the start-up probe included).
+    pub conn_log: String,
 }
 
 #[derive(Default)]
@@ -20,13 +24,24 @@ pub struct SmtpOptions {
 
 impl SmtpServer {
     pub fn start(dir: &std::path::Path, opts: SmtpOptions) -> Self {
-        let out = dir
-            .join(format!("smtp-{}.jsonl", uuid::Uuid::now_v7().simple()))
-            .to_string_lossy()
-            .into_owned();
+        let id = uuid::Uuid::now_v7().simple();
+        let file = |suffix: &str| {
+            dir.join(format!("smtp-{id}{suffix}"))
+                .to_string_lossy()
+                .into_owned()
+        };
+        let (out, rcpt_log, conn_log) = (file(".jsonl"), file("-rcpt.log"), file("-conn.log"));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp/server.py");
         let mut cmd = Command::new("python3");
-        cmd.args([script, "--out", &out]);
+        cmd.args([
+            script,
+            "--out",
+            &out,
+            "--rcpt-log",
+            &rcpt_log,
+            "--conn-log",
+            &conn_log,
+        ]);
         let mut cert = None;
         if opts.starttls {
             let (ca, leaf, key) = make_certificates(dir);
@@ -62,7 +77,34 @@ impl SmtpServer {
             port,
             out,
             cert,
+            rcpt_log,
+            conn_log,
         }
+    }
+
+    /// The RCPT commands seen for `address`, as their reply codes, in order.
+    pub fn rcpt_replies(&self, address: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.rcpt_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(a, _)| *a == address)
+            .map(|(_, code)| code.to_owned())
+            .collect()
+    }
+
+    /// How many RCPT commands named `address`.
+    pub fn rcpt_count(&self, address: &str) -> usize {
+        self.rcpt_replies(address).len()
+    }
+
+    /// TCP connections accepted so far (the start-up probe included, so
+    /// compare before and after).
+    pub fn connections(&self) -> usize {
+        std::fs::read_to_string(&self.conn_log)
+            .unwrap_or_default()
+            .lines()
+            .count()
     }
 
     /// Messages received so far.
@@ -76,6 +118,65 @@ impl SmtpServer {
 }
 
 impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TLS server on 127.0.0.1 with a leaf certificate for localhost signed by
+/// a fresh test CA nobody trusts: it completes handshakes that a client
+/// accepts and answers `HTTP/1.1 503`. Returns (the server, its port).
+pub struct UntrustedTlsServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl UntrustedTlsServer {
+    pub fn start(dir: &std::path::Path) -> Self {
+        let (_ca, leaf, key) = make_certificates(dir);
+        let script = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print("READY %d" % s.getsockname()[1], flush=True)
+def serve(c):
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+        t.recv(65536)
+        t.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        t.close()
+    except Exception:
+        c.close()
+def accept():
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+threading.Thread(target=accept, daemon=True).start()
+sys.stdin.read()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script, &leaf, &key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("TLS test server did not start: {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for UntrustedTlsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
