@@ -70,6 +70,19 @@ impl Verdict {
             Some(_) => Verdict::Neutral,
         }
     }
+
+    /// The verdict on a call's result. A refusal the adapter made before
+    /// any request (code [`CAPABILITY`](crate::provider::error::CAPABILITY):
+    /// this job needs something the account lacks) is about the job, not
+    /// the account: other jobs on it go through.
+    pub fn of_result(err: Option<&crate::provider::ProviderError>) -> Self {
+        match err {
+            Some(e) if e.code.as_deref() == Some(crate::provider::error::CAPABILITY) => {
+                Verdict::Neutral
+            }
+            e => Self::of(e.map(|e| e.kind)),
+        }
+    }
 }
 
 struct Breaker {

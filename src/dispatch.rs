@@ -253,11 +253,7 @@ impl Policy {
     }
 
     /// A step after the admitted one: usable now, within `max_inline_wait`?
-    async fn ready(
-        &self,
-        job: &Job,
-        step: &ChainStep,
-    ) -> Result<(), (SkipReason, ProviderError)> {
+    async fn ready(&self, job: &Job, step: &ChainStep) -> Result<(), (SkipReason, ProviderError)> {
         if let Some(skip) = self.skip(step) {
             return Err(skip);
         }
@@ -271,7 +267,8 @@ impl Policy {
                         return Err((SkipReason::Paused, paused_error(wait)));
                     }
                     Ok(Take::Wait { wait, .. }) if Instant::now() + wait <= deadline => {
-                        metrics::counter!(m::RATE_LIMITED, "channel" => job.channel.as_str()).increment(1);
+                        metrics::counter!(m::RATE_LIMITED, "channel" => job.channel.as_str())
+                            .increment(1);
                         tokio::time::sleep(wait).await;
                     }
                     Ok(Take::Wait { wait, .. }) => {
@@ -368,7 +365,7 @@ impl Policy {
             metrics::counter!(m::PROVIDER_CALLS, "provider" => step.kind.as_str(), "outcome" => outcome).increment(1);
             let err = result.as_ref().err();
             if let Some(b) = &self.breakers {
-                b.record(&step.account, step.kind, Verdict::of(err.map(|e| e.kind)));
+                b.record(&step.account, step.kind, Verdict::of_result(err));
             }
             attempts.lock().expect("not poisoned").push(Attempt {
                 provider: step.kind,

@@ -5,13 +5,15 @@
 
 mod support;
 
+use outreach::job::Channel;
 use outreach::settings::SystemDefaults;
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::fake_providers::{self as fake, Always, sendgrid_error};
+use support::smtp::{SmtpOptions, SmtpServer};
 use support::tenants::*;
-use support::{TestEnv, free_port, http_get};
+use support::{TestEnv, eventually, free_port, http_get};
 
 /// A tenant chain that sends only through `entries` (no system default).
 fn only(entries: Vec<Value>) -> Value {
@@ -29,7 +31,7 @@ async fn a_provider_answering_500_gets_one_call_plus_the_quick_retries_per_deliv
     set_tenant(
         &env,
         "clinic-a",
-        outreach::job::Channel::Email,
+        Channel::Email,
         only(vec![sendgrid_at(&broken)]),
     )
     .await;
@@ -95,13 +97,7 @@ async fn tenant_test_against_a_closed_port_returns_and_lists_every_attempt() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     let entry = json!({"provider": "sendgrid", "api_key": fake::SENDGRID_KEY,
         "from_email": "desk@clinic.example", "base_url": closed});
-    set_tenant(
-        &env,
-        "clinic-t",
-        outreach::job::Channel::Email,
-        only(vec![entry]),
-    )
-    .await;
+    set_tenant(&env, "clinic-t", Channel::Email, only(vec![entry])).await;
     let mut vars = worker_env(&env);
     vars.insert("OUTREACH__WORKER__QUICK_RETRIES".into(), "2".into());
 
@@ -204,7 +200,7 @@ async fn a_tenant_entry_whose_credentials_cannot_be_read_is_skipped_visibly() {
     set_tenant(
         &env,
         "clinic-k",
-        outreach::job::Channel::Email,
+        Channel::Email,
         json!({"fallback_to_system": true, "chain": [sendgrid_at(&healthy)]}),
     )
     .await;
@@ -257,7 +253,7 @@ async fn a_step_passed_over_for_an_open_circuit_is_in_the_attempt_log() {
     set_tenant(
         &env,
         "clinic-c",
-        outreach::job::Channel::Email,
+        Channel::Email,
         only(vec![sendgrid_at(&broken), sendgrid_at(&healthy)]),
     )
     .await;
@@ -304,7 +300,7 @@ async fn refused_credentials_with_no_other_step_fail_at_once_naming_the_account(
     set_tenant(
         &env,
         "clinic-r",
-        outreach::job::Channel::Email,
+        Channel::Email,
         only(vec![sendgrid_at(&refused)]),
     )
     .await;
@@ -350,7 +346,7 @@ async fn refused_credentials_fall_over_to_the_next_step_at_once() {
     set_tenant(
         &env,
         "clinic-f",
-        outreach::job::Channel::Email,
+        Channel::Email,
         only(vec![sendgrid_at(&refused), sendgrid_at(&healthy)]),
     )
     .await;
@@ -366,6 +362,221 @@ async fn refused_credentials_fall_over_to_the_next_step_at_once() {
     assert_eq!(healthy.received_requests().await.unwrap().len(), 1);
     let log = r["attempt_log"].as_array().unwrap();
     assert_eq!(log[0]["kind"], "config");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+/// A tenant chain entry for the test SMTP server (plain SMTP, or STARTTLS
+/// trusting nothing but the system's roots, so its test certificate fails).
+fn smtp_at(smtp: &SmtpServer, starttls: bool) -> Value {
+    json!({"provider": "smtp", "host": "localhost", "port": smtp.port,
+        "security": if starttls { "starttls" } else { "none" },
+        "from_email": "reminders@clinic.example"})
+}
+
+fn mail(id: &str, tenant: &str, to: &str) -> Value {
+    support::email_payload(id, tenant, to)
+}
+
+#[tokio::test]
+async fn an_smtp_451_for_the_account_gets_one_call_plus_the_quick_retries_per_delivery_attempt() {
+    let env = TestEnv::new().await;
+    let smtp = SmtpServer::start(env.dir.path(), SmtpOptions::default());
+    set_tenant(
+        &env,
+        "clinic-s",
+        Channel::Email,
+        only(vec![smtp_at(&smtp, false)]),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    s.worker.quick_retries = 2;
+    s.worker.max_attempts = 2;
+    s.worker.retry_delays_secs = vec![1];
+    s.circuit.min_calls = 1000;
+    let (stop, worker) = env.spawn_worker(s);
+
+    // "451 4.3.0": the server's own trouble, not the mailbox's.
+    publish(
+        &env,
+        &[mail("job-451", "clinic-s", "tempfail@clinic.example")],
+    )
+    .await;
+    let r = wait_final(&env, "job-451", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_kind"], "transient");
+    assert_eq!(smtp.rcpt_count("tempfail@clinic.example"), 2 * 3);
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_greylisting_recipient_does_not_close_the_account_for_the_others() {
+    let env = TestEnv::new().await;
+    let smtp = SmtpServer::start(env.dir.path(), SmtpOptions::default());
+    set_tenant(
+        &env,
+        "clinic-g",
+        Channel::Email,
+        only(vec![smtp_at(&smtp, false)]),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    s.circuit.min_calls = 3;
+    s.circuit.open_secs = 600;
+    // Greylisted jobs wait their tier, long after this test.
+    s.worker.retry_delays_secs = vec![600];
+    let port = free_port();
+    s.http.bind = format!("127.0.0.1:{port}");
+    let (stop, worker) = env.spawn_worker(s);
+
+    let mut jobs = vec![];
+    for i in 0..20 {
+        jobs.push(mail(
+            &format!("grey-{i}"),
+            "clinic-g",
+            "greylist@clinic.example",
+        ));
+        jobs.push(mail(
+            &format!("ok-{i}"),
+            "clinic-g",
+            &format!("ok{i}@clinic.example"),
+        ));
+    }
+    publish(&env, &jobs).await;
+    for i in 0..20 {
+        let r = wait_final(&env, &format!("ok-{i}"), Duration::from_secs(60)).await;
+        assert_eq!(r["status"], "sent", "ok-{i}: {r}");
+        assert_eq!(r["chain_step"], 0);
+        assert_eq!(r["attempt_log"].as_array().unwrap().len(), 1, "ok-{i}: {r}");
+    }
+    for i in 0..20 {
+        let id = format!("grey-{i}");
+        eventually(
+            Duration::from_secs(30),
+            "the greylisted job to be retrying",
+            || async {
+                row(&env, &id)
+                    .await
+                    .is_some_and(|r| r["status"] == "retrying")
+            },
+        )
+        .await;
+        let r = row(&env, &id).await.unwrap();
+        assert_eq!(r["error_kind"], "recipient_deferred");
+    }
+
+    assert_eq!(
+        smtp.messages().len(),
+        20,
+        "every other recipient got its mail"
+    );
+    assert_eq!(
+        smtp.rcpt_count("greylist@clinic.example"),
+        20,
+        "one call each: waiting is the recipient's ask"
+    );
+    let (_, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("outreach_circuit_transitions_total") && l.contains("smtp")),
+        "the account's breaker never moved: {metrics}"
+    );
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_certificate_that_does_not_verify_fails_at_once_when_no_other_step_exists() {
+    let env = TestEnv::new().await;
+    let smtp = SmtpServer::start(
+        env.dir.path(),
+        SmtpOptions {
+            starttls: true,
+            require_tls: true,
+            ..Default::default()
+        },
+    );
+    set_tenant(
+        &env,
+        "clinic-tls",
+        Channel::Email,
+        only(vec![smtp_at(&smtp, true)]),
+    )
+    .await;
+    let mut s = worker_settings(&env);
+    s.worker.retry_delays_secs = vec![600];
+    let before = smtp.connections();
+    let (stop, worker) = env.spawn_worker(s);
+
+    publish(&env, &[mail("job-tls", "clinic-tls", "pat@clinic.example")]).await;
+    let r = wait_final(&env, "job-tls", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_kind"], "config");
+    assert_eq!(r["attempts"], 1);
+    assert_eq!(
+        smtp.connections() - before,
+        1,
+        "one connection, not retried"
+    );
+    assert!(smtp.messages().is_empty());
+    let dead = env.dead_letters().await;
+    assert_eq!(dead[0].0["x-outreach-reason"], "config");
+    assert!(
+        dead[0].0["x-outreach-error"].contains("certificate"),
+        "{:?}",
+        dead[0].0
+    );
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_certificate_that_does_not_verify_falls_over_to_the_next_step_at_once() {
+    let env = TestEnv::new().await;
+    let smtp = SmtpServer::start(
+        env.dir.path(),
+        SmtpOptions {
+            starttls: true,
+            require_tls: true,
+            ..Default::default()
+        },
+    );
+    let healthy = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    set_tenant(
+        &env,
+        "clinic-tls2",
+        Channel::Email,
+        only(vec![smtp_at(&smtp, true), sendgrid_at(&healthy)]),
+    )
+    .await;
+    let before = smtp.connections();
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+
+    publish(
+        &env,
+        &[mail("job-tls2", "clinic-tls2", "pat@clinic.example")],
+    )
+    .await;
+    let r = wait_final(&env, "job-tls2", Duration::from_secs(30)).await;
+
+    assert_eq!(r["status"], "sent");
+    assert_eq!(r["chain_step"], 1);
+    assert_eq!(r["attempts"], 1);
+    assert_eq!(smtp.connections() - before, 1);
+    assert_eq!(healthy.received_requests().await.unwrap().len(), 1);
+    assert_eq!(r["attempt_log"][0]["kind"], "config");
 
     stop.cancel();
     worker.await.unwrap().unwrap();

@@ -4,6 +4,11 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
+/// Code of a `Config` error an adapter raises before any request: the job
+/// needs a capability the account lacks (a WhatsApp template on a Twilio
+/// account without Content SIDs). Not held against the account's breaker.
+pub const CAPABILITY: &str = "capability";
+
 /// Longest `Retry-After` we honour; longer hints are clamped to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 

@@ -54,7 +54,7 @@ impl Twilio {
             Content::Template { .. } => {
                 return Err(ProviderError::new(
                     ErrorKind::Config,
-                    None,
+                    Some(super::error::CAPABILITY.into()),
                     "twilio: WhatsApp templates need Twilio Content SIDs, which this account does not have: configure a Meta WhatsApp account for template messages",
                 ));
             }
