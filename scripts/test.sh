@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Run the whole test suite on this machine: makes sure PostgreSQL and
 # RabbitMQ answer on 127.0.0.1 and that the SMTP test server's Python
-# package is installed, then runs `cargo test`.
+# package is installed, then runs `cargo test`, then the fault suite
+# (tests/faults.rs: it starts and restarts RabbitMQ nodes and PostgreSQL
+# clusters of its own, on free ports), one test at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet aiosmtpd
 cargo test --all-targets "$@"
+cargo test --test faults "$@" -- --ignored --test-threads=1

@@ -11,7 +11,7 @@
 //!                  │      ├──► …            ├──► workers (one consumer per queue)
 //!                  │      └──► {p}.work.N-1 ┘        │ (delivery limit hit)
 //!                  │ dead-letter after TTL, same key │
-//!  {p}.retry (headers, outreach-delay = tier) ──► {p}.retry.{n}s
+//!  {p}.delay (headers, outreach-delay = tier) ──► {p}.delay.{n}s
 //!                                             {p}.dlx (fanout) ──► {p}.dlq
 //!  workers ──► {p}.events (topic, key "<status>.<channel>")
 //! ```
@@ -134,7 +134,11 @@ impl Topology {
                 0 | 1 => vec![format!("{p}.work")],
                 n => (0..n).map(|i| format!("{p}.work.{i}")).collect(),
             },
-            retry_exchange: format!("{p}.retry"),
+            // `{p}.delay`, not the `{p}.retry` of earlier versions: those
+            // tiers were classic queues that dead-letter at most once. New
+            // names let an upgraded worker declare quorum tiers while the
+            // old ones drain by themselves (README, "Upgrading").
+            retry_exchange: format!("{p}.delay"),
             dead_letter_exchange: format!("{p}.dlx"),
             dead_letter_queue: format!("{p}.dlq"),
             events_exchange: format!("{p}.events"),
@@ -359,6 +363,16 @@ impl Topology {
             // they were published with (the tenant's), so to its work queue
             // (or its held queue, if it holds).
             args.insert("x-dead-letter-exchange".into(), long(&self.jobs_exchange));
+            if self.queue_type == QueueType::Quorum {
+                // Replicated, and dead-lettered at least once: a message
+                // leaves the tier only when the queue it goes back to has
+                // confirmed it. A classic tier (or a quorum one dead-lettering
+                // at most once) drops a message whose delay ends while the
+                // work queue has no leader, e.g. as RabbitMQ restarts.
+                args.insert("x-queue-type".into(), long("quorum"));
+                args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+                args.insert("x-overflow".into(), long("reject-publish"));
+            }
             let q = self.retry_queue(*tier);
             ch.queue_declare(q.as_str().into(), q_durable, args)
                 .await

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_providers;
+pub mod servers;
 pub mod smtp;
 pub mod tenants;
 
@@ -27,6 +28,8 @@ const ADMIN_DB: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// One test's private world: its own database and exchange / queue prefix.
 pub struct TestEnv {
+    /// The broker this test talks to (the shared one, or its own node).
+    pub amqp_url: String,
     pub db_name: String,
     pub db_url: String,
     pub prefix: String,
@@ -38,6 +41,11 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        Self::on_broker(AMQP_URL).await
+    }
+
+    /// A test world whose broker is `amqp_url` (a node the test started).
+    pub async fn on_broker(amqp_url: &str) -> Self {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let db_name = format!("outreach_test_{}", &id[id.len() - 16..]);
         let prefix = format!("t{}", &id[id.len() - 12..]);
@@ -57,7 +65,7 @@ impl TestEnv {
         settings.sandbox_where_no_default();
         settings.database.url = db_url.clone();
         settings.amqp.prefix = prefix.clone();
-        settings.amqp.url = AMQP_URL.into();
+        settings.amqp.url = amqp_url.into();
         settings.http.bind = "127.0.0.1:0".into();
         settings.worker.retry_delays_secs = vec![1, 2, 5];
         let pool = outreach::db::connect_creating(&settings.database)
@@ -66,6 +74,7 @@ impl TestEnv {
         outreach::db::migrate(&pool).await.unwrap();
         let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
         Self {
+            amqp_url: amqp_url.to_owned(),
             db_name,
             db_url,
             prefix,
@@ -80,7 +89,7 @@ impl TestEnv {
     pub fn env_vars(&self) -> HashMap<String, String> {
         HashMap::from([
             ("OUTREACH__DATABASE__URL".into(), self.db_url.clone()),
-            ("OUTREACH__AMQP__URL".into(), AMQP_URL.into()),
+            ("OUTREACH__AMQP__URL".into(), self.amqp_url.clone()),
             ("OUTREACH__AMQP__PREFIX".into(), self.prefix.clone()),
             ("OUTREACH__WORKER__RETRY_DELAYS_SECS".into(), "1,2,5".into()),
             (
@@ -114,7 +123,7 @@ impl TestEnv {
     }
 
     pub async fn publisher(&self) -> JobPublisher {
-        JobPublisher::connect(AMQP_URL, &self.topology)
+        JobPublisher::connect(&self.amqp_url, &self.topology)
             .await
             .unwrap()
     }
@@ -122,7 +131,7 @@ impl TestEnv {
     /// A private queue (gone with its connection) bound to `exchange` with
     /// `key`, on a connection of its own, the topology declared first.
     pub async fn tap(&self, exchange: &str, key: &str) -> Tap {
-        let conn = outreach::broker::connect(AMQP_URL, "test-tap")
+        let conn = outreach::broker::connect(&self.amqp_url, "test-tap")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -181,7 +190,7 @@ impl TestEnv {
 
     /// Drain the dead-letter queue: (headers as strings, body).
     pub async fn dead_letters(&self) -> Vec<(HashMap<String, String>, Vec<u8>)> {
-        let conn = outreach::broker::connect(AMQP_URL, "test-dlq")
+        let conn = outreach::broker::connect(&self.amqp_url, "test-dlq")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -256,7 +265,7 @@ impl TestEnv {
 
     /// Remove this test's queues, exchanges and database.
     pub async fn cleanup(self) {
-        if let Ok(conn) = outreach::broker::connect(AMQP_URL, "test-cleanup").await
+        if let Ok(conn) = outreach::broker::connect(&self.amqp_url, "test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
             // Tenants' held queues (rate limits), if any were made.

@@ -110,3 +110,12 @@ pub async fn count_accepted(env: &TestEnv, tenant: &str) -> i64 {
     .await
     .unwrap()
 }
+
+/// Rows (all tenants) whose status is `status`.
+pub async fn count_status(env: &TestEnv, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outreach_logs WHERE status::text = $1")
+        .bind(status)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
