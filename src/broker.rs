@@ -74,6 +74,8 @@ pub mod headers {
     pub const TENANT_ID: &str = "x-outreach-tenant-id";
     /// RFC 3339 time of dead-lettering.
     pub const FAILED_AT: &str = "x-outreach-failed-at";
+    /// The outcome a job reached but could not record (reason `unrecordable`).
+    pub const STATUS: &str = "x-outreach-status";
     /// Which delay queue a retry goes to (seconds, as a string): matched by
     /// the retry exchange's bindings, so the routing key can stay the tenant's.
     /// No `x-` prefix: a headers exchange ignores such headers when matching.

@@ -164,6 +164,11 @@ pub struct Record {
 pub enum LogError {
     #[error(transparent)]
     Batch(#[from] BatchError),
+    /// PostgreSQL refused this one row even with every free-form value
+    /// removed: not a database outage, so handing the job back would only
+    /// send it again.
+    #[error("the job's log row cannot be stored: {0}")]
+    Unrecordable(String),
     #[error("delivery log query failed: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -173,7 +178,7 @@ pub enum LogError {
 pub struct DeliveryLog {
     pool: PgPool,
     claims: Batcher<ClaimRequest, Claim>,
-    records: Batcher<Record, Option<LogRow>>,
+    records: Batcher<Record, Result<Option<LogRow>, String>>,
 }
 
 impl DeliveryLog {
@@ -192,7 +197,7 @@ impl DeliveryLog {
         let p = pool.clone();
         let records = Batcher::spawn(batch_size, concurrent_batches, move |recs| {
             let p = p.clone();
-            async move { record_batch(&p, recs).await }
+            async move { Ok(record_isolating(&p, recs).await) }
         });
         Self {
             pool,
@@ -207,8 +212,13 @@ impl DeliveryLog {
 
     /// Write an outcome. `None` when the row was already final (a duplicate
     /// finished first); the caller should then read and report that row.
+    /// Write a job's outcome. `Ok(None)`: the row was already final
+    /// (another delivery recorded it first).
     pub async fn record(&self, rec: Record) -> Result<Option<LogRow>, LogError> {
-        Ok(self.records.call(rec).await?)
+        self.records
+            .call(rec)
+            .await?
+            .map_err(LogError::Unrecordable)
     }
 
     pub async fn get(&self, job_id: &str) -> Result<Option<LogRow>, LogError> {
@@ -330,6 +340,71 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
                 None
             },
         })
+    }
+}
+
+/// Write a batch so that one bad row fails alone. A batch PostgreSQL refuses
+/// for its data (not for an outage) is split in halves until the offending
+/// row is alone; that row is written again with its free-form values removed
+/// (metadata, content, the provider's error text), so its outcome is still
+/// stored. Its batch-mates are recorded normally and never re-sent. An
+/// outage fails the whole batch (`Err` for every item: each job goes back to
+/// the broker).
+fn record_isolating(
+    pool: &PgPool,
+    recs: Vec<Record>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Vec<Result<Option<LogRow>, String>>> + Send + '_>,
+> {
+    Box::pin(async move {
+        let n = recs.len();
+        let e = match record_batch(pool, recs.clone()).await {
+            Ok(rows) => return rows.into_iter().map(Ok).collect(),
+            Err(e) => e,
+        };
+        let refused_data = e
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.code())
+            // 22: data exception (bad text, JSON, number); 23: constraint; 54: too large.
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"));
+        if !refused_data {
+            let msg = e.to_string();
+            return (0..n).map(|_| Err(msg.clone())).collect();
+        }
+        if n > 1 {
+            let mut left = recs;
+            let right = left.split_off(n / 2);
+            let mut out = record_isolating(pool, left).await;
+            out.extend(record_isolating(pool, right).await);
+            return out;
+        }
+        let rec = recs.into_iter().next().expect("one record");
+        tracing::error!(job_id = %rec.job_id, error = %e,
+            "PostgreSQL refused a log row; storing it without its free-form values");
+        match record_batch(pool, vec![rec.stripped(&e.to_string())]).await {
+            Ok(mut rows) => vec![Ok(rows.pop().flatten())],
+            Err(e) => vec![Err(e.to_string())],
+        }
+    })
+}
+
+impl Record {
+    /// This record without the values PostgreSQL may refuse: no metadata or
+    /// content, and the error text replaced by why it was dropped.
+    fn stripped(&self, why: &str) -> Record {
+        let mut r = self.clone();
+        r.metadata = None;
+        r.content = None;
+        r.provider_message_id = r.provider_message_id.map(|m| m.replace('\0', ""));
+        if let Some(e) = &mut r.error {
+            e.code = e.code.as_ref().map(|c| c.replace('\0', ""));
+            e.message = format!(
+                "(the error text could not be stored: {})",
+                why.replace('\0', "")
+            );
+        }
+        r
     }
 }
 

@@ -195,9 +195,29 @@ pub async fn handle(
         }
     }
 
-    let row = match shared.log.record(rec).await? {
-        Some(row) => row,
-        None => {
+    let status = rec.status;
+    let row = match shared.log.record(rec).await {
+        Ok(Some(row)) => row,
+        Err(LogError::Unrecordable(why)) => {
+            // Not an outage: handing the job back would send it again.
+            // Dead-letter it with what happened, for a person to read.
+            tracing::error!(status = status.as_str(), error = %why, "job outcome cannot be stored; dead-lettering it");
+            let mut headers = dead_letter_headers(
+                delivery,
+                "unrecordable",
+                &format!("outcome {} could not be stored: {why}", status.as_str()),
+                Some(job.id.as_str()),
+                Some(job.tenant_id.as_str()),
+                attempt as u64,
+            );
+            headers.insert(
+                headers::STATUS.into(),
+                broker::string_header(status.as_str()),
+            );
+            return publish_dead_letter(shared, publish, delivery, headers).await;
+        }
+        Err(e) => return Err(e.into()),
+        Ok(None) => {
             // Another delivery finished this job first; report that outcome.
             let row = shared.log.get(job.id.as_str()).await?;
             if let Some(row) = row {
