@@ -116,7 +116,7 @@ pub struct LogRow {
     pub sent_at: Option<OffsetDateTime>,
 }
 
-const COLUMNS: &str = "l.job_id, l.tenant_id, l.channel, l.status, l.provider, l.provider_message_id, \
+const COLUMNS: &str = "l.job_id, NULLIF(l.tenant_id, '') AS tenant_id, l.channel, l.status, l.provider, l.provider_message_id, \
     l.chain_step, l.fallback_used, l.attempts, l.attempt_log, l.error_kind, l.error_code, \
     l.error_message, l.retry_at, l.metadata, l.created_at, l.updated_at, l.sent_at";
 
@@ -221,9 +221,23 @@ impl DeliveryLog {
             .map_err(LogError::Unrecordable)
     }
 
-    pub async fn get(&self, job_id: &str) -> Result<Option<LogRow>, LogError> {
-        let sql = format!("SELECT {COLUMNS} FROM outreach_logs l WHERE l.job_id = $1");
+    /// The row of an invalid payload: written only when its job id has no
+    /// row for that tenant (a bad copy must not overwrite a real job's row).
+    /// `Ok(None)`: a row existed and was left alone.
+    pub async fn record_invalid(&self, rec: Record) -> Result<Option<LogRow>, LogError> {
+        write_records(&self.pool, vec![rec], Conflict::OnlyNew)
+            .await
+            .map(|mut rows| rows.pop().flatten())
+            .map_err(|e| LogError::Unrecordable(e.to_string()))
+    }
+
+    /// A tenant's job's row.
+    pub async fn get(&self, tenant_id: &str, job_id: &str) -> Result<Option<LogRow>, LogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM outreach_logs l WHERE l.tenant_id = $1 AND l.job_id = $2"
+        );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
             .bind(job_id)
             .fetch_optional(&self.pool)
             .await?)
@@ -242,10 +256,7 @@ async fn claim_batch(
     // The same job twice in one batch: the first claims, the rest are Busy
     // (one statement cannot touch a row twice).
     let mut seen = HashSet::new();
-    let first: Vec<bool> = reqs
-        .iter()
-        .map(|r| seen.insert(r.job_id.as_str().to_owned()))
-        .collect();
+    let first: Vec<bool> = reqs.iter().map(|r| seen.insert(claim_key(r))).collect();
     let unique: Vec<&ClaimRequest> = reqs
         .iter()
         .zip(&first)
@@ -266,16 +277,17 @@ async fn claim_batch(
             INSERT INTO outreach_logs AS l (job_id, tenant_id, channel, status, lease_until)
             SELECT job_id, tenant_id, channel::channel, 'processing', now() + make_interval(secs => $4)
             FROM input
-            ON CONFLICT (job_id) DO UPDATE
+            ON CONFLICT (tenant_id, job_id) DO UPDATE
                SET status = 'processing', lease_until = EXCLUDED.lease_until, updated_at = now()
              WHERE l.status = 'retrying' OR (l.status = 'processing' AND l.lease_until < now())
-            RETURNING l.job_id
+            RETURNING l.tenant_id, l.job_id
          )
-         SELECT i.job_id AS input_id, g.job_id IS NOT NULL AS granted, l.*
+         SELECT i.job_id AS input_id, i.tenant_id AS input_tenant, g.job_id IS NOT NULL AS granted, l.*
          FROM input i
-         LEFT JOIN granted g ON g.job_id = i.job_id
+         LEFT JOIN granted g ON g.tenant_id = i.tenant_id AND g.job_id = i.job_id
          LEFT JOIN LATERAL (
-            SELECT {COLUMNS} FROM outreach_logs l WHERE l.job_id = i.job_id LIMIT 1
+            SELECT {COLUMNS} FROM outreach_logs l
+             WHERE l.tenant_id = i.tenant_id AND l.job_id = i.job_id LIMIT 1
          ) l ON true"
     );
     let rows: Vec<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -295,7 +307,7 @@ async fn claim_batch(
         .bind(lease_secs as f64)
         .fetch_all(pool)
         .await?;
-    let mut by_id: std::collections::HashMap<String, Claim> = rows
+    let mut by_id: std::collections::HashMap<(String, String), Claim> = rows
         .into_iter()
         .map(|r| {
             let claim = match (r.granted, r.row) {
@@ -305,7 +317,7 @@ async fn claim_batch(
                 (false, Some(row)) if row.status.is_final() => Claim::Done(Box::new(row)),
                 (false, _) => Claim::Busy,
             };
-            (r.input_id, claim)
+            ((r.input_tenant, r.input_id), claim)
         })
         .collect();
     Ok(reqs
@@ -313,7 +325,7 @@ async fn claim_batch(
         .zip(first)
         .map(|(r, first)| {
             if first {
-                by_id.remove(r.job_id.as_str()).unwrap_or(Claim::Busy)
+                by_id.remove(&claim_key(r)).unwrap_or(Claim::Busy)
             } else {
                 Claim::Busy
             }
@@ -321,8 +333,14 @@ async fn claim_batch(
         .collect())
 }
 
+/// A claim's identity: job ids are unique per tenant.
+fn claim_key(r: &ClaimRequest) -> (String, String) {
+    (r.tenant_id.to_string(), r.job_id.to_string())
+}
+
 struct ClaimRow {
     input_id: String,
+    input_tenant: String,
     granted: bool,
     row: Option<LogRow>,
 }
@@ -333,6 +351,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
         let status: Option<DeliveryStatus> = row.try_get("status")?;
         Ok(Self {
             input_id: row.try_get("input_id")?,
+            input_tenant: row.try_get("input_tenant")?,
             granted: row.try_get("granted")?,
             row: if status.is_some() {
                 Some(LogRow::from_row(row)?)
@@ -408,7 +427,41 @@ impl Record {
     }
 }
 
+/// The outcome replaces the open row of its job; the attempt log grows.
+const SETTLE_OPEN: &str = "DO UPDATE SET
+             status = EXCLUDED.status, provider = EXCLUDED.provider,
+             provider_message_id = EXCLUDED.provider_message_id, chain_step = EXCLUDED.chain_step,
+             fallback_used = EXCLUDED.fallback_used, attempts = EXCLUDED.attempts,
+             attempt_log = l.attempt_log || EXCLUDED.attempt_log, error_kind = EXCLUDED.error_kind,
+             error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
+             retry_at = EXCLUDED.retry_at, content = COALESCE(EXCLUDED.content, l.content),
+             metadata = COALESCE(EXCLUDED.metadata, l.metadata), sent_at = EXCLUDED.sent_at,
+             lease_until = NULL, updated_at = now()
+           WHERE l.status IN ('processing', 'retrying')";
+
+/// How a record meets an existing row of its job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conflict {
+    /// Settle the job's open row (`processing` / `retrying`); a final row stays.
+    SettleOpen,
+    /// Only write when the job has no row at all (an invalid payload that
+    /// reuses a job's id must not touch that job's row).
+    OnlyNew,
+}
+
 async fn record_batch(pool: &PgPool, recs: Vec<Record>) -> anyhow::Result<Vec<Option<LogRow>>> {
+    write_records(pool, recs, Conflict::SettleOpen).await
+}
+
+async fn write_records(
+    pool: &PgPool,
+    recs: Vec<Record>,
+    conflict: Conflict,
+) -> anyhow::Result<Vec<Option<LogRow>>> {
+    let on_conflict = match conflict {
+        Conflict::OnlyNew => "DO NOTHING",
+        Conflict::SettleOpen => SETTLE_OPEN,
+    };
     // Rows for the same job in one batch cannot happen: a job is recorded
     // only by the delivery that claimed it (or, invalid, never claimed).
     let mut cols = RecordColumns::default();
@@ -419,7 +472,7 @@ async fn record_batch(pool: &PgPool, recs: Vec<Record>) -> anyhow::Result<Vec<Op
         "INSERT INTO outreach_logs AS l (job_id, tenant_id, channel, status, provider, provider_message_id,
              chain_step, fallback_used, attempts, attempt_log, error_kind, error_code, error_message,
              retry_at, content, metadata, sent_at)
-         SELECT job_id, tenant_id, channel::channel, status::delivery_status, provider, provider_message_id,
+         SELECT job_id, COALESCE(tenant_id, ''), channel::channel, status::delivery_status, provider, provider_message_id,
              chain_step, fallback_used, attempts, attempt_log::jsonb, error_kind::error_kind, error_code,
              error_message, retry_at, content::jsonb, metadata::jsonb,
              CASE WHEN status = 'sent' THEN now() END
@@ -429,16 +482,7 @@ async fn record_batch(pool: &PgPool, recs: Vec<Record>) -> anyhow::Result<Vec<Op
               AS t(job_id, tenant_id, channel, status, provider, provider_message_id, chain_step,
                    fallback_used, attempts, attempt_log, error_kind, error_code, error_message,
                    retry_at, content, metadata)
-         ON CONFLICT (job_id) DO UPDATE SET
-             status = EXCLUDED.status, provider = EXCLUDED.provider,
-             provider_message_id = EXCLUDED.provider_message_id, chain_step = EXCLUDED.chain_step,
-             fallback_used = EXCLUDED.fallback_used, attempts = EXCLUDED.attempts,
-             attempt_log = l.attempt_log || EXCLUDED.attempt_log, error_kind = EXCLUDED.error_kind,
-             error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
-             retry_at = EXCLUDED.retry_at, content = COALESCE(EXCLUDED.content, l.content),
-             metadata = COALESCE(EXCLUDED.metadata, l.metadata), sent_at = EXCLUDED.sent_at,
-             lease_until = NULL, updated_at = now()
-           WHERE l.status IN ('processing', 'retrying')
+         ON CONFLICT (tenant_id, job_id) {on_conflict}
          RETURNING {COLUMNS}"
     );
     let rows: Vec<LogRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -460,9 +504,16 @@ async fn record_batch(pool: &PgPool, recs: Vec<Record>) -> anyhow::Result<Vec<Op
         .bind(cols.metadata)
         .fetch_all(pool)
         .await?;
-    let mut by_id: std::collections::HashMap<String, LogRow> =
-        rows.into_iter().map(|r| (r.job_id.clone(), r)).collect();
-    Ok(recs.iter().map(|r| by_id.remove(&r.job_id)).collect())
+    let key =
+        |tenant: &Option<String>, job: &str| (tenant.clone().unwrap_or_default(), job.to_owned());
+    let mut by_id: std::collections::HashMap<(String, String), LogRow> = rows
+        .into_iter()
+        .map(|r| (key(&r.tenant_id, &r.job_id), r))
+        .collect();
+    Ok(recs
+        .iter()
+        .map(|r| by_id.remove(&key(&r.tenant_id, &r.job_id)))
+        .collect())
 }
 
 /// `Record`s turned inside out for UNNEST.

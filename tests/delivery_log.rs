@@ -86,3 +86,65 @@ async fn a_row_postgresql_refuses_is_stored_without_its_free_form_values_and_its
     }
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_job_id_another_tenant_already_used_is_claimed_as_this_tenant_s_own_job() {
+    let t = TestEnv::new().await;
+    let log = DeliveryLog::new(t.pool.clone(), 16, 1, 60);
+    let of = |tenant: &str| ClaimRequest {
+        job_id: JobId::parse("reminder-1").unwrap(),
+        tenant_id: TenantId::parse(tenant).unwrap(),
+        channel: Channel::Email,
+    };
+    assert!(matches!(
+        log.claim(of("clinic-1")).await.unwrap(),
+        Claim::Granted { .. }
+    ));
+    log.record(sent("reminder-1"))
+        .await
+        .unwrap()
+        .expect("recorded");
+
+    // Another tenant's job with the same id is not a duplicate of it.
+    assert!(matches!(
+        log.claim(of("clinic-2")).await.unwrap(),
+        Claim::Granted { attempts: 0 }
+    ));
+    // And the first tenant's own copy still is.
+    assert!(matches!(
+        log.claim(of("clinic-1")).await.unwrap(),
+        Claim::Done(_)
+    ));
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_invalid_payload_reusing_a_job_s_id_leaves_that_job_s_row_alone() {
+    let t = TestEnv::new().await;
+    let log = DeliveryLog::new(t.pool.clone(), 16, 1, 60);
+    assert!(matches!(
+        log.claim(claim("in-flight")).await.unwrap(),
+        Claim::Granted { .. }
+    ));
+
+    let mut bad = sent("in-flight");
+    bad.status = DeliveryStatus::Failed;
+    bad.provider = None;
+    bad.error = Some(ProviderError::new(
+        ErrorKind::InvalidJob,
+        Some("invalid_recipient".into()),
+        "recipient is not an email address",
+    ));
+    assert!(
+        log.record_invalid(bad).await.unwrap().is_none(),
+        "left alone"
+    );
+
+    let row = log.get("clinic-1", "in-flight").await.unwrap().unwrap();
+    assert_eq!(
+        row.status,
+        DeliveryStatus::Processing,
+        "the real job is still in flight"
+    );
+    t.cleanup().await;
+}

@@ -72,3 +72,47 @@ async fn a_copy_arriving_while_the_job_is_leased_is_delayed_not_sent() {
     ));
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_job_id_from_two_tenants_is_two_jobs_and_both_are_sent() {
+    let t = TestEnv::new().await;
+    let record = t.path("sandbox.jsonl");
+    let mut settings = t.settings.clone();
+    settings.defaults.email =
+        serde_json::from_value(serde_json::json!({"provider": "sandbox", "record_file": record}))
+            .unwrap();
+    let (stop, worker) = t.spawn_worker(settings);
+    let publisher = t.publisher().await;
+
+    for tenant in ["clinic-1", "clinic-2"] {
+        let job = email_payload("appt-7781", tenant, "pat@example.com");
+        publisher
+            .publish(&serde_json::to_vec(&job).unwrap())
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(20), "both jobs to be final", || async {
+        t.count_final().await == 2
+    })
+    .await;
+
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tenant_id, status::text FROM outreach_logs WHERE job_id = 'appt-7781' ORDER BY tenant_id",
+    )
+    .fetch_all(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("clinic-1".into(), "simulated".into()),
+            ("clinic-2".into(), "simulated".into())
+        ]
+    );
+    let sends = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(sends.lines().count(), 2, "each tenant's message went out");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    t.cleanup().await;
+}

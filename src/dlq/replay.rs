@@ -121,7 +121,7 @@ pub async fn replay(
                 ReplayOutcome::SkippedInvalid
             } else if let Some(pool) = &pool {
                 let already_sent = match &letter.job_id {
-                    Some(id) => reset_row(pool, id).await?,
+                    Some(id) => reset_row(pool, letter.tenant_id.as_deref(), id).await?,
                     None => false,
                 };
                 let props = fresh(&delivery.properties);
@@ -161,21 +161,23 @@ pub async fn replay(
 
 /// Step 1: make the job sendable again. Returns whether its row is `sent`
 /// (left as it is: a delivered job is never sent twice).
-async fn reset_row(pool: &PgPool, job_id: &str) -> Result<bool, DlqError> {
+async fn reset_row(pool: &PgPool, tenant_id: Option<&str>, job_id: &str) -> Result<bool, DlqError> {
     let status: Option<String> = sqlx::query_scalar(
         "WITH reset AS (
             UPDATE outreach_logs
                SET status = 'retrying', attempts = 0, lease_until = NULL, retry_at = NULL,
                    updated_at = now()
-             WHERE job_id = $1 AND status IN ('failed', 'expired')
+             WHERE tenant_id = $2 AND job_id = $1 AND status IN ('failed', 'expired')
             RETURNING status
          )
          SELECT status::text FROM reset
          UNION ALL
          SELECT status::text FROM outreach_logs
-          WHERE job_id = $1 AND NOT EXISTS (SELECT 1 FROM reset)",
+          WHERE tenant_id = $2 AND job_id = $1 AND NOT EXISTS (SELECT 1 FROM reset)",
     )
     .bind(job_id)
+    // An invalid payload's row is kept under the tenant '' (migration 0005).
+    .bind(tenant_id.unwrap_or_default())
     .fetch_optional(pool)
     .await
     .map_err(DlqError::Log)?;

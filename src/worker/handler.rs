@@ -219,7 +219,10 @@ pub async fn handle(
         Err(e) => return Err(e.into()),
         Ok(None) => {
             // Another delivery finished this job first; report that outcome.
-            let row = shared.log.get(job.id.as_str()).await?;
+            let row = shared
+                .log
+                .get(job.tenant_id.as_str(), job.id.as_str())
+                .await?;
             if let Some(row) = row {
                 shared.events(publish).publish_row(&row, true).await?;
             }
@@ -340,7 +343,7 @@ async fn reject_invalid(
                 content: None,
                 metadata: salvaged.metadata.clone(),
             };
-            shared.log.record(rec).await?
+            shared.log.record_invalid(rec).await?
         }
         None => None,
     };
