@@ -59,11 +59,13 @@ pub async fn connect_creating(s: &DatabaseSettings) -> Result<PgPool, DbError> {
             .execute(&mut conn)
             .await
         {
-            // Another process may have created it meanwhile.
+            // Another process created it meanwhile: 42P04 (duplicate
+            // database) when it had committed, 23505 (unique violation on
+            // pg_database) when both were creating it at once.
             let raced = source
                 .as_database_error()
                 .and_then(|e| e.code())
-                .is_some_and(|c| c == "42P04");
+                .is_some_and(|c| c == "42P04" || c == "23505");
             if !raced {
                 return Err(DbError::Create { name, source });
             }
@@ -77,6 +79,9 @@ pub async fn connect_creating(s: &DatabaseSettings) -> Result<PgPool, DbError> {
     Ok(pool)
 }
 
+/// Apply the embedded migrations. Safe from several processes at once: sqlx
+/// holds a PostgreSQL advisory lock while it migrates, so the others wait
+/// and then find nothing left to do.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
