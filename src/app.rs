@@ -68,6 +68,8 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         listener_stop.clone(),
     ));
     let health = Arc::new(Health::new(pool.clone()));
+    let probe_stop = CancellationToken::new();
+    let probe_task = health.spawn_probe(probe_stop.clone());
 
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
@@ -131,6 +133,8 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     worker::run(shared, cfg, health, shutdown).await;
     http_stop.cancel();
     listener_stop.cancel();
+    probe_stop.cancel();
+    let _ = probe_task.await;
     let _ = http_task.await;
     let _ = listener_task.await;
     pool.close().await;

@@ -44,7 +44,7 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 
 async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     let broker = s.health.broker_up();
-    let database = s.health.database_up().await;
+    let database = s.health.database_up();
     let code = if broker && database {
         StatusCode::OK
     } else {

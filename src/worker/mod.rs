@@ -138,14 +138,18 @@ async fn session(
     // each queue, sends by `shared.sends`, which serves waiting jobs in
     // order: a queue with a burst cannot take every send slot from the others.
     let loops = CancellationToken::new();
+    // Fired when jobs still in flight are given up (their deliveries return
+    // to the queue with the connection): nothing waits on a dead channel.
+    let abandon = CancellationToken::new();
     let mut consuming = tokio::task::JoinSet::new();
     for mut consumer in consumers {
-        let (shared, publish, moves, jobs, stop) = (
+        let (shared, publish, moves, jobs, stop, abandon) = (
             shared.clone(),
             publish.clone(),
             moves.clone(),
             tracker.clone(),
             loops.clone(),
+            abandon.clone(),
         );
         consuming.spawn(async move {
             loop {
@@ -158,11 +162,14 @@ async fn session(
                         None => return Err(BrokerError::ConsumerEnded),
                     },
                 };
-                let (shared, publish, moves) = (shared.clone(), publish.clone(), moves.clone());
+                let (shared, publish, moves, abandon) =
+                    (shared.clone(), publish.clone(), moves.clone(), abandon.clone());
                 jobs.spawn(async move {
-                    metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
-                    settle(&shared, &publish, &moves, delivery, Source::Work).await;
-                    metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
+                    let _counted = InFlight::start();
+                    tokio::select! {
+                        _ = abandon.cancelled() => {}
+                        _ = settle(&shared, &publish, &moves, delivery, Source::Work) => {}
+                    }
                 });
             }
         });
@@ -178,6 +185,9 @@ async fn session(
             Err(BrokerError::ChannelClosed(name))
         }
     };
+    // Not ready from here on: draining for a shutdown, or the session is gone.
+    health.set_broker(false);
+    metrics::gauge!(m::BROKER_CONNECTED).set(0.0);
     // Stop deliveries first, then let the jobs in flight finish.
     loops.cancel();
     while consuming.join_next().await.is_some() {}
@@ -188,20 +198,47 @@ async fn session(
             .await;
     }
     tracker.close();
-    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    // After losing the broker, jobs in flight can still record their
+    // outcome (so a redelivered copy is not sent again) but cannot ack: give
+    // them a short while, not the whole shutdown grace.
+    let grace = if ended.is_err() {
+        cfg.shutdown_grace.min(BROKER_LOST_GRACE)
+    } else {
+        cfg.shutdown_grace
+    };
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
-            grace_secs = cfg.shutdown_grace.as_secs(),
-            "jobs still in flight after the grace period; they will be redelivered"
+            grace_secs = grace.as_secs(),
+            left = tracker.len(),
+            "jobs still in flight after the grace period; giving them up (they will be redelivered)"
         );
+        abandon.cancel();
+        tracker.wait().await;
     }
     let _ = consume.close(200, "bye".into()).await;
     let _ = publish.close(200, "bye".into()).await;
     let _ = moves.close(200, "bye".into()).await;
     let _ = conn.close(200, "bye".into()).await;
     ended
+}
+
+/// How long jobs in flight may finish once the broker session is lost.
+const BROKER_LOST_GRACE: Duration = Duration::from_secs(5);
+
+/// Counts a job in `outreach_jobs_in_flight` while it lives, however it ends.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
+    }
 }
 
 /// Wait until one of `channels` is closed (the broker closes a channel on a
