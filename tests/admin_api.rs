@@ -2,7 +2,7 @@
 
 mod support;
 
-use outreach::admin_api::{self, AdminState, Tokens, hash_token};
+use outreach::admin_api::{self, AdminState, hash_token};
 use outreach::crypto::KeyRing;
 use outreach::dispatch::QuickRetry;
 use outreach::settings::TenantToken;
@@ -24,7 +24,7 @@ struct Api {
 impl Api {
     async fn start(env: &TestEnv) -> Self {
         let mut settings = env.settings.clone();
-        settings.admin.operator_token_sha256 = vec![hash_token(OPERATOR)];
+        settings.admin.operator_token_sha256 = vec![hash_token(OPERATOR).into()];
         settings.admin.tenant_tokens = vec![TenantToken {
             tenant: "clinic-1".into(),
             sha256: hash_token(CLINIC_1),
@@ -37,15 +37,15 @@ impl Api {
                 .unwrap()
                 .with_store(store.clone()),
         );
-        let state = AdminState {
+        let state = AdminState::new(
             store,
             directory,
-            auth: Arc::new(Tokens::new(&settings.admin)),
-            quick_retry: QuickRetry {
+            QuickRetry {
                 times: 0,
                 base: Duration::from_millis(10),
             },
-        };
+            &settings,
+        );
         let app = axum::Router::new().nest("/admin/v1", admin_api::router(state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/admin/v1", listener.local_addr().unwrap());
