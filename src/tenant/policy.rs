@@ -80,8 +80,15 @@ impl TenantPolicy {
                     == now.get(field).unwrap_or(&Value::Null)
         };
         match entry {
-            ProviderSettings::Sandbox(_) => {
-                if !(unchanged("record_file")) {
+            ProviderSettings::Sandbox(sb) => {
+                if sb.record_file.is_some() && !unchanged("record_file") {
+                    return Err((
+                        "record_file".into(),
+                        "a local path of the service (and the sandbox provider is an operator's tool)"
+                            .into(),
+                    ));
+                }
+                if !unchanged("record_file") {
                     return Err((
                         "provider".into(),
                         "the sandbox provider is an operator's tool".into(),
@@ -214,7 +221,7 @@ mod tests {
                 Channel::Sms
             )
             .as_deref(),
-            Some("chain[0].provider")
+            Some("chain[0].record_file")
         );
         assert_eq!(
             field(json!({"provider": "sandbox"}), Channel::Sms).as_deref(),
