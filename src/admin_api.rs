@@ -306,9 +306,9 @@ async fn set(
     let cfg = ChannelConfig::from_json(value, c).map_err(StoreError::from)?;
     if let Principal::Tenant { .. } = principal {
         let stored = s.store.get(&t, c).await?;
-        s.policy.check(&cfg, stored.as_ref()).map_err(|f| {
-            ApiError::new(StatusCode::FORBIDDEN, f.to_string(), Some(&f.field))
-        })?;
+        s.policy
+            .check(&cfg, stored.as_ref())
+            .map_err(|f| ApiError::new(StatusCode::FORBIDDEN, f.to_string(), Some(&f.field)))?;
     }
     s.store.put(&t, c, &cfg, &principal.actor()).await?;
     Ok(match s.store.get(&t, c).await? {

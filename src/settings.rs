@@ -297,7 +297,9 @@ impl AllowedHosts {
     /// Whether `host` matches an entry of `kind`'s list (case-insensitive).
     pub fn allows(&self, kind: crate::provider::ProviderKind, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.of(kind).iter().any(|p| host_matches(&p.to_ascii_lowercase(), &host))
+        self.of(kind)
+            .iter()
+            .any(|p| host_matches(&p.to_ascii_lowercase(), &host))
     }
 }
 
@@ -308,8 +310,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
         && p.iter().zip(&h).all(|(p, h)| {
             !h.is_empty()
                 && (*p == *h
-                    || (*p == "*"
-                        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
+                    || (*p == "*" && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
         })
 }
 

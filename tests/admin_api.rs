@@ -304,8 +304,10 @@ async fn a_tenant_token_may_not_point_a_provider_outside_the_allow_list() {
             "PUT",
             "/tenants/clinic-1/messaging/email",
             Some(CLINIC_1),
-            Some(json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": 5432,
-                "security": "none", "from_email": "a@clinic.example"}]})),
+            Some(
+                json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": 5432,
+                "security": "none", "from_email": "a@clinic.example"}]}),
+            ),
         )
         .await;
     assert_eq!(smtp, 403);
@@ -350,7 +352,10 @@ async fn an_endpoint_an_operator_set_on_a_network_not_allow_listed_is_refused_at
     for (channel, entry) in [
         ("sms", twilio_entry(&format!("http://127.0.0.1:{port}"))),
         // A name that resolves to loopback goes through the resolver.
-        ("whatsapp", twilio_entry(&format!("http://localhost:{port}"))),
+        (
+            "whatsapp",
+            twilio_entry(&format!("http://localhost:{port}")),
+        ),
         (
             "email",
             json!({"provider": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
@@ -402,9 +407,11 @@ async fn an_operator_reaches_a_self_hosted_smtp_relay_on_an_allow_listed_network
             "PUT",
             "/tenants/clinic-1/messaging/email",
             Some(OPERATOR),
-            Some(json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": smtp.port,
+            Some(
+                json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": smtp.port,
                 "security": "none", "from_email": "desk@clinic.example"}],
-                "fallback_to_system": false})),
+                "fallback_to_system": false}),
+            ),
         )
         .await;
     let (status, body2) = api
@@ -422,9 +429,11 @@ async fn an_operator_reaches_a_self_hosted_smtp_relay_on_an_allow_listed_network
             "PUT",
             "/tenants/clinic-1/messaging/email",
             Some(CLINIC_1),
-            Some(json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": smtp.port,
+            Some(
+                json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": smtp.port,
                 "security": "none", "from_email": "frontdesk@clinic.example"}],
-                "fallback_to_system": false})),
+                "fallback_to_system": false}),
+            ),
         )
         .await;
 
@@ -441,7 +450,8 @@ async fn an_operator_reaches_a_self_hosted_smtp_relay_on_an_allow_listed_network
 async fn a_chain_longer_than_the_limit_is_refused_naming_chain() {
     let env = TestEnv::new().await;
     let api = Api::start(&env).await;
-    let entry = json!({"provider": "sendgrid", "api_key": SECRET, "from_email": "a@clinic.example"});
+    let entry =
+        json!({"provider": "sendgrid", "api_key": SECRET, "from_email": "a@clinic.example"});
 
     let (six, body) = api
         .call(

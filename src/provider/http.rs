@@ -328,7 +328,9 @@ fn spellings(s: &str) -> Vec<String> {
     out.push(form.replace('+', "%20"));
     out.push(form);
     let json = serde_json::to_string(s).unwrap_or_default();
-    let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default();
+    let json = json
+        .get(1..json.len().saturating_sub(1))
+        .unwrap_or_default();
     out.push(json.to_owned());
     out.push(json.replace('/', "\\/"));
     let collapsed = s.split_whitespace().collect::<Vec<_>>().join(" ");

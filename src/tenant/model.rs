@@ -106,10 +106,7 @@ impl ChannelConfig {
         let mut chain = Vec::with_capacity(input.chain.len());
         for (i, entry) in input.chain.into_iter().enumerate() {
             chain.push(parse_entry(entry).map_err(|(field, reason)| {
-                ConfigError::new(
-                    format!("chain[{i}].{field}").trim_end_matches('.'),
-                    reason,
-                )
+                ConfigError::new(format!("chain[{i}].{field}").trim_end_matches('.'), reason)
             })?);
         }
         let cfg = Self {
@@ -217,13 +214,25 @@ fn parse_entry(entry: serde_json::Value) -> Result<ProviderSettings, (String, St
             .map_err(|e| (path_of(&e.path().to_string()), safe_reason(e.inner())))
     }
     match tag.as_ref().and_then(|t| t.as_str()) {
-        Some("sandbox") => de(rest, ProviderSettings::Sandbox as fn(ps::SandboxSettings) -> _),
+        Some("sandbox") => de(
+            rest,
+            ProviderSettings::Sandbox as fn(ps::SandboxSettings) -> _,
+        ),
         Some("smtp") => de(rest, ProviderSettings::Smtp as fn(ps::SmtpSettings) -> _),
-        Some("sendgrid") => de(rest, ProviderSettings::Sendgrid as fn(ps::SendgridSettings) -> _),
+        Some("sendgrid") => de(
+            rest,
+            ProviderSettings::Sendgrid as fn(ps::SendgridSettings) -> _,
+        ),
         Some("ses") => de(rest, ProviderSettings::Ses as fn(ps::SesSettings) -> _),
-        Some("twilio") => de(rest, ProviderSettings::Twilio as fn(ps::TwilioSettings) -> _),
+        Some("twilio") => de(
+            rest,
+            ProviderSettings::Twilio as fn(ps::TwilioSettings) -> _,
+        ),
         Some("meta") => de(rest, ProviderSettings::Meta as fn(ps::MetaSettings) -> _),
-        Some("vonage") => de(rest, ProviderSettings::Vonage as fn(ps::VonageSettings) -> _),
+        Some("vonage") => de(
+            rest,
+            ProviderSettings::Vonage as fn(ps::VonageSettings) -> _,
+        ),
         None if tag.is_none() => Err(("provider".into(), "missing field".into())),
         _ => Err((
             "provider".into(),
@@ -236,7 +245,11 @@ fn parse_entry(entry: serde_json::Value) -> Result<ProviderSettings, (String, St
 /// serde_path_to_error's path (`rate_limits.per_second`, `.`) as a field
 /// path; `""` for the document itself.
 fn path_of(p: &str) -> String {
-    if p == "." { String::new() } else { p.to_owned() }
+    if p == "." {
+        String::new()
+    } else {
+        p.to_owned()
+    }
 }
 
 fn path_error(prefix: &str, path: String, e: &serde_json::Error) -> ConfigError {

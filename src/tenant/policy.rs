@@ -49,12 +49,18 @@ impl TenantPolicy {
 
     /// The first field of `cfg` a tenant-scoped token may not set, given
     /// what is stored now.
-    pub fn check(&self, cfg: &ChannelConfig, stored: Option<&StoredConfig>) -> Result<(), Forbidden> {
+    pub fn check(
+        &self,
+        cfg: &ChannelConfig,
+        stored: Option<&StoredConfig>,
+    ) -> Result<(), Forbidden> {
         for (i, entry) in cfg.chain.iter().enumerate() {
             let before = stored.and_then(|s| s.chain.get(i));
             self.check_entry(entry, before)
                 .map_err(|(field, reason)| Forbidden {
-                    field: format!("chain[{i}].{field}").trim_end_matches('.').to_owned(),
+                    field: format!("chain[{i}].{field}")
+                        .trim_end_matches('.')
+                        .to_owned(),
                     reason,
                 })?;
         }
