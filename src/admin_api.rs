@@ -1,22 +1,31 @@
 //! Admin HTTP API (`/admin/v1`): tenants manage their messaging config.
 //!
 //! Bearer tokens are configured as SHA-256 digests only; operator tokens may
-//! manage every tenant, tenant tokens only their own. Answers never contain a
+//! manage every tenant and every field, tenant tokens only their own tenant
+//! and only what [`TenantPolicy`] lets a tenant set. Answers never contain a
 //! secret: configs are shown masked, errors name fields, never values.
+//! Bounded: request bodies (`admin.max_body_bytes`, 413 above), requests per
+//! token per minute (`admin.requests_per_minute`, 429 with Retry-After),
+//! chain length (`tenant_config.max_chain_len`, 422).
 
 use crate::dispatch::{self, QuickRetry};
 use crate::job::{Channel, Content, Job, JobId, TenantId};
-use crate::settings::AdminSettings;
+use crate::settings::{AdminSettings, Settings};
+use crate::tenant::policy::TenantPolicy;
 use crate::tenant::{ChannelConfig, Directory, StoreError, TenantStore, view};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// What the admin routes need.
 #[derive(Clone)]
@@ -25,19 +34,62 @@ pub struct AdminState {
     pub directory: Arc<Directory>,
     pub auth: Arc<Tokens>,
     pub quick_retry: QuickRetry,
+    /// What tenant-scoped tokens may set.
+    pub policy: Arc<TenantPolicy>,
+    /// Requests per token per minute; `None`: unlimited.
+    pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl AdminState {
+    /// The admin API of a worker configured by `settings`.
+    pub fn new(
+        store: TenantStore,
+        directory: Arc<Directory>,
+        quick_retry: QuickRetry,
+        settings: &Settings,
+    ) -> Self {
+        Self {
+            store,
+            directory,
+            auth: Arc::new(Tokens::new(&settings.admin)),
+            quick_retry,
+            policy: Arc::new(TenantPolicy::from_settings(&settings.providers)),
+            limiter: per_minute(settings.admin.requests_per_minute),
+            max_body_bytes: settings.admin.max_body_bytes,
+        }
+    }
+}
+
+/// A keyed limiter of `n` requests per minute (bursts up to `n`); none for 0.
+pub fn per_minute(n: u32) -> Option<Arc<DefaultKeyedRateLimiter<String>>> {
+    let n = NonZeroU32::new(n)?;
+    Some(Arc::new(governor::RateLimiter::keyed(
+        Quota::per_minute(n).allow_burst(n),
+    )))
 }
 
 /// The configured token digests.
 pub struct Tokens {
-    operators: Vec<[u8; 32]>,
+    operators: Vec<([u8; 32], String)>,
     tenants: Vec<([u8; 32], String, String)>,
 }
 
 /// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Operator,
+    Operator { name: String },
     Tenant { tenant: String, name: String },
+}
+
+impl Principal {
+    /// The audit actor (`api:<name>`) and the rate-limit key.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Operator { name } | Principal::Tenant { name, .. } => format!("api:{name}"),
+        }
+    }
 }
 
 impl Tokens {
@@ -49,7 +101,11 @@ impl Tokens {
             out
         };
         Self {
-            operators: s.operator_token_sha256.iter().map(|h| digest(h)).collect(),
+            operators: s
+                .operator_token_sha256
+                .iter()
+                .map(|t| (digest(t.sha256()), t.name()))
+                .collect(),
             tenants: s
                 .tenant_tokens
                 .iter()
@@ -59,17 +115,18 @@ impl Tokens {
     }
 
     /// The principal of a presented token. Every digest is compared, in
-    /// constant time, so timing tells nothing about which (if any) matched.
+    /// constant time (`subtle`), so timing tells nothing about which (if
+    /// any) matched.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
-        for d in &self.operators {
-            if ct_eq(d, &presented) {
-                found = Some(Principal::Operator);
+        for (d, name) in &self.operators {
+            if bool::from(d.ct_eq(&presented)) && found.is_none() {
+                found = Some(Principal::Operator { name: name.clone() });
             }
         }
         for (d, tenant, name) in &self.tenants {
-            if ct_eq(d, &presented) && found.is_none() {
+            if bool::from(d.ct_eq(&presented)) && found.is_none() {
                 found = Some(Principal::Tenant {
                     tenant: tenant.clone(),
                     name: name.clone(),
@@ -80,16 +137,13 @@ impl Tokens {
     }
 }
 
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The hex SHA-256 of a token, as configured (`outreach admin hash-token`).
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 pub fn router(state: AdminState) -> Router {
+    let limit = state.max_body_bytes;
     Router::new()
         .route("/tenants/{tenant}/messaging", get(show))
         .route(
@@ -97,6 +151,7 @@ pub fn router(state: AdminState) -> Router {
             put(set).delete(remove),
         )
         .route("/tenants/{tenant}/messaging/{channel}/test", post(test))
+        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -106,6 +161,7 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     field: Option<String>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -114,6 +170,7 @@ impl ApiError {
             status,
             message: message.into(),
             field: field.map(str::to_owned),
+            retry_after: None,
         }
     }
 }
@@ -121,7 +178,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.message, "field": self.field });
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
     }
 }
 
@@ -143,26 +205,61 @@ impl From<StoreError> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Authorise the caller for `tenant`; returns the audit actor.
-fn authorise(s: &AdminState, headers: &HeaderMap, tenant: &str) -> Result<String, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required", None))?;
-    match s.auth.authenticate(token.trim()) {
-        None => Err(ApiError::new(
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Take one request from `key`'s allowance, or a 429 with Retry-After.
+fn take(s: &AdminState, key: &str) -> Result<(), ApiError> {
+    let Some(limiter) = &s.limiter else {
+        return Ok(());
+    };
+    limiter.check_key(&key.to_owned()).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests for this token",
+            None,
+        );
+        e.retry_after = Some(secs.max(1));
+        e
+    })
+}
+
+/// Authorise the caller for `tenant`; returns who it is.
+fn authorise(s: &AdminState, headers: &HeaderMap, tenant: &str) -> Result<Principal, ApiError> {
+    // Requests without a known token share one allowance.
+    const ANONYMOUS: &str = "-";
+    let Some(token) = bearer(headers) else {
+        take(s, ANONYMOUS)?;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bearer token required",
+            None,
+        ));
+    };
+    let Some(principal) = s.auth.authenticate(token) else {
+        take(s, ANONYMOUS)?;
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unknown token",
             None,
-        )),
-        Some(Principal::Operator) => Ok("api:operator".into()),
-        Some(Principal::Tenant { tenant: t, name }) if t == tenant => Ok(format!("api:{name}")),
-        Some(Principal::Tenant { .. }) => Err(ApiError::new(
+        ));
+    };
+    take(s, &principal.actor())?;
+    match &principal {
+        Principal::Tenant { tenant: t, .. } if t != tenant => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "this token may not manage this tenant",
             None,
         )),
+        _ => Ok(principal),
     }
 }
 
@@ -196,12 +293,24 @@ async fn set(
     Path((tenant, c)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let actor = authorise(&s, &headers, &tenant)?;
+    let principal = authorise(&s, &headers, &tenant)?;
     let (t, c) = (tenant_id(&tenant)?, channel(&c)?);
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "body is not JSON", None))?;
+    // Before parsing: a long chain is refused without building its entries.
+    if let Some(chain) = value.get("chain").and_then(|c| c.as_array()) {
+        s.store
+            .check_chain_len(chain.len())
+            .map_err(StoreError::from)?;
+    }
     let cfg = ChannelConfig::from_json(value, c).map_err(StoreError::from)?;
-    s.store.put(&t, c, &cfg, &actor).await?;
+    if let Principal::Tenant { .. } = principal {
+        let stored = s.store.get(&t, c).await?;
+        s.policy
+            .check(&cfg, stored.as_ref())
+            .map_err(|f| ApiError::new(StatusCode::FORBIDDEN, f.to_string(), Some(&f.field)))?;
+    }
+    s.store.put(&t, c, &cfg, &principal.actor()).await?;
     Ok(match s.store.get(&t, c).await? {
         Some(row) => Json(view::masked(&s.store, &row)).into_response(),
         // Deleted again in between.
@@ -214,7 +323,7 @@ async fn remove(
     headers: HeaderMap,
     Path((tenant, c)): Path<(String, String)>,
 ) -> ApiResult {
-    let actor = authorise(&s, &headers, &tenant)?;
+    let actor = authorise(&s, &headers, &tenant)?.actor();
     let (t, c) = (tenant_id(&tenant)?, channel(&c)?);
     if s.store.delete(&t, Some(c), &actor).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -260,7 +369,11 @@ pub fn test_job(tenant: &TenantId, channel: Channel, to: &str) -> Result<Job, St
             text: "outreach test message: your messaging configuration works.".into(),
         },
     };
-    crate::job::validate_recipient(channel, to).map_err(|e| e.to_string())?;
+    // The validator's message quotes the value; this one does not.
+    crate::job::validate_recipient(channel, to).map_err(|_| match channel {
+        Channel::Email => "not an email address".to_owned(),
+        _ => "not an E.164 number such as +14155550100".to_owned(),
+    })?;
     Ok(Job {
         id: JobId::parse(&format!("test-{}", uuid::Uuid::now_v7())).map_err(|e| e.to_string())?,
         tenant_id: tenant.clone(),
@@ -311,19 +424,49 @@ pub async fn send_test(directory: &Directory, job: &Job, quick: &QuickRetry) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::TenantToken;
+    use crate::settings::{OperatorToken, TenantToken};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer tok", "bearer tok", "BEARER  tok ", "bEaReR tok"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            assert_eq!(bearer(&h), Some("tok"), "{v}");
+        }
+        for v in ["Basic tok", "Bearer", "Bearertok", "Bearer "] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            assert_eq!(bearer(&h), None, "{v}");
+        }
+    }
 
     #[test]
     fn tokens_are_recognised_by_their_digest_only() {
         let tokens = Tokens::new(&AdminSettings {
-            operator_token_sha256: vec![hash_token("op-secret")],
+            operator_token_sha256: vec![
+                OperatorToken::Digest(hash_token("op-secret")),
+                OperatorToken::Named {
+                    sha256: hash_token("alice-secret"),
+                    name: "alice".into(),
+                },
+            ],
             tenant_tokens: vec![TenantToken {
                 tenant: "clinic-1".into(),
                 sha256: hash_token("t1-secret"),
                 name: "portal".into(),
             }],
+            max_body_bytes: 65536,
+            requests_per_minute: 0,
         });
-        assert_eq!(tokens.authenticate("op-secret"), Some(Principal::Operator));
+        let bare = format!("operator-{}", &hash_token("op-secret")[..8]);
+        assert_eq!(
+            tokens.authenticate("op-secret"),
+            Some(Principal::Operator { name: bare })
+        );
+        assert_eq!(
+            tokens.authenticate("alice-secret").map(|p| p.actor()),
+            Some("api:alice".into())
+        );
         assert_eq!(
             tokens.authenticate("t1-secret"),
             Some(Principal::Tenant {

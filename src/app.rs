@@ -1,6 +1,6 @@
 //! Wiring: build the worker's parts from settings and run them.
 
-use crate::admin_api::{AdminState, Tokens};
+use crate::admin_api::AdminState;
 use crate::broker::Topology;
 use crate::circuit::Breakers;
 use crate::delivery_log::DeliveryLog;
@@ -28,6 +28,8 @@ pub fn provider_context(s: &Settings) -> ProviderContext {
         s.provider_connect_timeout(),
         s.providers.webhook_base_url.clone(),
     )
+    // Validated with the settings.
+    .with_network(s.network_policy().unwrap_or_default())
 }
 
 /// Run a worker until `shutdown` fires: HTTP endpoints plus the consumer.
@@ -55,7 +57,8 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     }
     // No keys is valid: tenants with stored credentials then fail one by one.
     let keys = Arc::new(settings.key_ring().context("crypto.keys")?);
-    let store = TenantStore::new(pool.clone(), keys);
+    let store = TenantStore::new(pool.clone(), keys)
+        .with_max_chain_len(settings.tenant_config.max_chain_len);
     let directory = Arc::new(
         Directory::new(&settings, &ctx)
             .context("system default providers")?
@@ -83,12 +86,12 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     let router = http::router(http::HttpState {
         metrics: handle,
         health: health.clone(),
-        admin: Some(AdminState {
+        admin: Some(AdminState::new(
             store,
-            directory: directory.clone(),
-            auth: Arc::new(Tokens::new(&settings.admin)),
-            quick_retry: quick_retry.clone(),
-        }),
+            directory.clone(),
+            quick_retry.clone(),
+            &settings,
+        )),
     });
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));

@@ -21,6 +21,9 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     app::install_crypto();
     // Do not collide with a worker already serving the configured port.
     settings.http.bind = "127.0.0.1:0".into();
+    // A local demo's providers (a Mailpit or a fake on this machine) live on
+    // 127.0.0.1, which provider calls may not reach unless allow-listed.
+    settings.allow_loopback();
     let stand_ins = settings.channels_without_default();
     if !stand_ins.is_empty() {
         // The demo needs no accounts: the sandbox stands in, and says so.

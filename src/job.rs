@@ -25,6 +25,9 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 
 macro_rules! id_newtype {
     ($name:ident, $what:literal, $max:expr) => {
+        id_newtype!($name, $what, $max, |_: &str| true, "");
+    };
+    ($name:ident, $what:literal, $max:expr, $extra:expr, $extra_rule:literal) => {
         #[doc = concat!("A validated ", $what, ": 1 to ", stringify!($max), " characters of `A-Z a-z 0-9 . _ : -`.")]
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
@@ -34,13 +37,14 @@ macro_rules! id_newtype {
             pub fn parse(s: &str) -> Result<Self, JobError> {
                 let ok = !s.is_empty()
                     && s.len() <= $max
-                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+                    && ($extra)(s);
                 if ok {
                     Ok(Self(s.to_owned()))
                 } else {
                     Err(JobError::InvalidField {
                         field: $what,
-                        reason: format!(concat!("must be 1-", stringify!($max), " characters of A-Z a-z 0-9 . _ : - (got {:?})"), truncate(s, 80)),
+                        reason: format!(concat!("must be 1-", stringify!($max), " characters of A-Z a-z 0-9 . _ : -", $extra_rule, " (got {:?})"), truncate(s, 80)),
                     })
                 }
             }
@@ -65,7 +69,20 @@ macro_rules! id_newtype {
 }
 
 id_newtype!(JobId, "job_id", 128);
-id_newtype!(TenantId, "tenant_id", 64);
+id_newtype!(
+    TenantId,
+    "tenant_id",
+    64,
+    tenant_id_rule,
+    ", starting with a letter or digit, without `..`"
+);
+
+/// Tenant ids also name files, queues and URL path segments: they start
+/// with an ASCII letter or digit and never contain `..` (so `.`, `..` and
+/// other path-like ids are refused).
+fn tenant_id_rule(s: &str) -> bool {
+    s.as_bytes()[0].is_ascii_alphanumeric() && !s.contains("..")
+}
 
 /// The three delivery channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]

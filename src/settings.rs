@@ -106,17 +106,67 @@ pub struct TenantConfigSettings {
     pub cache_ttl_secs: u64,
     /// Most (tenant, channel) chains kept in memory.
     pub cache_max_entries: u64,
+    /// Most provider accounts in one channel's chain (stored configs longer
+    /// than this are refused; a longer chain stored earlier is cut here).
+    pub max_chain_len: usize,
 }
 
-/// Bearer tokens of the admin API, stored as SHA-256 hex digests only.
+/// Bearer tokens of the admin API, stored as SHA-256 hex digests only, and
+/// the API's bounds.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
-    /// Digests of tokens that may manage every tenant.
+    /// Tokens that may manage every tenant: `{ sha256, name }`, or a bare
+    /// digest (named `operator-<first 8 hex>`).
     #[serde(default)]
-    pub operator_token_sha256: Vec<String>,
+    pub operator_token_sha256: Vec<OperatorToken>,
     /// Digests of tokens limited to one tenant.
     #[serde(default)]
     pub tenant_tokens: Vec<TenantToken>,
+    /// Largest request body of any admin route, in bytes (413 above).
+    #[serde(default = "default_admin_body")]
+    pub max_body_bytes: usize,
+    /// Requests per token per minute (429 with Retry-After above); 0: no limit.
+    #[serde(default = "default_admin_rpm")]
+    pub requests_per_minute: u32,
+}
+
+fn default_admin_body() -> usize {
+    64 * 1024
+}
+
+fn default_admin_rpm() -> u32 {
+    120
+}
+
+/// An operator token: a bare digest (as before) or a named one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OperatorToken {
+    Digest(String),
+    Named { sha256: String, name: String },
+}
+
+impl OperatorToken {
+    pub fn sha256(&self) -> &str {
+        match self {
+            OperatorToken::Digest(d) => d,
+            OperatorToken::Named { sha256, .. } => sha256,
+        }
+    }
+
+    /// The name recorded in `config_audit` (`api:<name>`).
+    pub fn name(&self) -> String {
+        match self {
+            OperatorToken::Digest(d) => format!("operator-{}", &d[..d.len().min(8)]),
+            OperatorToken::Named { name, .. } => name.clone(),
+        }
+    }
+}
+
+impl From<String> for OperatorToken {
+    fn from(d: String) -> Self {
+        OperatorToken::Digest(d)
+    }
 }
 
 /// A token that manages one tenant's config.
@@ -199,6 +249,69 @@ pub struct ProvidersSettings {
     /// Public base URL of this service, for provider status callbacks.
     #[serde(default)]
     pub webhook_base_url: Option<url::Url>,
+    /// Non-public networks provider calls may reach (`10.0.0.0/8`,
+    /// `127.0.0.1/32`, a bare address); every other loopback, private,
+    /// link-local, metadata… address is refused at call time.
+    #[serde(default)]
+    pub allowed_private_networks: Vec<String>,
+    /// Endpoints tenant-scoped tokens may choose, per provider.
+    pub allowed_hosts: AllowedHosts,
+    /// SMTP ports tenant-scoped tokens may choose.
+    pub allowed_smtp_ports: Vec<u16>,
+}
+
+/// Host names (`api.twilio.com`; `*` stands for one DNS label, as in
+/// `email.*.amazonaws.com`) a tenant-scoped token may set as a provider's
+/// `base_url` host (https only) or SMTP `host`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AllowedHosts {
+    #[serde(default)]
+    pub sendgrid: Vec<String>,
+    #[serde(default)]
+    pub ses: Vec<String>,
+    #[serde(default)]
+    pub smtp: Vec<String>,
+    #[serde(default)]
+    pub twilio: Vec<String>,
+    #[serde(default)]
+    pub meta: Vec<String>,
+    #[serde(default)]
+    pub vonage: Vec<String>,
+}
+
+impl AllowedHosts {
+    /// The list for a provider (empty for the sandbox, which has no endpoint).
+    pub fn of(&self, kind: crate::provider::ProviderKind) -> &[String] {
+        use crate::provider::ProviderKind as K;
+        match kind {
+            K::Sandbox => &[],
+            K::Smtp => &self.smtp,
+            K::Sendgrid => &self.sendgrid,
+            K::Ses => &self.ses,
+            K::Twilio => &self.twilio,
+            K::Meta => &self.meta,
+            K::Vonage => &self.vonage,
+        }
+    }
+
+    /// Whether `host` matches an entry of `kind`'s list (case-insensitive).
+    pub fn allows(&self, kind: crate::provider::ProviderKind, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.of(kind)
+            .iter()
+            .any(|p| host_matches(&p.to_ascii_lowercase(), &host))
+    }
+}
+
+/// `pattern` against `host`, label by label; `*` matches exactly one label.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let (p, h): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), host.split('.').collect());
+    p.len() == h.len()
+        && p.iter().zip(&h).all(|(p, h)| {
+            !h.is_empty()
+                && (*p == *h
+                    || (*p == "*" && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
+        })
 }
 
 /// The system default provider of each channel, if any. A channel without
@@ -355,12 +468,30 @@ impl Settings {
         if self.tenant_config.cache_max_entries == 0 {
             return bad("tenant_config.cache_max_entries", "must be at least 1");
         }
+        if self.tenant_config.max_chain_len == 0 {
+            return bad("tenant_config.max_chain_len", "must be at least 1");
+        }
+        if self.admin.max_body_bytes < 1024 {
+            return bad("admin.max_body_bytes", "must be at least 1024");
+        }
+        if self.providers.timeout_secs == 0 || self.providers.connect_timeout_secs == 0 {
+            return bad(
+                "providers.timeout_secs",
+                "timeout_secs and connect_timeout_secs must be at least 1",
+            );
+        }
+        if let Err(e) = self.network_policy() {
+            return Err(SettingsError::Invalid {
+                key: "providers.allowed_private_networks",
+                reason: e,
+            });
+        }
         let is_digest = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
         if !self
             .admin
             .operator_token_sha256
             .iter()
-            .all(|h| is_digest(h))
+            .all(|t| is_digest(t.sha256()))
         {
             return bad(
                 "admin.operator_token_sha256",
@@ -449,6 +580,19 @@ impl Settings {
     pub fn provider_connect_timeout(&self) -> Duration {
         Duration::from_secs(self.providers.connect_timeout_secs)
     }
+
+    /// Where provider calls may connect (`providers.allowed_private_networks`).
+    pub fn network_policy(&self) -> Result<crate::provider::net::NetworkPolicy, String> {
+        crate::provider::net::NetworkPolicy::allowing(&self.providers.allowed_private_networks)
+    }
+
+    /// Let provider calls reach 127.0.0.1 (fakes in tests, the bench).
+    pub fn allow_loopback(&mut self) {
+        let lo = "127.0.0.1/32".to_owned();
+        if !self.providers.allowed_private_networks.contains(&lo) {
+            self.providers.allowed_private_networks.push(lo);
+        }
+    }
 }
 
 /// Keys in one variable, `kid:hex,kid:hex` (the `config` crate's nested-list
@@ -459,7 +603,11 @@ pub const KEYS_ENV: &str = "OUTREACH_ENCRYPTION_KEYS";
 
 /// Settings given in the environment as one comma-separated variable, e.g.
 /// `OUTREACH__WORKER__RETRY_DELAYS_SECS=5,30,120`.
-const LIST_KEYS: [&str; 2] = ["worker.retry_delays_secs", "admin.operator_token_sha256"];
+const LIST_KEYS: [&str; 3] = [
+    "worker.retry_delays_secs",
+    "admin.operator_token_sha256",
+    "providers.allowed_private_networks",
+];
 
 /// `worker.retry_delays_secs` → `OUTREACH__WORKER__RETRY_DELAYS_SECS`.
 fn env_name(key: &str) -> String {
@@ -625,7 +773,10 @@ mod tests {
             ("OUTREACH__WORKER__RETRY_DELAYS_SECS", "5, 30,120"),
         ])
         .unwrap();
-        assert_eq!(s.admin.operator_token_sha256, vec![a, b]);
+        assert_eq!(
+            s.admin.operator_token_sha256,
+            vec![OperatorToken::Digest(a), OperatorToken::Digest(b)]
+        );
         assert_eq!(s.worker.retry_delays_secs, vec![5, 30, 120]);
         let one = with_env(&[("OUTREACH__WORKER__RETRY_DELAYS_SECS", "7")]).unwrap();
         assert_eq!(one.worker.retry_delays_secs, vec![7]);

@@ -2,10 +2,10 @@
 
 mod support;
 
-use outreach::admin_api::{self, AdminState, Tokens, hash_token};
+use outreach::admin_api::{self, AdminState, hash_token};
 use outreach::crypto::KeyRing;
 use outreach::dispatch::QuickRetry;
-use outreach::settings::TenantToken;
+use outreach::settings::{OperatorToken, Settings, TenantToken};
 use outreach::tenant::{Directory, TenantStore};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -23,29 +23,37 @@ struct Api {
 
 impl Api {
     async fn start(env: &TestEnv) -> Self {
+        Self::start_with(env, |_| {}).await
+    }
+
+    /// With the test's settings changed by `adjust` (network allow-list,
+    /// limits, tokens) before anything is built from them.
+    async fn start_with(env: &TestEnv, adjust: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = env.settings.clone();
-        settings.admin.operator_token_sha256 = vec![hash_token(OPERATOR)];
+        settings.admin.operator_token_sha256 = vec![hash_token(OPERATOR).into()];
         settings.admin.tenant_tokens = vec![TenantToken {
             tenant: "clinic-1".into(),
             sha256: hash_token(CLINIC_1),
             name: "clinic-1 portal".into(),
         }];
+        adjust(&mut settings);
         let keys = KeyRing::new(&[("k1".into(), "ab".repeat(32).into())], None).unwrap();
-        let store = TenantStore::new(env.pool.clone(), Arc::new(keys));
+        let store = TenantStore::new(env.pool.clone(), Arc::new(keys))
+            .with_max_chain_len(settings.tenant_config.max_chain_len);
         let directory = Arc::new(
-            Directory::new(&settings, &support::context())
+            Directory::new(&settings, &outreach::app::provider_context(&settings))
                 .unwrap()
                 .with_store(store.clone()),
         );
-        let state = AdminState {
+        let state = AdminState::new(
             store,
             directory,
-            auth: Arc::new(Tokens::new(&settings.admin)),
-            quick_retry: QuickRetry {
+            QuickRetry {
                 times: 0,
                 base: Duration::from_millis(10),
             },
-        };
+            &settings,
+        );
         let app = axum::Router::new().nest("/admin/v1", admin_api::router(state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/admin/v1", listener.local_addr().unwrap());
@@ -207,5 +215,419 @@ async fn an_invalid_config_is_refused_with_422_naming_the_field_and_not_echoing_
         .await
         .unwrap();
     assert_eq!(stored, 0);
+    env.cleanup().await;
+}
+
+// ------------------------------------------------------------ boundaries
+
+const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+fn twilio_entry(base_url: &str) -> Value {
+    json!({"provider": "twilio", "account_sid": TWILIO_SID, "auth_token": "tok-0123456789",
+        "from": "+14155550100", "base_url": base_url})
+}
+
+fn field_of(body: &str) -> Value {
+    serde_json::from_str::<Value>(body).unwrap()["field"].clone()
+}
+
+#[tokio::test]
+async fn a_tenant_token_may_not_configure_the_sandbox_or_its_record_file() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+    let path = env.path("written-by-a-tenant.jsonl");
+
+    let (with_file, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/sms",
+            Some(CLINIC_1),
+            Some(json!({"chain": [{"provider": "sandbox", "record_file": path}]})),
+        )
+        .await;
+    let (bare, bare_body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/sms",
+            Some(CLINIC_1),
+            Some(json!({"chain": [{"provider": "sandbox"}]})),
+        )
+        .await;
+    let (test, _) = api
+        .call(
+            "POST",
+            "/tenants/clinic-1/messaging/sms/test",
+            Some(CLINIC_1),
+            Some(json!({"to": "+447700900123"})),
+        )
+        .await;
+
+    assert_eq!((with_file, bare), (403, 403));
+    assert_eq!(field_of(&body), "chain[0].record_file");
+    assert_eq!(field_of(&bare_body), "chain[0].provider");
+    assert!(!body.contains(&path), "{body}");
+    assert_eq!(test, 200);
+    assert!(!std::path::Path::new(&path).exists());
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_tenant_token_may_not_point_a_provider_outside_the_allow_list() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+
+    for base in [
+        "http://127.0.0.1:9464/metrics#",
+        "https://127.0.0.1",
+        "http://169.254.169.254/latest/meta-data/",
+        "https://10.0.0.1",
+        "https://api.twilio.com.attacker.example",
+    ] {
+        let (status, body) = api
+            .call(
+                "PUT",
+                "/tenants/clinic-1/messaging/sms",
+                Some(CLINIC_1),
+                Some(json!({"chain": [twilio_entry(base)]})),
+            )
+            .await;
+        assert_eq!(status, 403, "{base}: {body}");
+        assert_eq!(field_of(&body), "chain[0].base_url", "{base}");
+    }
+    let (smtp, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(CLINIC_1),
+            Some(
+                json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": 5432,
+                "security": "none", "from_email": "a@clinic.example"}]}),
+            ),
+        )
+        .await;
+    assert_eq!(smtp, 403);
+    assert_eq!(field_of(&body), "chain[0].host");
+    // The real endpoint is fine.
+    let (real, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/sms",
+            Some(CLINIC_1),
+            Some(json!({"chain": [twilio_entry("https://api.twilio.com")]})),
+        )
+        .await;
+    assert_eq!(real, 200, "{body}");
+    env.cleanup().await;
+}
+
+/// A TCP listener on 127.0.0.1 that counts the connections it accepts (and
+/// keeps them open, silent).
+async fn counting_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn an_endpoint_an_operator_set_on_a_network_not_allow_listed_is_refused_at_call_time() {
+    let env = TestEnv::new().await;
+    // No private network allowed: the production default.
+    let api = Api::start_with(&env, |s| s.providers.allowed_private_networks.clear()).await;
+    let (port, accepted) = counting_listener().await;
+
+    for (channel, entry) in [
+        ("sms", twilio_entry(&format!("http://127.0.0.1:{port}"))),
+        // A name that resolves to loopback goes through the resolver.
+        (
+            "whatsapp",
+            twilio_entry(&format!("http://localhost:{port}")),
+        ),
+        (
+            "email",
+            json!({"provider": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
+                "from_email": "a@clinic.example"}),
+        ),
+    ] {
+        let (put, body) = api
+            .call(
+                "PUT",
+                &format!("/tenants/clinic-2/messaging/{channel}"),
+                Some(OPERATOR),
+                Some(json!({"chain": [entry], "fallback_to_system": false})),
+            )
+            .await;
+        assert_eq!(put, 200, "{body}");
+        let to = if channel == "email" {
+            "pat@example.com"
+        } else {
+            "+447700900123"
+        };
+        let started = std::time::Instant::now();
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/tenants/clinic-2/messaging/{channel}/test"),
+                Some(OPERATOR),
+                Some(json!({"to": to})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["sent"], false, "{channel}: {body}");
+        assert_eq!(v["code"], "address_refused", "{channel}: {body}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{channel}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_operator_reaches_a_self_hosted_smtp_relay_on_an_allow_listed_network() {
+    let env = TestEnv::new().await;
+    // TestEnv allow-lists 127.0.0.1/32, as an operator would for a relay.
+    let api = Api::start(&env).await;
+    let smtp = support::smtp::SmtpServer::start(env.dir.path(), Default::default());
+
+    let (put, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(OPERATOR),
+            Some(
+                json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": smtp.port,
+                "security": "none", "from_email": "desk@clinic.example"}],
+                "fallback_to_system": false}),
+            ),
+        )
+        .await;
+    let (status, body2) = api
+        .call(
+            "POST",
+            "/tenants/clinic-1/messaging/email/test",
+            Some(OPERATOR),
+            Some(json!({"to": "pat@example.com"})),
+        )
+        .await;
+    // The tenant may rotate its own settings and keep the relay the
+    // operator chose for it (same position, same host and port).
+    let (tenant_put, body3) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(CLINIC_1),
+            Some(
+                json!({"chain": [{"provider": "smtp", "host": "127.0.0.1", "port": smtp.port,
+                "security": "none", "from_email": "frontdesk@clinic.example"}],
+                "fallback_to_system": false}),
+            ),
+        )
+        .await;
+
+    assert_eq!(put, 200, "{body}");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body2).unwrap();
+    assert_eq!(v["sent"], true, "{body2}");
+    assert_eq!(smtp.messages().len(), 1);
+    assert_eq!(tenant_put, 200, "{body3}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_chain_longer_than_the_limit_is_refused_naming_chain() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+    let entry =
+        json!({"provider": "sendgrid", "api_key": SECRET, "from_email": "a@clinic.example"});
+
+    let (six, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(OPERATOR),
+            Some(json!({"chain": vec![entry.clone(); 6]})),
+        )
+        .await;
+    let (five, _) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(CLINIC_1),
+            Some(json!({"chain": vec![entry; 5]})),
+        )
+        .await;
+
+    assert_eq!((six, five), (422, 200));
+    assert_eq!(field_of(&body), "chain");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_secret_given_as_a_number_is_not_echoed_in_the_422() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+
+    let mut answers = vec![];
+    for secret in [json!(12345678901234_u64), json!(98765.4321), json!(true)] {
+        answers.push(
+            api.call(
+                "PUT",
+                "/tenants/clinic-1/messaging/email",
+                Some(CLINIC_1),
+                Some(json!({"chain": [{"provider": "sendgrid", "api_key": secret,
+                    "from_email": "a@clinic.example"}]})),
+            )
+            .await,
+        );
+    }
+
+    for (status, body) in answers {
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(field_of(&body), "chain[0].api_key", "{body}");
+        for value in ["12345678901234", "98765", "true"] {
+            assert!(!body.contains(value), "{body}");
+        }
+        assert!(body.contains("expected a string"), "{body}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lowercase_bearer_scheme_is_accepted() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+
+    let status = api
+        .client
+        .get(format!("{}/tenants/clinic-1/messaging", api.base))
+        .header("authorization", format!("bearer {CLINIC_1}"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+
+    assert_eq!(status, 200);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn operator_tokens_are_recorded_by_name() {
+    let env = TestEnv::new().await;
+    let api = Api::start_with(&env, |s| {
+        s.admin.operator_token_sha256.push(OperatorToken::Named {
+            sha256: hash_token("alice-token"),
+            name: "alice".into(),
+        })
+    })
+    .await;
+
+    for token in [OPERATOR, "alice-token"] {
+        let (status, _) = api
+            .call(
+                "PUT",
+                "/tenants/clinic-2/messaging/email",
+                Some(token),
+                Some(email_config(SECRET)),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM config_audit ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    let bare = format!("api:operator-{}", &hash_token(OPERATOR)[..8]);
+    assert_eq!(actors, vec![bare, "api:alice".to_string()]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn requests_over_the_per_token_limit_get_429_with_retry_after() {
+    let env = TestEnv::new().await;
+    let api = Api::start_with(&env, |s| s.admin.requests_per_minute = 3).await;
+
+    let mut statuses = vec![];
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let r = api
+            .client
+            .get(format!("{}/tenants/clinic-1/messaging", api.base))
+            .bearer_auth(CLINIC_1)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        retry_after = r.headers().get("retry-after").cloned();
+    }
+    // Another token has its own allowance.
+    let (operator, _) = api
+        .call("GET", "/tenants/clinic-1/messaging", Some(OPERATOR), None)
+        .await;
+
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    let secs: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&secs), "{secs}");
+    assert_eq!(operator, 200);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+    let big = json!({"chain": [], "time_zone": "x".repeat(70 * 1024)});
+
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(OPERATOR),
+            Some(big),
+        )
+        .await;
+
+    assert_eq!(status, 413);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn path_like_tenant_ids_are_refused() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+
+    let mut statuses = vec![];
+    for t in ["a..b", ".hidden", "..x", "-x"] {
+        let (status, _) = api
+            .call(
+                "PUT",
+                &format!("/tenants/{t}/messaging/email"),
+                Some(OPERATOR),
+                Some(email_config(SECRET)),
+            )
+            .await;
+        statuses.push(status);
+    }
+
+    assert_eq!(statuses, vec![404; 4]);
+    for t in ["..", ".", "a..b", ".x", "-x", "_x"] {
+        assert!(outreach::job::TenantId::parse(t).is_err(), "{t}");
+    }
+    for t in ["clinic-1", "a.b", "9:x_y-z"] {
+        assert!(outreach::job::TenantId::parse(t).is_ok(), "{t}");
+    }
     env.cleanup().await;
 }

@@ -41,7 +41,8 @@ async fn an_sms_is_accepted_with_a_status_callback_and_the_sid_becomes_the_recei
         Duration::from_secs(10),
         Duration::from_secs(5),
         Some(webhooks),
-    );
+    )
+    .with_network(support::loopback());
     let provider = Twilio::new(&settings(&server, TWILIO_TOKEN), &ctx);
 
     let receipt = provider.send(&text_job(Channel::Sms)).await.unwrap();

@@ -214,12 +214,21 @@ async fn a_tenant_encrypted_with_an_unknown_key_fails_alone_while_another_tenant
         .await
         .unwrap();
 
-    // Its one entry cannot be opened: no usable step, the entry listed as
+    // Neither of its entries can be opened: no usable step, both listed as
     // unusable (so its jobs fail with a config error that says which).
     assert!(old.steps.is_empty());
-    assert_eq!(old.unusable.len(), 1);
-    assert_eq!(old.unusable[0].kind, ProviderKind::Sendgrid);
-    assert_eq!(old.unusable[0].error.kind, ErrorKind::Config);
+    let unusable: Vec<_> = old
+        .unusable
+        .iter()
+        .map(|u| (u.step, u.kind, u.error.kind))
+        .collect();
+    assert_eq!(
+        unusable,
+        [
+            (0, ProviderKind::Sendgrid, ErrorKind::Config),
+            (1, ProviderKind::Smtp, ErrorKind::Config)
+        ]
+    );
     let kinds: Vec<_> = ok.steps.iter().map(|s| (s.kind, s.is_system)).collect();
     assert_eq!(
         kinds,

@@ -122,6 +122,9 @@ pub fn point_defaults_at(settings: &mut Settings, fake_base: &str) -> anyhow::Re
     // The fake has no per-number limit: the bench measures our code, not Twilio's.
     settings.rate_limits.provider_per_second.sendgrid = 0;
     settings.rate_limits.provider_per_second.twilio = 0;
+    // The fake listens on 127.0.0.1, which provider calls may not reach
+    // unless allow-listed.
+    settings.allow_loopback();
     settings.validate()?;
     Ok(())
 }
@@ -145,6 +148,10 @@ pub fn worker_env(settings: &Settings, fake_base: &str) -> Vec<(String, String)>
         ("DEFAULTS__EMAIL__BASE_URL", fake_base.into()),
         ("RATE_LIMITS__PROVIDER_PER_SECOND__SENDGRID", "0".into()),
         ("RATE_LIMITS__PROVIDER_PER_SECOND__TWILIO", "0".into()),
+        (
+            "PROVIDERS__ALLOWED_PRIVATE_NETWORKS",
+            settings.providers.allowed_private_networks.join(","),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (format!("OUTREACH__{k}"), v))

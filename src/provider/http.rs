@@ -8,12 +8,21 @@ use std::time::{Duration, SystemTime};
 /// `User-Agent` sent to every provider.
 pub const USER_AGENT: &str = concat!("outreach/", env!("CARGO_PKG_VERSION"));
 
-/// The one pooled, rustls-backed client every HTTP adapter reuses.
-pub fn client(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
+/// The one pooled, rustls-backed client every HTTP adapter reuses: a
+/// connect timeout and a whole-request timeout on every call, redirects never
+/// followed (a provider's redirect could point anywhere), and a resolver
+/// that drops every address `policy` refuses.
+pub fn client(
+    timeout: Duration,
+    connect_timeout: Duration,
+    policy: std::sync::Arc<super::net::NetworkPolicy>,
+) -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .timeout(timeout)
         .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(super::net::GuardedResolver { policy }))
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
@@ -92,6 +101,9 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
             ),
         );
     }
+    if let Some(why) = refusal(e) {
+        return refused(provider, &why);
+    }
     // reqwest's Display includes the URL; our URLs carry no secrets (Twilio's
     // account SID is an identifier, not a credential), but keep it short.
     let what = if e.is_timeout() {
@@ -104,6 +116,38 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
         "request failed"
     };
     ProviderError::new(ErrorKind::Transient, None, format!("{provider}: {what}"))
+}
+
+/// The error for an address the network policy refuses: Config (waiting
+/// will not change it), code `address_refused`.
+pub fn refused(provider: &str, why: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Config,
+        Some("address_refused".into()),
+        format!("{provider}: {why}"),
+    )
+}
+
+/// The resolver's refusal, if that is why the request failed.
+fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(e);
+    let mut depth = 0;
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<super::net::Refused>() {
+            return Some(r.to_string());
+        }
+        if let Some(super::net::ResolveError::Refused(r)) =
+            err.downcast_ref::<super::net::ResolveError>()
+        {
+            return Some(r.to_string());
+        }
+        depth += 1;
+        if depth > 32 {
+            break;
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Why the server's certificate did not verify, if that is what `e` (or an
@@ -223,13 +267,21 @@ impl Answer {
 }
 
 /// Send a request and read the answer with the size cap. A request that got
-/// no complete answer (timeout, connection, truncated read) is transient.
+/// no complete answer (timeout, connection, truncated read) is transient. A
+/// URL whose host is a literal address `policy` refuses is not sent at all
+/// (names are checked by the client's resolver): a Config error.
 pub async fn execute(
     provider: &str,
+    policy: &super::net::NetworkPolicy,
     request: reqwest::RequestBuilder,
 ) -> Result<Answer, ProviderError> {
-    let mut response = request
-        .send()
+    let (client, request) = request.build_split();
+    let request = request.map_err(|e| transport_error(provider, &e))?;
+    policy
+        .check_url(request.url())
+        .map_err(|e| refused(provider, &e.to_string()))?;
+    let mut response = client
+        .execute(request)
         .await
         .map_err(|e| transport_error(provider, &e))?;
     let status = response.status().as_u16();
@@ -259,31 +311,159 @@ pub async fn execute(
 /// form-encoded spelling, and a secret cut short at the end of the text (an
 /// error message is truncated before it is scrubbed).
 pub fn redact(text: &str, secrets: &[&str]) -> String {
-    const MARK: &str = "[redacted]";
     let mut out = text.to_owned();
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        let encoded: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
-        // JSON may escape `/` (and quotes, backslashes) in an echoed secret.
-        let json = serde_json::to_string(s).unwrap_or_default();
-        let json = json
-            .get(1..json.len().saturating_sub(1))
-            .unwrap_or_default()
-            .replace('/', "\\/");
-        out = out
-            .replace(s, MARK)
-            .replace(&encoded, MARK)
-            .replace(&json, MARK);
-        // A prefix of the secret cut at the end: no longer than the text, so
-        // a long secret costs no more than the text it is looked for in.
-        if let Some(k) = (4..s.len().min(out.len() + 1))
-            .rev()
-            .find(|&k| s.get(..k).is_some_and(|p| out.ends_with(p)))
-        {
-            out.truncate(out.len() - k);
-            out.push_str(MARK);
-        }
+    for s in secrets {
+        out = redact_one(&out, s, "[redacted]");
     }
     out
+}
+
+/// Every spelling of `s` an adapter may have sent or a body excerpt may
+/// show: as is, form- / query-encoded (`+` or `%20` for spaces), JSON-escaped
+/// (with `\/`), and with whitespace runs collapsed (as [`body_excerpt`]
+/// shows it).
+fn spellings(s: &str) -> Vec<String> {
+    let mut out = vec![s.to_owned()];
+    let form: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+    out.push(form.replace('+', "%20"));
+    out.push(form);
+    let json = serde_json::to_string(s).unwrap_or_default();
+    let json = json
+        .get(1..json.len().saturating_sub(1))
+        .unwrap_or_default();
+    out.push(json.to_owned());
+    out.push(json.replace('/', "\\/"));
+    let collapsed = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    out.push(collapsed.clone());
+    let json = serde_json::to_string(&collapsed).unwrap_or_default();
+    out.push(
+        json.get(1..json.len().saturating_sub(1))
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    out.retain(|v| v.len() >= 4);
+    out.sort();
+    out.dedup();
+    // Longest first, so a spelling that contains another goes whole.
+    out.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    out
+}
+
+fn redact_one(text: &str, s: &str, mark: &str) -> String {
+    if s.len() < 4 {
+        return text.to_owned();
+    }
+    let mut out = text.to_owned();
+    for v in spellings(s) {
+        out = out.replace(&v, mark);
+    }
+    // A prefix of the secret cut at the end (before an excerpt's `…`): no
+    // longer than the text, so a long secret costs no more than the text it
+    // is looked for in.
+    let (body, ellipsis) = match out.strip_suffix('…') {
+        Some(b) => (b.to_owned(), "…"),
+        None => (out.clone(), ""),
+    };
+    if let Some(k) = (4..s.len().min(body.len() + 1))
+        .rev()
+        .find(|&k| s.get(..k).is_some_and(|p| body.ends_with(p)))
+    {
+        out = format!("{}{mark}{ellipsis}", &body[..body.len() - k]);
+    }
+    out
+}
+
+/// Longest provider error message kept (characters), after scrubbing.
+pub const MAX_ERROR_CHARS: usize = 400;
+
+/// What must not appear in provider error text before it is logged or
+/// stored: the account's credentials in every encoding the adapter sent
+/// them (as is, HTTP Basic `base64(user:password)`, SMTP AUTH forms, form and
+/// query encoding, JSON escaping), and the job's recipient and content
+/// (providers echo requests back in their errors).
+#[derive(Default)]
+pub struct Scrubber {
+    items: Vec<(String, &'static str)>,
+}
+
+impl Scrubber {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A credential sent as is (bearer token, form field, query parameter).
+    pub fn secret(mut self, s: &str) -> Self {
+        self.items.push((s.to_owned(), "[redacted]"));
+        self
+    }
+
+    /// HTTP Basic credentials: the password and `base64(user:password)`.
+    pub fn basic(self, user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.secret(password).secret(&b64)
+    }
+
+    /// SMTP AUTH: the password, base64 of it (LOGIN) and of `\0user\0password` (PLAIN).
+    pub fn smtp_auth(self, user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let e = &base64::engine::general_purpose::STANDARD;
+        let login = e.encode(password);
+        let plain = e.encode(format!("\0{user}\0{password}"));
+        self.secret(password).secret(&login).secret(&plain)
+    }
+
+    /// The job's recipient (also without its `+`) and every piece of content.
+    pub fn job(mut self, job: &crate::job::Job) -> Self {
+        use crate::job::Content;
+        let r = job.recipient.as_str();
+        self.items.push((r.to_owned(), "[recipient]"));
+        if let Some(bare) = r.strip_prefix('+') {
+            self.items.push((bare.to_owned(), "[recipient]"));
+        }
+        let mut content = |t: &str| self.items.push((t.to_owned(), "[content]"));
+        match &job.content {
+            Content::Email {
+                subject,
+                text,
+                html,
+            } => {
+                content(subject);
+                text.iter().for_each(|t| content(t));
+                html.iter().for_each(|t| content(t));
+            }
+            Content::Text { text } => content(text),
+            Content::Template { template } => {
+                template.parameters.iter().for_each(|p| content(p));
+            }
+        }
+        self
+    }
+
+    /// `text` with every item replaced.
+    pub fn text(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        // Longest first: a recipient inside a content item goes with it.
+        let mut items: Vec<&(String, &str)> = self.items.iter().collect();
+        items.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        for (s, mark) in items {
+            out = redact_one(&out, s, mark);
+        }
+        out
+    }
+
+    /// The error with its message and code scrubbed, the message cut to
+    /// [`MAX_ERROR_CHARS`].
+    pub fn error(&self, mut e: ProviderError) -> ProviderError {
+        let mut message = self.text(&e.message);
+        if message.chars().count() > MAX_ERROR_CHARS {
+            message = message.chars().take(MAX_ERROR_CHARS - 1).collect();
+            message.push('…');
+        }
+        e.message = message;
+        e.code = e.code.map(|c| self.text(&c));
+        e
+    }
 }
 
 /// The error for an answer whose body says nothing more precise than its
@@ -526,7 +706,13 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let c = client(Duration::from_secs(2), Duration::from_secs(2));
+        let c = client(
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            std::sync::Arc::new(
+                super::super::net::NetworkPolicy::allowing(&["127.0.0.1"]).unwrap(),
+            ),
+        );
         let e = c
             .get(format!("https://127.0.0.1:{port}/"))
             .send()

@@ -22,6 +22,7 @@ const DEFAULT_VERSION: &str = "v23.0";
 
 pub struct Meta {
     http: reqwest::Client,
+    net: std::sync::Arc<super::net::NetworkPolicy>,
     endpoint: String,
     access_token: SecretString,
 }
@@ -32,6 +33,7 @@ impl Meta {
         let version = s.api_version.as_deref().unwrap_or(DEFAULT_VERSION);
         Self {
             http: ctx.http.clone(),
+            net: ctx.net.clone(),
             endpoint: format!("{base}/{version}/{}/messages", s.phone_number_id),
             access_token: s.access_token.clone(),
         }
@@ -93,8 +95,11 @@ impl Provider for Meta {
             .post(&self.endpoint)
             .bearer_auth(self.access_token.expose_secret())
             .json(&body);
-        let answer = http::execute("meta", request).await?;
-        outcome(&answer).map_err(|e| http::scrub(e, &[self.access_token.expose_secret()]))
+        let answer = http::execute("meta", &self.net, request).await?;
+        let scrubber = http::Scrubber::new()
+            .secret(self.access_token.expose_secret())
+            .job(job);
+        outcome(&answer).map_err(|e| scrubber.error(e))
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod http;
 pub mod meta;
+pub mod net;
 pub mod sandbox;
 pub mod sendgrid;
 pub mod ses;
@@ -133,21 +134,33 @@ pub struct ProviderContext {
     /// Public base URL of this service's webhook endpoint, for status
     /// callbacks (Twilio `StatusCallback`); none disables them.
     pub webhook_base_url: Option<url::Url>,
+    /// Where calls may connect (checked after DNS resolution, at call time).
+    pub net: Arc<net::NetworkPolicy>,
 }
 
 impl ProviderContext {
+    /// Public addresses only; see [`Self::with_network`].
     pub fn new(
         timeout: Duration,
         connect_timeout: Duration,
         webhook_base_url: Option<url::Url>,
     ) -> Self {
-        let http = http::client(timeout, connect_timeout);
+        let net = Arc::new(net::NetworkPolicy::public_only());
         Self {
-            http,
+            http: http::client(timeout, connect_timeout, net.clone()),
             timeout,
             connect_timeout,
             webhook_base_url,
+            net,
         }
+    }
+
+    /// The same context under another network policy (a new HTTP client
+    /// whose resolver enforces it).
+    pub fn with_network(mut self, policy: net::NetworkPolicy) -> Self {
+        self.net = Arc::new(policy);
+        self.http = http::client(self.timeout, self.connect_timeout, self.net.clone());
+        self
     }
 }
 

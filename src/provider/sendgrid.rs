@@ -22,6 +22,7 @@ const DEFAULT_BASE: &str = "https://api.sendgrid.com";
 
 pub struct Sendgrid {
     http: reqwest::Client,
+    net: std::sync::Arc<super::net::NetworkPolicy>,
     endpoint: String,
     api_key: SecretString,
     settings: SendgridSettings,
@@ -32,6 +33,7 @@ impl Sendgrid {
         let base = http::base_url(s.base_url.as_deref(), DEFAULT_BASE);
         Self {
             http: ctx.http.clone(),
+            net: ctx.net.clone(),
             endpoint: format!("{base}/v3/mail/send"),
             api_key: s.api_key.clone(),
             settings: s.clone(),
@@ -98,8 +100,11 @@ impl Provider for Sendgrid {
             .post(&self.endpoint)
             .bearer_auth(self.api_key.expose_secret())
             .json(&body);
-        let answer = http::execute("sendgrid", request).await?;
-        outcome(&answer).map_err(|e| http::scrub(e, &[self.api_key.expose_secret()]))
+        let answer = http::execute("sendgrid", &self.net, request).await?;
+        let scrubber = http::Scrubber::new()
+            .secret(self.api_key.expose_secret())
+            .job(job);
+        outcome(&answer).map_err(|e| scrubber.error(e))
     }
 }
 

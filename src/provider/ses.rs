@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 pub struct Ses {
     http: reqwest::Client,
+    net: std::sync::Arc<super::net::NetworkPolicy>,
     endpoint: String,
     region: String,
     /// Its `Debug` redacts the secret key.
@@ -37,6 +38,7 @@ impl Ses {
         let base = http::base_url(s.base_url.as_deref(), &default);
         Self {
             http: ctx.http.clone(),
+            net: ctx.net.clone(),
             endpoint: format!("{base}/v2/email/outbound-emails"),
             region: s.region.clone(),
             credentials: Credentials::new(
@@ -171,9 +173,10 @@ impl Provider for Ses {
         for (name, value) in self.signature(&body, SystemTime::now())? {
             request = request.header(name, value);
         }
-        let answer = http::execute("ses", request.body(body)).await?;
+        let answer = http::execute("ses", &self.net, request.body(body)).await?;
         let secret = self.credentials.secret_access_key();
-        outcome(&answer).map_err(|e| http::scrub(e, &[secret]))
+        let scrubber = http::Scrubber::new().secret(secret).job(job);
+        outcome(&answer).map_err(|e| scrubber.error(e))
     }
 }
 

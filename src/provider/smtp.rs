@@ -21,6 +21,10 @@ pub struct Smtp {
     from: Mailbox,
     timeout: Duration,
     host: String,
+    port: u16,
+    /// Where it may connect: the relay's addresses are checked before each send.
+    net: std::sync::Arc<super::net::NetworkPolicy>,
+    username: Option<String>,
     /// The password, scrubbed from every error (servers may echo AUTH data).
     password: Option<secrecy::SecretString>,
 }
@@ -45,8 +49,9 @@ impl Smtp {
             SmtpSecurity::Starttls => (Tls::Required(tls_params()?), 587),
             SmtpSecurity::Tls => (Tls::Wrapper(tls_params()?), 465),
         };
+        let port = s.port.unwrap_or(port);
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
-            .port(s.port.unwrap_or(port))
+            .port(port)
             .tls(tls)
             .timeout(Some(ctx.connect_timeout))
             .pool_config(
@@ -69,6 +74,9 @@ impl Smtp {
             from: Mailbox::new(s.from_name.clone(), email),
             timeout: ctx.timeout,
             host: s.host.clone(),
+            port,
+            net: ctx.net.clone(),
+            username: s.username.clone(),
             password: s.password.clone(),
         })
     }
@@ -144,14 +152,37 @@ impl Provider for Smtp {
 
     async fn send(&self, job: &Job) -> Result<Receipt, ProviderError> {
         let (msg, message_id) = self.message(job)?;
-        // lettre's own timeout covers the connection only.
-        let reply = tokio::time::timeout(self.timeout, self.transport.send(msg))
+        let mut scrubber = super::http::Scrubber::new().job(job);
+        if let Some(p) = &self.password {
+            scrubber = scrubber.smtp_auth(
+                self.username.as_deref().unwrap_or_default(),
+                p.expose_secret(),
+            );
+        }
+        // One bound on everything: resolving and checking the relay's
+        // addresses, connecting, the greeting, TLS, AUTH and the whole
+        // transaction. lettre's own timeout (connect_timeout) applies to each
+        // connect and each read / write; this one also stops a server that
+        // keeps answering slowly, and a silent server at `timeout` at most.
+        let send = async {
+            self.net
+                .check_host(&self.host, self.port)
+                .await
+                .map_err(|e| match e {
+                    super::net::ResolveError::Refused(r) => {
+                        super::http::refused("smtp", &r.to_string())
+                    }
+                    e => ProviderError::transient(format!("smtp: {e}")),
+                })?;
+            self.transport
+                .send(msg)
+                .await
+                .map_err(|e| classify(&e, &self.host))
+        };
+        let reply = tokio::time::timeout(self.timeout, send)
             .await
             .map_err(|_| ProviderError::transient("smtp: timed out"))?
-            .map_err(|e| {
-                let secrets: Vec<&str> = self.password.iter().map(|p| p.expose_secret()).collect();
-                super::http::scrub(classify(&e, &self.host), &secrets)
-            })?;
+            .map_err(|e| scrubber.error(e))?;
         let queued = reply.message().find_map(queue_id);
         Ok(Receipt {
             message_id: Some(queued.unwrap_or(message_id)),

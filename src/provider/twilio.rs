@@ -18,6 +18,7 @@ const DEFAULT_BASE: &str = "https://api.twilio.com";
 
 pub struct Twilio {
     http: reqwest::Client,
+    net: std::sync::Arc<super::net::NetworkPolicy>,
     endpoint: String,
     account_sid: String,
     auth_token: SecretString,
@@ -31,6 +32,7 @@ impl Twilio {
         let base = http::base_url(s.base_url.as_deref(), DEFAULT_BASE);
         Self {
             http: ctx.http.clone(),
+            net: ctx.net.clone(),
             endpoint: format!("{base}/2010-04-01/Accounts/{}/Messages.json", s.account_sid),
             account_sid: s.account_sid.clone(),
             auth_token: s.auth_token.clone(),
@@ -104,8 +106,11 @@ impl Provider for Twilio {
             .post(&self.endpoint)
             .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
             .form(&form);
-        let answer = http::execute("twilio", request).await?;
-        outcome(&answer).map_err(|e| http::scrub(e, &[self.auth_token.expose_secret()]))
+        let answer = http::execute("twilio", &self.net, request).await?;
+        let scrubber = http::Scrubber::new()
+            .basic(&self.account_sid, self.auth_token.expose_secret())
+            .job(job);
+        outcome(&answer).map_err(|e| scrubber.error(e))
     }
 }
 

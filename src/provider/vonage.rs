@@ -18,6 +18,7 @@ const DEFAULT_BASE: &str = "https://rest.nexmo.com";
 
 pub struct Vonage {
     http: reqwest::Client,
+    net: std::sync::Arc<super::net::NetworkPolicy>,
     endpoint: String,
     api_key: String,
     api_secret: SecretString,
@@ -29,6 +30,7 @@ impl Vonage {
         let base = http::base_url(s.base_url.as_deref(), DEFAULT_BASE);
         Self {
             http: ctx.http.clone(),
+            net: ctx.net.clone(),
             endpoint: format!("{base}/sms/json"),
             api_key: s.api_key.clone(),
             api_secret: s.api_secret.clone(),
@@ -71,8 +73,11 @@ impl Provider for Vonage {
         form.push(("api_key", self.api_key.clone()));
         form.push(("api_secret", self.api_secret.expose_secret().to_owned()));
         let request = self.http.post(&self.endpoint).form(&form);
-        let answer = http::execute("vonage", request).await?;
-        outcome(&answer).map_err(|e| http::scrub(e, &[self.api_secret.expose_secret()]))
+        let answer = http::execute("vonage", &self.net, request).await?;
+        let scrubber = http::Scrubber::new()
+            .secret(self.api_secret.expose_secret())
+            .job(job);
+        outcome(&answer).map_err(|e| scrubber.error(e))
     }
 }
 

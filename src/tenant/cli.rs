@@ -71,7 +71,8 @@ async fn store(settings: &Settings) -> anyhow::Result<TenantStore> {
     let pool = db::connect_creating(&settings.database).await?;
     db::migrate(&pool).await?;
     let keys = settings.key_ring().context("crypto.keys")?;
-    Ok(TenantStore::new(pool, Arc::new(keys)))
+    Ok(TenantStore::new(pool, Arc::new(keys))
+        .with_max_chain_len(settings.tenant_config.max_chain_len))
 }
 
 fn tenant_id(s: &str) -> anyhow::Result<TenantId> {

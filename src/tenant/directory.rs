@@ -30,6 +30,8 @@ pub struct Directory {
     system: [Arc<ResolvedChannel>; 3],
     store: Option<TenantStore>,
     provider_rates: ProviderRates,
+    /// Entries of a stored chain used at most (`tenant_config.max_chain_len`).
+    max_chain_len: usize,
     ctx: ProviderContext,
     cache: Cache<Key, Arc<ResolvedChannel>>,
     /// Kept across invalidations so unchanged providers are reused.
@@ -84,6 +86,7 @@ impl Directory {
             ],
             store: None,
             provider_rates: settings.rate_limits.provider_per_second.clone(),
+            max_chain_len: tc.max_chain_len.max(1),
             ctx: ctx.clone(),
             cache: Cache::builder()
                 .max_capacity(tc.cache_max_entries)
@@ -237,7 +240,15 @@ impl Directory {
         let mut built = Built::new();
         let mut steps = Vec::with_capacity(row.chain.len() + 1);
         let mut unusable = Vec::new();
-        for (i, stored) in row.chain.iter().enumerate() {
+        if row.chain.len() > self.max_chain_len {
+            // Stored before the limit existed (or it was lowered): one job
+            // must not fan out into an unbounded number of provider calls.
+            tracing::error!(tenant_id = %tenant, %channel, stored = row.chain.len(),
+                max = self.max_chain_len,
+                "tenant chain longer than tenant_config.max_chain_len: the extra entries are ignored; store the channel's config again");
+            metrics::counter!(m::CONFIG_ERRORS, "channel" => channel.as_str()).increment(1);
+        }
+        for (i, stored) in row.chain.iter().take(self.max_chain_len).enumerate() {
             let kind = kinds
                 .get(i)
                 .copied()
@@ -297,7 +308,7 @@ impl Directory {
             && let Some(system) = self.system_chain(channel).steps.first()
         {
             let mut system = system.clone();
-            system.step = row.chain.len() as u16;
+            system.step = row.chain.len().min(self.max_chain_len) as u16;
             steps.push(system);
         }
         self.built_map().insert(key, built);

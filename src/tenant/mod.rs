@@ -12,6 +12,7 @@ pub mod cli;
 pub mod directory;
 pub mod listener;
 pub mod model;
+pub mod policy;
 pub mod rotate;
 pub mod sealed;
 pub mod store;

@@ -101,13 +101,13 @@ fn yes() -> bool {
 impl ChannelConfig {
     /// Parse a JSON document (file or API body) and validate it for `channel`.
     pub fn from_json(value: serde_json::Value, channel: Channel) -> Result<Self, ConfigError> {
-        let input: Input =
-            serde_json::from_value(value).map_err(|e| ConfigError::new("", scrub(&e)))?;
+        let input: Input = serde_path_to_error::deserialize(value)
+            .map_err(|e| path_error("", e.path().to_string(), e.inner()))?;
         let mut chain = Vec::with_capacity(input.chain.len());
         for (i, entry) in input.chain.into_iter().enumerate() {
-            let s: ProviderSettings = serde_json::from_value(entry)
-                .map_err(|e| ConfigError::new(format!("chain[{i}]"), scrub(&e)))?;
-            chain.push(s);
+            chain.push(parse_entry(entry).map_err(|(field, reason)| {
+                ConfigError::new(format!("chain[{i}].{field}").trim_end_matches('.'), reason)
+            })?);
         }
         let cfg = Self {
             enabled: input.enabled,
@@ -196,24 +196,125 @@ fn is_hh_mm(s: &str) -> bool {
         && m.parse::<u8>().is_ok_and(|m| m < 60)
 }
 
-/// serde's messages quote the values they reject (`invalid type: string
-/// "SG…"`): keep the words, drop anything quoted.
-fn scrub(e: &serde_json::Error) -> String {
-    let mut out = String::new();
-    let mut quoted = false;
-    for c in e.to_string().chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                if quoted {
-                    out.push_str("\"…\"");
-                }
-            }
-            _ if quoted => {}
-            c => out.push(c),
-        }
+/// One chain entry: the `provider` tag first, then that provider's own
+/// fields, so an error names the field (`api_key`), not just the entry.
+fn parse_entry(entry: serde_json::Value) -> Result<ProviderSettings, (String, String)> {
+    use crate::provider::settings as ps;
+    let serde_json::Value::Object(mut fields) = entry else {
+        return Err((String::new(), "expected an object".into()));
+    };
+    let tag = fields.remove("provider");
+    let rest = serde_json::Value::Object(fields);
+    fn de<T: serde::de::DeserializeOwned>(
+        v: serde_json::Value,
+        wrap: fn(T) -> ProviderSettings,
+    ) -> Result<ProviderSettings, (String, String)> {
+        serde_path_to_error::deserialize(v)
+            .map(wrap)
+            .map_err(|e| (path_of(&e.path().to_string()), safe_reason(e.inner())))
     }
-    out
+    match tag.as_ref().and_then(|t| t.as_str()) {
+        Some("sandbox") => de(
+            rest,
+            ProviderSettings::Sandbox as fn(ps::SandboxSettings) -> _,
+        ),
+        Some("smtp") => de(rest, ProviderSettings::Smtp as fn(ps::SmtpSettings) -> _),
+        Some("sendgrid") => de(
+            rest,
+            ProviderSettings::Sendgrid as fn(ps::SendgridSettings) -> _,
+        ),
+        Some("ses") => de(rest, ProviderSettings::Ses as fn(ps::SesSettings) -> _),
+        Some("twilio") => de(
+            rest,
+            ProviderSettings::Twilio as fn(ps::TwilioSettings) -> _,
+        ),
+        Some("meta") => de(rest, ProviderSettings::Meta as fn(ps::MetaSettings) -> _),
+        Some("vonage") => de(
+            rest,
+            ProviderSettings::Vonage as fn(ps::VonageSettings) -> _,
+        ),
+        None if tag.is_none() => Err(("provider".into(), "missing field".into())),
+        _ => Err((
+            "provider".into(),
+            "unknown provider, expected one of sandbox, smtp, sendgrid, ses, twilio, meta, vonage"
+                .into(),
+        )),
+    }
+}
+
+/// serde_path_to_error's path (`rate_limits.per_second`, `.`) as a field
+/// path; `""` for the document itself.
+fn path_of(p: &str) -> String {
+    if p == "." {
+        String::new()
+    } else {
+        p.to_owned()
+    }
+}
+
+fn path_error(prefix: &str, path: String, e: &serde_json::Error) -> ConfigError {
+    let path = path_of(&path);
+    let field = match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path,
+        (false, true) => prefix.to_owned(),
+        (false, false) => format!("{prefix}.{path}"),
+    };
+    ConfigError::new(field, safe_reason(e))
+}
+
+/// What serde says is wrong, in words that quote no submitted value of any
+/// JSON type (serde's messages do: `invalid type: integer `1234…``,
+/// `invalid value: string "…"`, `unknown variant `…``): the expectation
+/// only, and field names only when they are plain identifiers.
+fn safe_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    // serde_json appends " at line L column C" for parse errors.
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let expected = |t: &str| {
+        t.split_once(", expected ")
+            .map(|(_, exp)| format!("expected {exp}"))
+    };
+    if text.starts_with("invalid type:") {
+        return expected(text).unwrap_or_else(|| "wrong type".into());
+    }
+    if text.starts_with("invalid value:") {
+        return expected(text)
+            .map(|e| format!("invalid value, {e}"))
+            .unwrap_or_else(|| "invalid value".into());
+    }
+    if text.starts_with("unknown variant") {
+        return expected(text)
+            .map(|e| format!("unknown value, {e}"))
+            .unwrap_or_else(|| "unknown value".into());
+    }
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return if is_identifier(name) {
+            format!("unknown field `{name}`")
+        } else {
+            "unknown field".into()
+        };
+    }
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return format!("missing field `{name}`");
+    }
+    if text.starts_with("invalid length") {
+        return expected(text)
+            .map(|e| format!("invalid length, {e}"))
+            .unwrap_or_else(|| "invalid length".into());
+    }
+    if text.starts_with("duplicate field") {
+        return "duplicate field".into();
+    }
+    "invalid value".into()
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
@@ -251,8 +352,54 @@ mod tests {
             Channel::Email,
         )
         .unwrap_err();
-        assert_eq!(e.field, "chain[0]");
+        assert!(e.field.starts_with("chain[0]"), "{}", e.field);
         assert!(!e.reason.contains("SG.secret"), "{}", e.reason);
+    }
+
+    #[test]
+    fn a_secret_of_any_json_type_is_never_quoted_and_its_field_is_named() {
+        for bad in [
+            json!(12345678901234_u64),
+            json!(-12345678901234_i64),
+            json!(1234.5678901234),
+            json!(true),
+            json!(["SG.secret-in-a-list-1234"]),
+            json!({"k": "SG.secret-in-an-object-1234"}),
+        ] {
+            let e = ChannelConfig::from_json(
+                json!({"chain": [{"provider": "sendgrid", "api_key": bad, "from_email": "a@b.co"}]}),
+                Channel::Email,
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "chain[0].api_key");
+            assert_eq!(e.reason, "expected a string");
+            let shown = format!("{e}");
+            for needle in ["12345678901234", "1234.5678", "true", "secret-in"] {
+                assert!(!shown.contains(needle), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_providers_and_top_level_values_are_not_quoted() {
+        let e = ChannelConfig::from_json(
+            json!({"chain": [{"provider": "SG.secret-provider"}]}),
+            Channel::Email,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "chain[0].provider");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = ChannelConfig::from_json(
+            json!({"rate_limits": {"per_second": 98765432109876_u64}}),
+            Channel::Email,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "rate_limits.per_second");
+        assert!(!e.to_string().contains("98765432109876"), "{e}");
+        let e = ChannelConfig::from_json(json!({"enabled": "SG.x-secret"}), Channel::Email)
+            .unwrap_err();
+        assert_eq!(e.field, "enabled");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

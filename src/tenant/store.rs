@@ -89,16 +89,50 @@ fn from_row(r: Row) -> Result<StoredConfig, StoreError> {
     })
 }
 
+/// Most chain entries per channel unless configured otherwise
+/// (`tenant_config.max_chain_len`).
+pub const DEFAULT_MAX_CHAIN_LEN: usize = 5;
+
 /// Reads and writes tenants' configs.
 #[derive(Clone)]
 pub struct TenantStore {
     pool: PgPool,
     keys: Arc<KeyRing>,
+    max_chain_len: usize,
 }
 
 impl TenantStore {
     pub fn new(pool: PgPool, keys: Arc<KeyRing>) -> Self {
-        Self { pool, keys }
+        Self {
+            pool,
+            keys,
+            max_chain_len: DEFAULT_MAX_CHAIN_LEN,
+        }
+    }
+
+    /// Refuse chains longer than `n` entries (`tenant_config.max_chain_len`).
+    pub fn with_max_chain_len(mut self, n: usize) -> Self {
+        self.max_chain_len = n.max(1);
+        self
+    }
+
+    pub fn max_chain_len(&self) -> usize {
+        self.max_chain_len
+    }
+
+    /// The chain-length rule, on its own so callers can apply it before
+    /// parsing a long document.
+    pub fn check_chain_len(&self, len: usize) -> Result<(), ConfigError> {
+        if len > self.max_chain_len {
+            return Err(ConfigError::new(
+                "chain",
+                format!(
+                    "at most {} providers per channel (tenant_config.max_chain_len)",
+                    self.max_chain_len
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn keys(&self) -> &KeyRing {
@@ -118,6 +152,7 @@ impl TenantStore {
         cfg: &ChannelConfig,
         actor: &str,
     ) -> Result<i64, StoreError> {
+        self.check_chain_len(cfg.chain.len())?;
         cfg.validate(channel)?;
         let chain = cfg
             .chain

@@ -162,8 +162,12 @@ async fn session(
                         None => return Err(BrokerError::ConsumerEnded),
                     },
                 };
-                let (shared, publish, moves, abandon) =
-                    (shared.clone(), publish.clone(), moves.clone(), abandon.clone());
+                let (shared, publish, moves, abandon) = (
+                    shared.clone(),
+                    publish.clone(),
+                    moves.clone(),
+                    abandon.clone(),
+                );
                 jobs.spawn(async move {
                     let _counted = InFlight::start();
                     tokio::select! {

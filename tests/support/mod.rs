@@ -68,6 +68,9 @@ impl TestEnv {
         settings.amqp.url = amqp_url.into();
         settings.http.bind = "127.0.0.1:0".into();
         settings.worker.retry_delays_secs = vec![1, 2, 5];
+        // The tests' fake providers and SMTP servers listen on 127.0.0.1,
+        // which provider calls may reach only when it is allow-listed.
+        settings.allow_loopback();
         let pool = outreach::db::connect_creating(&settings.database)
             .await
             .unwrap();
@@ -92,6 +95,10 @@ impl TestEnv {
             ("OUTREACH__AMQP__URL".into(), self.amqp_url.clone()),
             ("OUTREACH__AMQP__PREFIX".into(), self.prefix.clone()),
             ("OUTREACH__WORKER__RETRY_DELAYS_SECS".into(), "1,2,5".into()),
+            (
+                "OUTREACH__PROVIDERS__ALLOWED_PRIVATE_NETWORKS".into(),
+                "127.0.0.1/32".into(),
+            ),
             (
                 "OUTREACH__DEFAULTS__EMAIL__PROVIDER".into(),
                 "sandbox".into(),
@@ -423,9 +430,16 @@ pub fn email_payload(id: &str, tenant: &str, to: &str) -> serde_json::Value {
 
 // Jobs and contexts for calling provider adapters directly.
 
-/// A context like production's, with no status callbacks.
+/// A context like production's, with no status callbacks, that may reach
+/// the fakes on 127.0.0.1 (allow-listed, as an operator would).
 pub fn context() -> ProviderContext {
     ProviderContext::new(Duration::from_secs(10), Duration::from_secs(5), None)
+        .with_network(loopback())
+}
+
+/// The network policy of the tests: public addresses and 127.0.0.1.
+pub fn loopback() -> outreach::provider::net::NetworkPolicy {
+    outreach::provider::net::NetworkPolicy::allowing(&["127.0.0.1/32"]).unwrap()
 }
 
 pub fn job(channel: Channel, recipient: &str, content: Content) -> Job {
