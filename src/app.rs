@@ -106,6 +106,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     let rl = &settings.rate_limits;
     let shared = Arc::new(Shared {
         log,
+        reconciler: settings.reconciler.clone(),
         directory,
         policy: Policy {
             quick: quick_retry,

@@ -116,7 +116,8 @@ pub struct LogRow {
     pub sent_at: Option<OffsetDateTime>,
 }
 
-const COLUMNS: &str = "l.job_id, NULLIF(l.tenant_id, '') AS tenant_id, l.channel, l.status, l.provider, l.provider_message_id, \
+/// The columns of a [`LogRow`], from `outreach_logs l`.
+pub(crate) const COLUMNS: &str = "l.job_id, NULLIF(l.tenant_id, '') AS tenant_id, l.channel, l.status, l.provider, l.provider_message_id, \
     l.chain_step, l.fallback_used, l.attempts, l.attempt_log, l.error_kind, l.error_code, \
     l.error_message, l.retry_at, l.metadata, l.created_at, l.updated_at, l.sent_at";
 
@@ -179,6 +180,7 @@ pub struct DeliveryLog {
     pool: PgPool,
     claims: Batcher<ClaimRequest, Claim>,
     records: Batcher<Record, Result<Option<LogRow>, String>>,
+    lease_secs: u64,
 }
 
 impl DeliveryLog {
@@ -203,15 +205,19 @@ impl DeliveryLog {
             pool,
             claims,
             records,
+            lease_secs,
         }
+    }
+
+    /// How long a claim keeps other deliveries of the job away.
+    pub fn lease_secs(&self) -> u64 {
+        self.lease_secs
     }
 
     pub async fn claim(&self, req: ClaimRequest) -> Result<Claim, LogError> {
         Ok(self.claims.call(req).await?)
     }
 
-    /// Write an outcome. `None` when the row was already final (a duplicate
-    /// finished first); the caller should then read and report that row.
     /// Write a job's outcome. `Ok(None)`: the row was already final
     /// (another delivery recorded it first).
     pub async fn record(&self, rec: Record) -> Result<Option<LogRow>, LogError> {

@@ -27,6 +27,11 @@ pub const CONFIG_ERRORS: &str = "outreach_tenant_config_errors_total";
 pub const PROVIDER_CONFIG_ERRORS: &str = "outreach_provider_config_errors_total";
 /// Jobs the sandbox accepted: nothing was delivered.
 pub const JOBS_SIMULATED: &str = "outreach_jobs_simulated_total";
+/// Rows in flight past their expected time by more than the grace
+/// (`status`: processing, retrying): alert when above zero for long.
+pub const JOBS_OVERDUE: &str = "outreach_jobs_overdue";
+/// Jobs the reconciler ended `expired` (code `lost`): their message never came back.
+pub const JOBS_LOST: &str = "outreach_jobs_lost_total";
 pub const BROKER_CONNECTED: &str = "outreach_broker_connected";
 /// Circuit state per provider account: 0 closed, 1 half-open, 2 open.
 pub const CIRCUIT_STATE: &str = "outreach_circuit_state";

@@ -27,6 +27,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub rate_limits: RateLimitSettings,
     pub circuit: crate::circuit::CircuitSettings,
+    pub reconciler: crate::worker::reconcile::ReconcilerSettings,
 }
 
 /// Provider and system-wide sending limits (tenants' own are in their config).

@@ -8,6 +8,7 @@
 //! the broker redelivers them and the delivery log stops a second send.
 
 mod handler;
+pub mod reconcile;
 pub mod held;
 
 pub use handler::{HandleError, Source, handle};
@@ -35,6 +36,7 @@ use tokio_util::task::TaskTracker;
 /// What every job task shares.
 pub struct Shared {
     pub log: DeliveryLog,
+    pub reconciler: reconcile::ReconcilerSettings,
     pub directory: Arc<Directory>,
     pub topology: Topology,
     pub policy: Policy,
@@ -127,6 +129,12 @@ async fn session(
 
     let tracker = TaskTracker::new();
     let held_stop = CancellationToken::new();
+    tracker.spawn(reconcile::run(
+        shared.clone(),
+        publish.clone(),
+        shared.reconciler.clone(),
+        held_stop.clone(),
+    ));
     tracker.spawn(consume_held(
         shared.clone(),
         conn.clone(),
