@@ -267,9 +267,7 @@ fn unknown_field(v: &serde_json::Value) -> Option<JobError> {
         map: &'a serde_json::Map<String, serde_json::Value>,
         known: &[&str],
     ) -> Option<&'a str> {
-        map.keys()
-            .map(String::as_str)
-            .find(|k| !known.contains(k))
+        map.keys().map(String::as_str).find(|k| !known.contains(k))
     }
     let job = v.as_object()?;
     if let Some(k) = unknown(job, JOB_FIELDS) {
@@ -846,23 +844,110 @@ mod tests {
                    "recipient": "+14155550100", "content": {"text": "hello"}})
         };
         let cases: Vec<(serde_json::Value, &str)> = vec![
-            ({ let mut v = email(); v["recipient"] = json!(format!("pat{nul}@example.com")); v }, "recipient"),
-            ({ let mut v = sms(); v["recipient"] = json!("+1415555\u{0}0100"); v }, "recipient"),
-            ({ let mut v = email(); v["content"]["subject"] = json!(nul); v }, "content.subject"),
-            ({ let mut v = email(); v["content"]["text"] = json!(nul); v }, "content.text"),
-            ({ let mut v = email(); v["content"]["html"] = json!(nul); v }, "content.html"),
-            ({ let mut v = sms(); v["content"]["text"] = json!(nul); v }, "content.text"),
-            ({ let mut v = whatsapp_template(); v["content"]["template"]["name"] = json!(nul); v }, "content.template.name"),
-            ({ let mut v = whatsapp_template(); v["content"]["template"]["language"] = json!(nul); v }, "content.template.language"),
-            ({ let mut v = whatsapp_template(); v["content"]["template"]["parameters"] = json!(["ok", nul]); v }, "content.template.parameters"),
-            ({ let mut v = email(); v["metadata"] = json!({"k": nul}); v }, "metadata"),
-            ({ let mut v = email(); v["metadata"] = json!({nul: "v"}); v }, "metadata"),
-            ({ let mut v = email(); v["metadata"] = json!({"a": [{"b": {"c": [1, nul]}}]}); v }, "metadata"),
+            (
+                {
+                    let mut v = email();
+                    v["recipient"] = json!(format!("pat{nul}@example.com"));
+                    v
+                },
+                "recipient",
+            ),
+            (
+                {
+                    let mut v = sms();
+                    v["recipient"] = json!("+1415555\u{0}0100");
+                    v
+                },
+                "recipient",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["content"]["subject"] = json!(nul);
+                    v
+                },
+                "content.subject",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["content"]["text"] = json!(nul);
+                    v
+                },
+                "content.text",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["content"]["html"] = json!(nul);
+                    v
+                },
+                "content.html",
+            ),
+            (
+                {
+                    let mut v = sms();
+                    v["content"]["text"] = json!(nul);
+                    v
+                },
+                "content.text",
+            ),
+            (
+                {
+                    let mut v = whatsapp_template();
+                    v["content"]["template"]["name"] = json!(nul);
+                    v
+                },
+                "content.template.name",
+            ),
+            (
+                {
+                    let mut v = whatsapp_template();
+                    v["content"]["template"]["language"] = json!(nul);
+                    v
+                },
+                "content.template.language",
+            ),
+            (
+                {
+                    let mut v = whatsapp_template();
+                    v["content"]["template"]["parameters"] = json!(["ok", nul]);
+                    v
+                },
+                "content.template.parameters",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["metadata"] = json!({"k": nul});
+                    v
+                },
+                "metadata",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["metadata"] = json!({nul: "v"});
+                    v
+                },
+                "metadata",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["metadata"] = json!({"a": [{"b": {"c": [1, nul]}}]});
+                    v
+                },
+                "metadata",
+            ),
         ];
         for (v, field) in cases {
             let err = decode(v.clone()).unwrap_err();
             assert_eq!(err.reason(), "invalid_field", "{v}: {err}");
-            assert!(matches!(&err, JobError::InvalidField { field: f, .. } if *f == field), "{v}: {err:?}");
+            assert!(
+                matches!(&err, JobError::InvalidField { field: f, .. } if *f == field),
+                "{v}: {err:?}"
+            );
             let msg = err.to_string();
             assert!(!msg.contains('\0') && !msg.contains("a\u{0}b"), "{msg:?}");
         }

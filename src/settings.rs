@@ -245,8 +245,12 @@ where
 
 fn parse_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
     use serde::de::IntoDeserializer;
-    let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = name.into_deserializer();
-    T::deserialize(d).map_err(|e| e.to_string().replacen("unknown variant", "unknown value", 1))
+    let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        name.into_deserializer();
+    T::deserialize(d).map_err(|e| {
+        e.to_string()
+            .replacen("unknown variant", "unknown value", 1)
+    })
 }
 
 /// Read a system default provider so that environment strings still become
@@ -264,9 +268,7 @@ fn provider_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProviderS
 /// table it is about (`provider`, `api_key`), which the caller prefixes:
 /// `Settings::load` reads each default with this before the whole, so
 /// that a typo is named in full (`defaults.email.api_kye`).
-fn read_provider(
-    value: config::Value,
-) -> Result<ProviderSettings, (String, config::ConfigError)> {
+fn read_provider(value: config::Value) -> Result<ProviderSettings, (String, config::ConfigError)> {
     use crate::provider::ProviderKind as K;
     let mut fields = value.into_table().map_err(|e| (String::new(), e))?;
     let provider = |e| ("provider".to_owned(), e);
@@ -393,7 +395,14 @@ impl Settings {
             let key = format!("defaults.{channel}");
             if let Ok(value) = config.get::<config::Value>(&key) {
                 read_provider(value).map_err(|(k, e)| {
-                    refused(&if k.is_empty() { key.clone() } else { format!("{key}.{k}") }, e)
+                    refused(
+                        &if k.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{key}.{k}")
+                        },
+                        e,
+                    )
                 })?;
             }
         }
@@ -745,14 +754,19 @@ mod tests {
     #[test]
     fn an_unknown_key_in_a_file_is_refused_by_its_full_name() {
         let err = from_file("[amqp]\nprefech = 5\n").unwrap_err().to_string();
-        assert!(err.starts_with("setting `amqp.prefech`: unknown field"), "{err}");
+        assert!(
+            err.starts_with("setting `amqp.prefech`: unknown field"),
+            "{err}"
+        );
         let err = from_file("[[crypto.keys]]\nid = \"k1\"\nkey = \"00\"\nkid = \"k\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("`crypto.keys[0].kid`"), "{err}");
-        let err = from_file("[admin]\ntenant_tokens = [{ tenant = \"t\", sha256 = \"00\", nam = \"n\" }]\n")
-            .unwrap_err()
-            .to_string();
+        let err = from_file(
+            "[admin]\ntenant_tokens = [{ tenant = \"t\", sha256 = \"00\", nam = \"n\" }]\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`admin.tenant_tokens[0].nam`"), "{err}");
     }
 
@@ -769,18 +783,27 @@ mod tests {
         let err = from_file("[defaults.sms]\nprovider = \"sandbox\"\nrecord_fil = \"x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("setting `defaults.sms.record_fil`: unknown field"), "{err}");
+        assert!(
+            err.starts_with("setting `defaults.sms.record_fil`: unknown field"),
+            "{err}"
+        );
         let err = from_file("[defaults]\nemial = { provider = \"sandbox\" }\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("setting `defaults.emial`: unknown field"), "{err}");
+        assert!(
+            err.starts_with("setting `defaults.emial`: unknown field"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_wrong_choice_lists_the_right_ones_in_words() {
         let (key, reason) = refused(&[("OUTREACH__AMQP__QUEUE_TYPE", "quorom")]);
         assert_eq!(key, "amqp.queue_type");
-        assert_eq!(reason, "unknown value `quorom`, expected `quorum` or `classic`");
+        assert_eq!(
+            reason,
+            "unknown value `quorom`, expected `quorum` or `classic`"
+        );
         let (key, reason) = refused(&[("OUTREACH__TELEMETRY__FORMAT", "xml")]);
         assert_eq!(key, "telemetry.format");
         assert_eq!(reason, "unknown value `xml`, expected `pretty` or `json`");
@@ -797,9 +820,14 @@ mod tests {
             ("OUTREACH__DEFAULTS__EMAIL__FROM_EMAIL", "a@b.co"),
         ]);
         assert_eq!(key, "defaults.email.security");
-        assert_eq!(reason, "unknown value `ssl`, expected one of `none`, `starttls`, `tls`");
+        assert_eq!(
+            reason,
+            "unknown value `ssl`, expected one of `none`, `starttls`, `tls`"
+        );
         // The same from a file.
-        let err = from_file("[amqp]\nqueue_type = \"quorom\"\n").unwrap_err().to_string();
+        let err = from_file("[amqp]\nqueue_type = \"quorom\"\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "setting `amqp.queue_type`: unknown value `quorom`, expected `quorum` or `classic`"
