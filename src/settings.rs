@@ -261,37 +261,46 @@ fn parse_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
 /// variant's own struct straight from the config value.
 fn provider_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProviderSettings, D::Error> {
     let value = config::Value::deserialize(d)?;
-    read_provider(value).map_err(|(key, e)| serde::de::Error::custom(format!("`{key}`: {e}")))
+    read_provider("", value).map_err(serde::de::Error::custom)
 }
 
-/// [`provider_settings`]' work. An error comes with the key inside the
-/// table it is about (`provider`, `api_key`), which the caller prefixes:
-/// `Settings::load` reads each default with this before the whole, so
-/// that a typo is named in full (`defaults.email.api_kye`).
-fn read_provider(value: config::Value) -> Result<ProviderSettings, (String, config::ConfigError)> {
+/// [`provider_settings`]' work; an error names its key under `key` (the
+/// table's own). `Settings::load` reads each default with this before the
+/// whole, where the key is known, so that a typo is named in full
+/// (`defaults.email.api_kye`).
+fn read_provider(key: &str, value: config::Value) -> Result<ProviderSettings, SettingsError> {
     use crate::provider::ProviderKind as K;
-    let mut fields = value.into_table().map_err(|e| (String::new(), e))?;
-    let provider = |e| ("provider".to_owned(), e);
+    let at = |inner: &str, e: config::ConfigError| {
+        let full = match (key, inner) {
+            (k, "" | ".") => k.to_owned(),
+            ("", i) => i.to_owned(),
+            (k, i) => format!("{k}.{i}"),
+        };
+        refused(&full, e)
+    };
+    let mut fields = value.into_table().map_err(|e| at("", e))?;
     let tag = fields
         .remove("provider")
-        .ok_or_else(|| provider(config::ConfigError::NotFound("provider".into())))?
+        .ok_or_else(|| at("provider", config::ConfigError::NotFound("provider".into())))?
         .into_string()
-        .map_err(provider)?;
-    let kind: K = parse_name(&tag).map_err(|m| provider(config::ConfigError::Message(m)))?;
-    fn read<T: serde::de::DeserializeOwned>(
-        v: config::Value,
-    ) -> Result<T, (String, config::ConfigError)> {
-        serde_path_to_error::deserialize(v).map_err(|e| (e.path().to_string(), e.into_inner()))
-    }
+        .map_err(|e| at("provider", e))?;
+    let kind: K = parse_name(&tag).map_err(|m| at("provider", config::ConfigError::Message(m)))?;
     let rest = config::Value::new(None, fields);
+    macro_rules! read {
+        ($variant:ident) => {
+            serde_path_to_error::deserialize(rest)
+                .map(ProviderSettings::$variant)
+                .map_err(|e| at(&e.path().to_string(), e.into_inner()))
+        };
+    }
     match kind {
-        K::Sandbox => read(rest).map(ProviderSettings::Sandbox),
-        K::Smtp => read(rest).map(ProviderSettings::Smtp),
-        K::Sendgrid => read(rest).map(ProviderSettings::Sendgrid),
-        K::Ses => read(rest).map(ProviderSettings::Ses),
-        K::Twilio => read(rest).map(ProviderSettings::Twilio),
-        K::Meta => read(rest).map(ProviderSettings::Meta),
-        K::Vonage => read(rest).map(ProviderSettings::Vonage),
+        K::Sandbox => read!(Sandbox),
+        K::Smtp => read!(Smtp),
+        K::Sendgrid => read!(Sendgrid),
+        K::Ses => read!(Ses),
+        K::Twilio => read!(Twilio),
+        K::Meta => read!(Meta),
+        K::Vonage => read!(Vonage),
     }
 }
 
@@ -394,16 +403,7 @@ impl Settings {
         for channel in crate::job::Channel::ALL {
             let key = format!("defaults.{channel}");
             if let Ok(value) = config.get::<config::Value>(&key) {
-                read_provider(value).map_err(|(k, e)| {
-                    refused(
-                        &if k.is_empty() {
-                            key.clone()
-                        } else {
-                            format!("{key}.{k}")
-                        },
-                        e,
-                    )
-                })?;
+                read_provider(&key, value)?;
             }
         }
         let mut s: Settings = serde_path_to_error::deserialize(config)
