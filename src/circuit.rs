@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 /// Breaker tuning (`[circuit]` in the settings).
 #[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CircuitSettings {
     pub window_secs: u64,
     pub min_calls: usize,

@@ -124,6 +124,7 @@ pub enum CryptoError {
 /// One configured key, as found in the settings file or environment.
 /// `key` is 64 hex characters; surrounding whitespace is ignored.
 #[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub id: String,
     pub key: SecretString,

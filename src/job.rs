@@ -126,6 +126,7 @@ impl FromStr for Channel {
 
 /// A WhatsApp template message (pre-approved by Meta).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Template {
     pub name: String,
     /// Language code such as `en_US`.
@@ -195,6 +196,10 @@ pub enum JobError {
     },
     #[error("content does not fit the {channel} channel: {reason}")]
     WrongContent { channel: Channel, reason: String },
+    /// A field version 1 does not have, named with its path
+    /// (`content.attachments`); its value is never quoted.
+    #[error("unknown field `{0}`: version 1 jobs carry only the fields in the README's job table")]
+    UnknownField(String),
 }
 
 impl JobError {
@@ -211,13 +216,18 @@ impl JobError {
             JobError::InvalidField { .. } => "invalid_field",
             JobError::FieldTooLong { .. } => "field_too_long",
             JobError::WrongContent { .. } => "wrong_content",
+            JobError::UnknownField(_) => "unknown_field",
         }
     }
 }
 
 /// The loose shape first read from the wire; every field optional so that a
 /// missing one gets a precise error instead of serde's generic message.
+/// Unknown fields are refused (a `send_at` or `recipients` must not be
+/// silently ignored); [`unknown_field`] then names the field. The field lists
+/// below must match these structs (a test checks that).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WireJob {
     version: Option<u64>,
     job_id: Option<String>,
@@ -231,11 +241,100 @@ struct WireJob {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WireContent {
     subject: Option<String>,
     text: Option<String>,
     html: Option<String>,
     template: Option<Template>,
+}
+
+const JOB_FIELDS: &[&str] = &[
+    "version",
+    "job_id",
+    "tenant_id",
+    "channel",
+    "recipient",
+    "content",
+    "metadata",
+    "not_after",
+];
+const CONTENT_FIELDS: &[&str] = &["subject", "text", "html", "template"];
+const TEMPLATE_FIELDS: &[&str] = &["name", "language", "parameters"];
+
+/// Longest field path quoted in an [`JobError::UnknownField`].
+const MAX_FIELD_PATH_CHARS: usize = 64;
+
+/// After serde refused a payload: the first field (in key order) that
+/// version 1 does not have, at the top level, in `content` or in
+/// `content.template`, as an [`JobError::UnknownField`]. Only run on the
+/// error path, so valid jobs pay nothing for it. `metadata` is free-form.
+fn unknown_field(v: &serde_json::Value) -> Option<JobError> {
+    let path = |prefix: &str, key: &str| {
+        let printable = key.chars().filter(|c| !is_invisible(*c));
+        JobError::UnknownField(
+            prefix
+                .chars()
+                .chain(printable)
+                .take(MAX_FIELD_PATH_CHARS)
+                .collect(),
+        )
+    };
+    fn unknown<'a>(
+        map: &'a serde_json::Map<String, serde_json::Value>,
+        known: &[&str],
+    ) -> Option<&'a str> {
+        map.keys().map(String::as_str).find(|k| !known.contains(k))
+    }
+    let job = v.as_object()?;
+    if let Some(k) = unknown(job, JOB_FIELDS) {
+        return Some(path("", k));
+    }
+    let content = job.get("content")?.as_object()?;
+    if let Some(k) = unknown(content, CONTENT_FIELDS) {
+        return Some(path("content.", k));
+    }
+    let template = content.get("template")?.as_object()?;
+    unknown(template, TEMPLATE_FIELDS).map(|k| path("content.template.", k))
+}
+
+/// Characters left out of a quoted field name: controls, and the invisible
+/// format characters (zero-width, bidirectional overrides) that could
+/// disguise it in a log.
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+}
+
+/// PostgreSQL cannot store U+0000 in `text` or `jsonb`: a job carrying one
+/// would make the whole batched log write fail, so it is refused up front.
+fn check_no_nul(field: &'static str, s: &str) -> Result<(), JobError> {
+    if s.contains('\0') {
+        Err(nul_error(field))
+    } else {
+        Ok(())
+    }
+}
+
+fn nul_error(field: &'static str) -> JobError {
+    JobError::InvalidField {
+        field,
+        reason: "contains a NUL character (U+0000), which cannot be stored".into(),
+    }
+}
+
+/// Whether a NUL is in any key or string of a JSON value.
+fn json_has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(json_has_nul),
+        serde_json::Value::Object(m) => map_has_nul(m),
+        _ => false,
+    }
+}
+
+fn map_has_nul(m: &serde_json::Map<String, serde_json::Value>) -> bool {
+    m.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v))
 }
 
 /// Identifiers read from a payload that failed validation, so the failure
@@ -290,13 +389,16 @@ impl Salvaged {
             job_id: s("job_id").and_then(|v| JobId::parse(v).ok()),
             tenant_id: s("tenant_id").and_then(|v| TenantId::parse(v).ok()),
             channel: s("channel").and_then(|v| v.parse().ok()),
+            // Left out when too big or when it holds a NUL, so that the
+            // `failed` row itself can be written.
             metadata: map
                 .get("metadata")
                 .and_then(|v| v.as_object().cloned())
                 .filter(|m| {
-                    serde_json::to_vec(m)
-                        .map(|b| b.len() <= MAX_METADATA_BYTES)
-                        .unwrap_or(false)
+                    !map_has_nul(m)
+                        && serde_json::to_vec(m)
+                            .map(|b| b.len() <= MAX_METADATA_BYTES)
+                            .unwrap_or(false)
                 }),
         }
     }
@@ -314,9 +416,26 @@ impl Job {
         if let Err(e) = std::str::from_utf8(bytes) {
             return Err(JobError::InvalidUtf8(e.valid_up_to()));
         }
-        let wire: WireJob =
-            serde_json::from_slice(bytes).map_err(|e| JobError::MalformedJson(e.to_string()))?;
+        let wire: WireJob = serde_json::from_slice(bytes).map_err(|e| Self::refused(bytes, e))?;
         Self::from_wire(wire)
+    }
+
+    /// The error for a payload serde refused: an unsupported version or an
+    /// unknown field when the payload is a JSON object with one (an unknown
+    /// field is a serde error too, but its message has no path), else the
+    /// JSON error itself.
+    #[cold]
+    fn refused(bytes: &[u8], e: serde_json::Error) -> JobError {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            match v.get("version").and_then(serde_json::Value::as_u64) {
+                Some(version) if version != 1 => return JobError::UnsupportedVersion(version),
+                _ => {}
+            }
+            if let Some(unknown) = unknown_field(&v) {
+                return unknown;
+            }
+        }
+        JobError::MalformedJson(e.to_string())
     }
 
     fn from_wire(w: WireJob) -> Result<Job, JobError> {
@@ -331,10 +450,14 @@ impl Job {
             .ok_or(JobError::MissingField("channel"))?
             .parse()?;
         let recipient = w.recipient.ok_or(JobError::MissingField("recipient"))?;
+        check_no_nul("recipient", &recipient)?;
         validate_recipient(channel, &recipient)?;
         let content =
             validate_content(channel, w.content.ok_or(JobError::MissingField("content"))?)?;
         if let Some(m) = &w.metadata {
+            if map_has_nul(m) {
+                return Err(nul_error("metadata"));
+            }
             let size = serde_json::to_vec(m).map(|b| b.len()).unwrap_or(usize::MAX);
             if size > MAX_METADATA_BYTES {
                 return Err(JobError::FieldTooLong {
@@ -437,6 +560,7 @@ fn validate_content(channel: Channel, c: WireContent) -> Result<Content, JobErro
                 ));
             }
             let subject = c.subject.ok_or(JobError::MissingField("content.subject"))?;
+            check_no_nul("content.subject", &subject)?;
             if subject.trim().is_empty() {
                 return Err(wrong("subject is empty"));
             }
@@ -454,6 +578,7 @@ fn validate_content(channel: Channel, c: WireContent) -> Result<Content, JobErro
             for (field, body) in [("content.text", &c.text), ("content.html", &c.html)] {
                 if let Some(b) = body {
                     check_len(field, b.len(), MAX_EMAIL_BODY_BYTES)?;
+                    check_no_nul(field, b)?;
                 }
             }
             Ok(Content::Email {
@@ -480,6 +605,11 @@ fn validate_content(channel: Channel, c: WireContent) -> Result<Content, JobErro
                     if t.name.is_empty() || t.language.is_empty() {
                         return Err(wrong("template needs a name and a language"));
                     }
+                    check_no_nul("content.template.name", &t.name)?;
+                    check_no_nul("content.template.language", &t.language)?;
+                    if t.parameters.iter().any(|p| p.contains('\0')) {
+                        return Err(nul_error("content.template.parameters"));
+                    }
                     Ok(Content::Template { template: t })
                 }
                 (Some(text), None) => {
@@ -487,6 +617,7 @@ fn validate_content(channel: Channel, c: WireContent) -> Result<Content, JobErro
                         return Err(wrong("text is empty"));
                     }
                     check_len("content.text", text.chars().count(), limit)?;
+                    check_no_nul("content.text", &text)?;
                     Ok(Content::Text { text })
                 }
                 (None, None) => Err(JobError::MissingField("content.text")),
@@ -623,7 +754,275 @@ mod tests {
         assert!(s.channel.is_none());
     }
 
+    fn whatsapp_template() -> serde_json::Value {
+        json!({"job_id": "j", "tenant_id": "t", "channel": "whatsapp", "recipient": "+447700900123",
+               "content": {"template": {"name": "appointment_reminder", "language": "en_US", "parameters": ["Tue 10:00"]}}})
+    }
+
+    fn unknown(v: serde_json::Value) -> String {
+        match decode(v) {
+            Err(e @ JobError::UnknownField(_)) => {
+                assert_eq!(e.reason(), "unknown_field");
+                let JobError::UnknownField(path) = &e else {
+                    unreachable!()
+                };
+                assert!(e.to_string().contains(&format!("`{path}`")), "{e}");
+                path.clone()
+            }
+            other => panic!("expected unknown_field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fields_version_1_does_not_have_are_refused_by_name() {
+        let mut v = email();
+        v["send_at"] = json!("2026-11-24T09:00:00Z");
+        assert_eq!(unknown(v), "send_at");
+        let mut v = email();
+        v["recipients"] = json!(["a@example.com", "b@example.com"]);
+        assert_eq!(unknown(v), "recipients");
+        let mut v = email();
+        let r = v.as_object_mut().unwrap().remove("recipient").unwrap();
+        v["recipeint"] = r;
+        assert_eq!(unknown(v), "recipeint");
+        let mut v = email();
+        v["locale"] = json!("de_DE");
+        assert_eq!(unknown(v), "locale");
+        let mut v = email();
+        v["content"]["attachments"] = json!([{"name": "a.pdf", "data": "JVBERi0="}]);
+        assert_eq!(unknown(v), "content.attachments");
+        let mut v = whatsapp_template();
+        v["content"]["template"]["components"] = json!([{"type": "header"}]);
+        assert_eq!(unknown(v), "content.template.components");
+    }
+
+    #[test]
+    fn metadata_stays_free_form() {
+        let mut v = email();
+        v["metadata"] = json!({"send_at": "x", "nested": {"recipients": [1, 2]}});
+        assert!(decode(v).is_ok());
+    }
+
+    #[test]
+    fn the_field_lists_match_what_serde_accepts() {
+        // Each listed field is one serde knows: carrying it in a type serde
+        // refuses is malformed, not an unknown field.
+        let refused = |v: serde_json::Value, f: &str| match decode(v) {
+            Err(JobError::MalformedJson(m)) => assert!(!m.contains("unknown field"), "{f}: {m}"),
+            other => panic!("{f}: {other:?}"),
+        };
+        for f in JOB_FIELDS {
+            let mut v = email();
+            v[*f] = json!([]);
+            refused(v, f);
+        }
+        for f in CONTENT_FIELDS {
+            let mut v = email();
+            v["content"][*f] = json!([]);
+            refused(v, f);
+        }
+        for f in TEMPLATE_FIELDS {
+            let mut v = whatsapp_template();
+            v["content"]["template"][*f] = json!({});
+            refused(v, f);
+        }
+        // And each field serde knows is listed: a payload with all of them
+        // and another error is not reported as having an unknown field.
+        let all = json!({"version": "one", "job_id": "j", "tenant_id": "t", "channel": "email",
+            "recipient": "a@example.com", "metadata": {}, "not_after": "2026-11-24T09:00:00Z",
+            "content": {"subject": "s", "text": "t", "html": "h",
+                        "template": {"name": "n", "language": "en", "parameters": []}}});
+        assert_eq!(decode(all).unwrap_err().reason(), "malformed_json");
+    }
+
+    #[test]
+    fn an_unknown_field_name_is_cut_and_cleaned_before_it_is_quoted() {
+        let mut v = email();
+        v["content"][format!("a\u{0}b\u{7}c\u{202e}d\n{}", "x".repeat(100))] = json!(1);
+        let path = unknown(v);
+        assert!(path.starts_with("content.abcd"), "{path:?}");
+        assert_eq!(path.chars().count(), MAX_FIELD_PATH_CHARS);
+        assert!(!path.chars().any(is_invisible));
+    }
+
+    #[test]
+    fn a_newer_version_with_new_fields_is_an_unsupported_version() {
+        let mut v = email();
+        v["version"] = json!(2);
+        v["send_at"] = json!("2026-11-24T09:00:00Z");
+        assert_eq!(decode(v).unwrap_err().reason(), "unsupported_version");
+    }
+
+    #[test]
+    fn a_nul_in_any_text_field_is_refused_naming_the_field() {
+        let nul = "a\u{0}b";
+        let sms = || {
+            json!({"job_id": "j", "tenant_id": "t", "channel": "sms",
+                   "recipient": "+14155550100", "content": {"text": "hello"}})
+        };
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (
+                {
+                    let mut v = email();
+                    v["recipient"] = json!(format!("pat{nul}@example.com"));
+                    v
+                },
+                "recipient",
+            ),
+            (
+                {
+                    let mut v = sms();
+                    v["recipient"] = json!("+1415555\u{0}0100");
+                    v
+                },
+                "recipient",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["content"]["subject"] = json!(nul);
+                    v
+                },
+                "content.subject",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["content"]["text"] = json!(nul);
+                    v
+                },
+                "content.text",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["content"]["html"] = json!(nul);
+                    v
+                },
+                "content.html",
+            ),
+            (
+                {
+                    let mut v = sms();
+                    v["content"]["text"] = json!(nul);
+                    v
+                },
+                "content.text",
+            ),
+            (
+                {
+                    let mut v = whatsapp_template();
+                    v["content"]["template"]["name"] = json!(nul);
+                    v
+                },
+                "content.template.name",
+            ),
+            (
+                {
+                    let mut v = whatsapp_template();
+                    v["content"]["template"]["language"] = json!(nul);
+                    v
+                },
+                "content.template.language",
+            ),
+            (
+                {
+                    let mut v = whatsapp_template();
+                    v["content"]["template"]["parameters"] = json!(["ok", nul]);
+                    v
+                },
+                "content.template.parameters",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["metadata"] = json!({"k": nul});
+                    v
+                },
+                "metadata",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["metadata"] = json!({nul: "v"});
+                    v
+                },
+                "metadata",
+            ),
+            (
+                {
+                    let mut v = email();
+                    v["metadata"] = json!({"a": [{"b": {"c": [1, nul]}}]});
+                    v
+                },
+                "metadata",
+            ),
+        ];
+        for (v, field) in cases {
+            let err = decode(v.clone()).unwrap_err();
+            assert_eq!(err.reason(), "invalid_field", "{v}: {err}");
+            assert!(
+                matches!(&err, JobError::InvalidField { field: f, .. } if *f == field),
+                "{v}: {err:?}"
+            );
+            let msg = err.to_string();
+            assert!(!msg.contains('\0') && !msg.contains("a\u{0}b"), "{msg:?}");
+        }
+        // The same job without the NUL decodes.
+        let mut v = email();
+        v["metadata"] = json!({"a": [{"b": {"c": [1, "ab"]}}]});
+        assert!(decode(v).is_ok());
+    }
+
+    #[test]
+    fn salvaged_metadata_with_a_nul_is_left_out() {
+        let s = Salvaged::from_payload(
+            br#"{"job_id":"j-9","tenant_id":"t","channel":"fax","metadata":{"k":"a\u0000b"}}"#,
+        );
+        assert_eq!(s.job_id.unwrap().as_str(), "j-9");
+        assert!(s.metadata.is_none());
+        let s = Salvaged::from_payload(
+            br#"{"job_id":"j-9","tenant_id":"t","channel":"fax","metadata":{"a\u0000":1}}"#,
+        );
+        assert!(s.metadata.is_none());
+        let s = Salvaged::from_payload(
+            br#"{"job_id":"j-9","tenant_id":"t","channel":"fax","metadata":{"k":"v"}}"#,
+        );
+        assert_eq!(s.metadata.unwrap()["k"], "v");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn an_unknown_field_error_never_quotes_its_value(
+            key in "[a-z_]{1,12}",
+            marker in "[0-9]{6,12}",
+            level in 0usize..3,
+            shape in 0usize..4,
+        ) {
+            let known = [JOB_FIELDS, CONTENT_FIELDS, TEMPLATE_FIELDS][level];
+            proptest::prop_assume!(!known.contains(&key.as_str()));
+            let secret = format!("SECRET{marker}");
+            let value = match shape {
+                0 => json!(secret),
+                1 => json!([secret]),
+                2 => json!({"inner": secret}),
+                _ => json!({ secret.clone(): {"deep": [secret]} }),
+            };
+            let mut v = whatsapp_template();
+            match level {
+                0 => v[&key] = value,
+                1 => v["content"][&key] = value,
+                _ => v["content"]["template"][&key] = value,
+            }
+            let err = decode(v).unwrap_err();
+            proptest::prop_assert_eq!(err.reason(), "unknown_field");
+            let msg = err.to_string();
+            proptest::prop_assert!(!msg.contains(&marker), "{}", msg);
+            proptest::prop_assert!(!msg.contains("SECRET"), "{}", msg);
+            let prefix = ["", "content.", "content.template."][level];
+            proptest::prop_assert_eq!(err, JobError::UnknownField(format!("{prefix}{key}")));
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = Job::decode(&bytes);

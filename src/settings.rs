@@ -12,6 +12,7 @@ use std::time::Duration;
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -32,6 +33,7 @@ pub struct Settings {
 
 /// Provider and system-wide sending limits (tenants' own are in their config).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Longest wait for a send while holding a delivery, in milliseconds.
     pub max_inline_wait_ms: u64,
@@ -45,6 +47,7 @@ pub struct RateLimitSettings {
 
 /// Sends per second per account of each provider (0: none).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProviderRates {
     pub sandbox: u32,
     pub smtp: u32,
@@ -72,6 +75,7 @@ impl ProviderRates {
 
 /// Sends per second of each channel's system default account (0: none).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelRates {
     pub email: u32,
     pub sms: u32,
@@ -91,6 +95,7 @@ impl ChannelRates {
 
 /// Keys that encrypt tenants' stored credentials (see `crypto`).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CryptoSettings {
     /// Every key that may have encrypted a stored value: `{ id, key }`, key in hex.
     #[serde(default)]
@@ -102,6 +107,7 @@ pub struct CryptoSettings {
 
 /// The per-process cache of tenants' resolved provider chains.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantConfigSettings {
     /// Seconds a resolved chain is kept; changes also invalidate it at once (NOTIFY).
     pub cache_ttl_secs: u64,
@@ -115,6 +121,7 @@ pub struct TenantConfigSettings {
 /// Bearer tokens of the admin API, stored as SHA-256 hex digests only, and
 /// the API's bounds.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Tokens that may manage every tenant: `{ sha256, name }`, or a bare
     /// digest (named `operator-<first 8 hex>`).
@@ -172,6 +179,7 @@ impl From<String> for OperatorToken {
 
 /// A token that manages one tenant's config.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantToken {
     /// The tenant it may manage.
     pub tenant: String,
@@ -182,6 +190,7 @@ pub struct TenantToken {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
@@ -196,9 +205,11 @@ pub enum QueueType {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: String,
     pub prefix: String,
+    #[serde(deserialize_with = "by_name")]
     pub queue_type: QueueType,
     pub prefetch: u16,
     pub work_queues: u16,
@@ -206,6 +217,7 @@ pub struct AmqpSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub migrate_on_start: bool,
@@ -219,6 +231,7 @@ pub struct WorkerSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryLogSettings {
     pub batch_size: usize,
     pub concurrent_batches: usize,
@@ -226,12 +239,15 @@ pub struct DeliveryLogSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub bind: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
+    #[serde(deserialize_with = "by_name")]
     pub format: LogFormat,
     pub filter: String,
 }
@@ -244,6 +260,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProvidersSettings {
     pub timeout_secs: u64,
     pub connect_timeout_secs: u64,
@@ -265,6 +282,7 @@ pub struct ProvidersSettings {
 /// `email.*.amazonaws.com`) a tenant-scoped token may set as a provider's
 /// `base_url` host (https only) or SMTP `host`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AllowedHosts {
     #[serde(default)]
     pub sendgrid: Vec<String>,
@@ -320,6 +338,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 /// reason `no_provider` (the shipped configuration sets none; the sandbox must
 /// be chosen explicitly).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SystemDefaults {
     #[serde(default, deserialize_with = "provider_settings")]
     pub email: Option<ProviderSettings>,
@@ -327,6 +346,30 @@ pub struct SystemDefaults {
     pub sms: Option<ProviderSettings>,
     #[serde(default, deserialize_with = "provider_settings")]
     pub whatsapp: Option<ProviderSettings>,
+}
+
+/// Read a unit enum (`QueueType`, `LogFormat`, `SmtpSecurity`) by its name
+/// through serde's own string deserializer, so that a wrong name lists the
+/// right ones ("unknown value `quorom`, expected `quorum` or `classic`"): the
+/// `config` crate's own enum support says "enum QueueType does not have
+/// variant constructor quorom" instead.
+pub(crate) fn by_name<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let name = String::deserialize(d)?;
+    parse_name(&name).map_err(serde::de::Error::custom)
+}
+
+fn parse_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        name.into_deserializer();
+    T::deserialize(d).map_err(|e| {
+        e.to_string()
+            .replacen("unknown variant", "unknown value", 1)
+    })
 }
 
 /// Read a system default provider so that environment strings still become
@@ -340,27 +383,97 @@ pub struct SystemDefaults {
 fn provider_settings<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<ProviderSettings>, D::Error> {
-    use serde::de::Error;
     let value = config::Value::deserialize(d)?;
-    let mut fields = value.clone().into_table().map_err(D::Error::custom)?;
-    let tag = fields.remove("provider").map(config::Value::into_string);
-    let rest = config::Value::new(None, fields);
-    let parsed = match tag {
-        Some(Ok(tag)) if tag == "none" => return Ok(None),
-        Some(Ok(tag)) => match tag.as_str() {
-            "sandbox" => rest.try_deserialize().map(ProviderSettings::Sandbox),
-            "smtp" => rest.try_deserialize().map(ProviderSettings::Smtp),
-            "sendgrid" => rest.try_deserialize().map(ProviderSettings::Sendgrid),
-            "ses" => rest.try_deserialize().map(ProviderSettings::Ses),
-            "twilio" => rest.try_deserialize().map(ProviderSettings::Twilio),
-            "meta" => rest.try_deserialize().map(ProviderSettings::Meta),
-            "vonage" => rest.try_deserialize().map(ProviderSettings::Vonage),
-            // serde's own message lists the known providers.
-            _ => value.try_deserialize(),
-        },
-        _ => value.try_deserialize(),
+    read_provider("", value).map_err(serde::de::Error::custom)
+}
+
+/// [`provider_settings`]' work; an error names its key under `key` (the
+/// table's own). `Settings::load` reads each default with this before the
+/// whole, where the key is known, so that a typo is named in full
+/// (`defaults.email.api_kye`).
+fn read_provider(
+    key: &str,
+    value: config::Value,
+) -> Result<Option<ProviderSettings>, SettingsError> {
+    use crate::provider::ProviderKind as K;
+    let at = |inner: &str, e: config::ConfigError| {
+        let full = match (key, inner) {
+            (k, "" | ".") => k.to_owned(),
+            ("", i) => i.to_owned(),
+            (k, i) => format!("{k}.{i}"),
+        };
+        refused(&full, e)
     };
-    parsed.map(Some).map_err(D::Error::custom)
+    let mut fields = value.into_table().map_err(|e| at("", e))?;
+    let tag = fields
+        .remove("provider")
+        .ok_or_else(|| at("provider", config::ConfigError::NotFound("provider".into())))?
+        .into_string()
+        .map_err(|e| at("provider", e))?;
+    if tag == "none" {
+        return Ok(None);
+    }
+    let kind: K = parse_name(&tag).map_err(|m| at("provider", config::ConfigError::Message(m)))?;
+    let rest = config::Value::new(None, fields);
+    macro_rules! read {
+        ($variant:ident) => {
+            serde_path_to_error::deserialize(rest)
+                .map(|p| Some(ProviderSettings::$variant(p)))
+                .map_err(|e| at(&e.path().to_string(), e.into_inner()))
+        };
+    }
+    match kind {
+        K::Sandbox => read!(Sandbox),
+        K::Smtp => read!(Smtp),
+        K::Sendgrid => read!(Sendgrid),
+        K::Ses => read!(Ses),
+        K::Twilio => read!(Twilio),
+        K::Meta => read!(Meta),
+        K::Vonage => read!(Vonage),
+    }
+}
+
+/// A setting refused while reading, named by its full key. `path` is where
+/// serde was (it names an unknown key, `amqp.prefech`); the `config` crate's
+/// own key is used when it is longer.
+fn refused(path: &str, mut err: config::ConfigError) -> SettingsError {
+    use config::ConfigError as E;
+    let mut key = match path {
+        "" | "." | "?" => String::new(),
+        p => p.to_owned(),
+    };
+    let longer = |key: &mut String, k: Option<String>| {
+        if let Some(k) = k.filter(|k| k.len() > key.len()) {
+            *key = k;
+        }
+    };
+    while let E::At { error, key: k, .. } = err {
+        longer(&mut key, k);
+        err = *error;
+    }
+    let reason = match err {
+        E::Type {
+            origin,
+            unexpected,
+            expected,
+            key: k,
+        } => {
+            longer(&mut key, k);
+            E::Type {
+                origin,
+                unexpected,
+                expected,
+                key: None,
+            }
+            .to_string()
+        }
+        E::NotFound(k) => {
+            longer(&mut key, Some(k));
+            "is missing".to_owned()
+        }
+        other => other.to_string(),
+    };
+    SettingsError::Refused { key, reason }
 }
 
 /// A setting that cannot work, named so it can be fixed.
@@ -370,6 +483,9 @@ pub enum SettingsError {
     Load(#[from] config::ConfigError),
     #[error("setting `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A key that is unknown or whose value does not fit, when reading.
+    #[error("setting `{key}`: {reason}")]
+    Refused { key: String, reason: String },
 }
 
 impl Settings {
@@ -412,7 +528,15 @@ impl Settings {
                 b = b.set_override(key, items)?;
             }
         }
-        let mut s: Settings = b.build()?.try_deserialize()?;
+        let config = b.build()?;
+        for channel in crate::job::Channel::ALL {
+            let key = format!("defaults.{channel}");
+            if let Ok(value) = config.get::<config::Value>(&key) {
+                read_provider(&key, value)?;
+            }
+        }
+        let mut s: Settings = serde_path_to_error::deserialize(config)
+            .map_err(|e| refused(&e.path().to_string(), e.into_inner()))?;
         if let Some(keys) = env_value(&env, KEYS_ENV) {
             s.crypto.keys.extend(parse_key_list(keys)?);
         }
@@ -807,6 +931,124 @@ mod tests {
         let s = with_env(&[(KEYS_ENV, &format!("k1:{}", "1".repeat(64)))]).unwrap();
         assert_eq!(s.crypto.keys.len(), 1);
         assert_eq!(s.crypto.keys[0].id, "k1");
+    }
+
+    fn refused(vars: &[(&str, &str)]) -> (String, String) {
+        match with_env(vars).unwrap_err() {
+            SettingsError::Refused { key, reason } => (key, reason),
+            other => panic!("expected a refused setting, got {other}"),
+        }
+    }
+
+    fn from_file(toml: &str) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.toml");
+        std::fs::write(&path, toml).unwrap();
+        Settings::load_with_env(Some(&path), HashMap::new())
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_environment_is_refused_by_its_full_name() {
+        let (key, reason) = refused(&[("OUTREACH__AMQP__PREFECH", "5")]);
+        assert_eq!(key, "amqp.prefech");
+        assert!(reason.contains("`prefetch`"), "{reason}");
+        let (key, _) = refused(&[("OUTREACH__AMQPP__PREFETCH", "5")]);
+        assert_eq!(key, "amqpp");
+        let (key, _) = refused(&[("OUTREACH__RATE_LIMITS__PROVIDER_PER_SECOND__TWILLIO", "5")]);
+        assert_eq!(key, "rate_limits.provider_per_second.twillio");
+        let (key, _) = refused(&[("OUTREACH__CIRCUIT__OPEN_SEC", "5")]);
+        assert_eq!(key, "circuit.open_sec");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_file_is_refused_by_its_full_name() {
+        let err = from_file("[amqp]\nprefech = 5\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("setting `amqp.prefech`: unknown field"),
+            "{err}"
+        );
+        let err = from_file("[[crypto.keys]]\nid = \"k1\"\nkey = \"00\"\nkid = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`crypto.keys[0].kid`"), "{err}");
+        let err = from_file(
+            "[admin]\ntenant_tokens = [{ tenant = \"t\", sha256 = \"00\", nam = \"n\" }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`admin.tenant_tokens[0].nam`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_of_a_default_provider_is_refused_by_its_full_name() {
+        let (key, reason) = refused(&[
+            ("OUTREACH__DEFAULTS__EMAIL__PROVIDER", "sendgrid"),
+            ("OUTREACH__DEFAULTS__EMAIL__API_KYE", "SG.x"),
+            ("OUTREACH__DEFAULTS__EMAIL__FROM_EMAIL", "a@b.co"),
+        ]);
+        assert_eq!(key, "defaults.email.api_kye");
+        assert!(reason.contains("`api_key`"), "{reason}");
+        assert!(!reason.contains("SG.x"), "{reason}");
+        let err = from_file("[defaults.sms]\nprovider = \"sandbox\"\nrecord_fil = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("setting `defaults.sms.record_fil`: unknown field"),
+            "{err}"
+        );
+        let err = from_file("[defaults]\nemial = { provider = \"sandbox\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("setting `defaults.emial`: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_choice_lists_the_right_ones_in_words() {
+        let (key, reason) = refused(&[("OUTREACH__AMQP__QUEUE_TYPE", "quorom")]);
+        assert_eq!(key, "amqp.queue_type");
+        assert_eq!(
+            reason,
+            "unknown value `quorom`, expected `quorum` or `classic`"
+        );
+        let (key, reason) = refused(&[("OUTREACH__TELEMETRY__FORMAT", "xml")]);
+        assert_eq!(key, "telemetry.format");
+        assert_eq!(reason, "unknown value `xml`, expected `pretty` or `json`");
+        let (key, reason) = refused(&[("OUTREACH__DEFAULTS__SMS__PROVIDER", "twillio")]);
+        assert_eq!(key, "defaults.sms.provider");
+        assert_eq!(
+            reason,
+            "unknown value `twillio`, expected one of `sandbox`, `smtp`, `sendgrid`, `ses`, `twilio`, `meta`, `vonage`"
+        );
+        let (key, reason) = refused(&[
+            ("OUTREACH__DEFAULTS__EMAIL__PROVIDER", "smtp"),
+            ("OUTREACH__DEFAULTS__EMAIL__HOST", "127.0.0.1"),
+            ("OUTREACH__DEFAULTS__EMAIL__SECURITY", "ssl"),
+            ("OUTREACH__DEFAULTS__EMAIL__FROM_EMAIL", "a@b.co"),
+        ]);
+        assert_eq!(key, "defaults.email.security");
+        assert_eq!(
+            reason,
+            "unknown value `ssl`, expected one of `none`, `starttls`, `tls`"
+        );
+        // The same from a file.
+        let err = from_file("[amqp]\nqueue_type = \"quorom\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "setting `amqp.queue_type`: unknown value `quorom`, expected `quorum` or `classic`"
+        );
+        // And the right ones still work, in any source.
+        let s = with_env(&[
+            ("OUTREACH__AMQP__QUEUE_TYPE", "classic"),
+            ("OUTREACH__TELEMETRY__FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(s.amqp.queue_type, QueueType::Classic);
+        assert_eq!(s.telemetry.format, LogFormat::Json);
     }
 
     #[test]

@@ -50,6 +50,23 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
             }),
         ),
         ("invalid_utf8", vec![b'{', b'"', 0xC3, 0x28, b'"', b'}']),
+        (
+            "unknown_field",
+            with(&|v| {
+                v["job_id"] = "send-at".into();
+                v["send_at"] = "2026-11-24T09:00:00Z".into()
+            }),
+        ),
+        (
+            // PostgreSQL cannot store U+0000: the job, and the metadata its
+            // failed row would carry, must not reach the batched log write.
+            "invalid_field",
+            with(&|v| {
+                v["job_id"] = "nul-text".into();
+                v["content"]["text"] = "a\u{0}b".into();
+                v["metadata"] = serde_json::json!({"k\u{0}": "v\u{0}"})
+            }),
+        ),
     ];
     for (_, payload) in &cases {
         publisher.publish_raw(payload, None).await.unwrap();
@@ -82,7 +99,14 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
 
     // A failed log row for each job whose id could be read.
     let rows = t.log_rows().await;
-    for id in ["bad-channel", "bad-recipient", "no-tenant", "too-big"] {
+    for id in [
+        "bad-channel",
+        "bad-recipient",
+        "no-tenant",
+        "too-big",
+        "send-at",
+        "nul-text",
+    ] {
         assert!(
             rows.iter().any(|(j, s, _)| j == id && s == "failed"),
             "{id} has a failed row: {rows:?}"

@@ -19,7 +19,8 @@ async fn stranded(env: &TestEnv, id: &str, age: &str) {
 }
 
 #[tokio::test]
-async fn a_row_no_delivery_can_still_settle_is_ended_lost_with_its_event_and_a_late_one_is_counted() {
+async fn a_row_no_delivery_can_still_settle_is_ended_lost_with_its_event_and_a_late_one_is_counted()
+{
     let env = TestEnv::new().await;
     stranded(&env, "lost-1", "3 days").await;
     stranded(&env, "late-1", "10 minutes").await;
@@ -31,7 +32,10 @@ async fn a_row_no_delivery_can_still_settle_is_ended_lost_with_its_event_and_a_l
     let mut events = env.event_queue().await;
     let (stop, worker) = env.spawn_worker(s);
 
-    let (key, event) = events.next(Duration::from_secs(30)).await.expect("an event");
+    let (key, event) = events
+        .next(Duration::from_secs(30))
+        .await
+        .expect("an event");
     assert_eq!(key, "expired.email");
     assert_eq!(event["job_id"], "lost-1");
     assert_eq!(event["error"]["code"], "lost");

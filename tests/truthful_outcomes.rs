@@ -582,3 +582,58 @@ async fn a_certificate_that_does_not_verify_falls_over_to_the_next_step_at_once(
     worker.await.unwrap().unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn jobs_asking_for_what_version_1_does_not_do_are_dead_lettered_as_unknown_field() {
+    let env = TestEnv::new().await;
+    let record = env.path("sandbox.jsonl");
+    let mut s = worker_settings(&env);
+    s.defaults.email = Some(
+        serde_json::from_value(json!({"provider": "sandbox", "record_file": record})).unwrap(),
+    );
+    let (stop, worker) = env.spawn_worker(s);
+
+    let mut later = email("later", "clinic-u");
+    later["send_at"] = json!("2030-01-15T09:00:00Z");
+    let mut many = email("many", "clinic-u");
+    many["recipients"] = json!(["a@clinic.example", "b@clinic.example"]);
+    let mut typo = email("typo", "clinic-u");
+    typo["metdata"] = json!({"case": "typo"});
+    // As an upstream app that does not validate would publish them.
+    let payloads: Vec<Vec<u8>> = [later, many, typo]
+        .iter()
+        .map(|j| j.to_string().into_bytes())
+        .collect();
+    env.publisher().await.publish_many(&payloads).await.unwrap();
+    for id in ["later", "many", "typo"] {
+        let r = wait_final(&env, id, Duration::from_secs(30)).await;
+        assert_eq!(r["status"], "failed", "{id}");
+        assert_eq!(r["error_code"], "unknown_field", "{id}");
+    }
+
+    let dead = env.dead_letters().await;
+    let mut named: Vec<(String, String)> = dead
+        .iter()
+        .map(|(h, _)| {
+            (
+                h["x-outreach-reason"].clone(),
+                h["x-outreach-error"].clone(),
+            )
+        })
+        .collect();
+    named.sort();
+    assert_eq!(named.len(), 3);
+    assert!(named.iter().all(|(reason, _)| reason == "unknown_field"));
+    for field in ["send_at", "recipients", "metdata"] {
+        assert!(
+            named.iter().any(|(_, e)| e.contains(field)),
+            "{field} named: {named:?}"
+        );
+    }
+    let sends = std::fs::read_to_string(&record).unwrap_or_default();
+    assert_eq!(sends.lines().count(), 0, "nothing was sent");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}

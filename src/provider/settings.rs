@@ -70,7 +70,7 @@ pub struct SmtpSettings {
     /// Defaults to 25 (none), 587 (starttls) or 465 (tls).
     #[serde(default)]
     pub port: Option<u16>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::settings::by_name")]
     pub security: SmtpSecurity,
     #[serde(default)]
     pub username: Option<String>,

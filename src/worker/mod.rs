@@ -8,8 +8,8 @@
 //! the broker redelivers them and the delivery log stops a second send.
 
 mod handler;
-pub mod reconcile;
 pub mod held;
+pub mod reconcile;
 
 pub use handler::{HandleError, Source, handle};
 pub use held::Holds;

@@ -98,7 +98,8 @@ async fn pass(
     }
 
     let longest_tier = shared.topology.retry_tiers.last().copied().unwrap_or(0);
-    let lost_after = shared.budget.max_age.as_secs() + longest_tier + shared.log.lease_secs() + cfg.grace_secs;
+    let lost_after =
+        shared.budget.max_age.as_secs() + longest_tier + shared.log.lease_secs() + cfg.grace_secs;
     let sql = format!(
         "UPDATE outreach_logs AS l
             SET status = 'expired', error_kind = 'expired', error_code = 'lost',
