@@ -368,6 +368,10 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
     }
 }
 
+/// Each record's answer: its row (`None`: already final), or why it could
+/// not be stored.
+type Recorded = Vec<Result<Option<LogRow>, String>>;
+
 /// Write a batch so that one bad row fails alone. A batch PostgreSQL refuses
 /// for its data (not for an outage) is split in halves until the offending
 /// row is alone; that row is written again with its free-form values removed
@@ -375,12 +379,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
 /// stored. Its batch-mates are recorded normally and never re-sent. An
 /// outage fails the whole batch (`Err` for every item: each job goes back to
 /// the broker).
-fn record_isolating(
-    pool: &PgPool,
-    recs: Vec<Record>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Vec<Result<Option<LogRow>, String>>> + Send + '_>,
-> {
+fn record_isolating(pool: &PgPool, recs: Vec<Record>) -> futures::future::BoxFuture<'_, Recorded> {
     Box::pin(async move {
         let n = recs.len();
         let e = match record_batch(pool, recs.clone()).await {
