@@ -285,7 +285,8 @@ fn error_classify(c: &mut Criterion) {
             )]),
             body: json!({"message": "Email address is not verified. The following identities \
                 failed the check in region EU-WEST-1: reminders@clinic42.example"}),
-            kind: ErrorKind::Provider,
+            // Needs a person (verify the sender), not time.
+            kind: ErrorKind::Config,
         },
         Answer {
             name: "twilio_400_21211",

@@ -104,8 +104,17 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     );
     let topology = Topology::new(&settings.amqp, &w.retry_delays_secs);
     let rl = &settings.rate_limits;
+    let leases = Arc::new(crate::worker::lease::Leases::default());
+    let lease_stop = CancellationToken::new();
+    let lease_task = leases.spawn_renewal(
+        pool.clone(),
+        Duration::from_secs(w.lease_secs),
+        lease_stop.clone(),
+    );
     let shared = Arc::new(Shared {
         log,
+        leases,
+        unrecorded: tokio::sync::Semaphore::new(settings.delivery_log.max_unrecorded),
         reconciler: settings.reconciler.clone(),
         directory,
         policy: Policy {
@@ -139,6 +148,8 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     listener_stop.cancel();
     probe_stop.cancel();
     let _ = probe_task.await;
+    lease_stop.cancel();
+    let _ = lease_task.await;
     let _ = http_task.await;
     let _ = listener_task.await;
     pool.close().await;

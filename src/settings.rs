@@ -234,6 +234,7 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct DeliveryLogSettings {
     pub batch_size: usize,
+    pub max_unrecorded: usize,
     pub concurrent_batches: usize,
     pub store_content: bool,
 }

@@ -11,9 +11,9 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 use support::fake_providers::{self as fake, Scripted, sendgrid_error};
-use support::servers::OwnRabbit;
+use support::servers::{OwnPostgres, OwnRabbit};
 use support::tenants::*;
-use support::{TestEnv, eventually};
+use support::{Binary, TestEnv, eventually, http_get};
 use wiremock::MockServer;
 
 const JOBS: usize = 300;
@@ -117,4 +117,62 @@ async fn jobs_in_a_retry_tier_survive_a_rabbitmq_app_restart() {
 #[ignore = "fault suite: scripts/test.sh runs it serially"]
 async fn jobs_in_a_retry_tier_survive_a_full_rabbitmq_stop() {
     jobs_in_a_retry_tier_survive(Outage::Node).await;
+}
+
+#[tokio::test]
+#[ignore = "fault suite: scripts/test.sh runs it serially"]
+async fn through_a_postgresql_outage_readyz_says_so_and_no_job_is_lost() {
+    let pg = OwnPostgres::start();
+    let env = TestEnv::on_servers(support::AMQP_URL, &pg.url()).await;
+    let mut vars = worker_env(&env);
+    let record = env.record_emails(&mut vars);
+    let worker = Binary::worker(&vars);
+    let ready = format!("http://127.0.0.1:{}/readyz", worker.http_port);
+    eventually(
+        Duration::from_secs(30),
+        "the worker to be ready",
+        || async { http_get(&ready).await.0 == 200 },
+    )
+    .await;
+
+    // Jobs keep arriving while the database is down for 20 s.
+    pg.stop();
+    let publisher = env.publisher().await;
+    for i in 0..50 {
+        let job = email(&format!("pg-{i}"), "clinic-p");
+        publisher.publish(job.to_string().as_bytes()).await.unwrap();
+    }
+    eventually(
+        Duration::from_secs(10),
+        "readyz to report the database down",
+        || async {
+            let (code, body) = http_get(&ready).await;
+            code == 503 && body.contains("\"database\":false")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (code, _) = http_get(&ready).await;
+    assert_eq!(code, 503, "still down");
+    pg.boot();
+
+    eventually(Duration::from_secs(60), "readyz to recover", || async {
+        http_get(&ready).await.0 == 200
+    })
+    .await;
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    eventually(Duration::from_secs(90), "every job to be final", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outreach_logs WHERE status = 'simulated'")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+        n == 50
+    })
+    .await;
+    let sends = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(sends.lines().count(), 50, "each job sent once");
+    assert!(worker.terminate().success());
+    pool.close().await;
+    env.cleanup().await;
 }

@@ -116,3 +116,60 @@ async fn the_same_job_id_from_two_tenants_is_two_jobs_and_both_are_sent() {
     worker.await.unwrap().unwrap();
     t.cleanup().await;
 }
+
+/// SendGrid, answering after `0`.
+struct Slow(Duration);
+
+impl wiremock::Respond for Slow {
+    fn respond(&self, r: &wiremock::Request) -> wiremock::ResponseTemplate {
+        support::fake_providers::Sendgrid
+            .respond(r)
+            .set_delay(self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_slower_than_its_lease_is_not_sent_again_by_a_second_copy() {
+    let t = TestEnv::new().await;
+    let slow = support::fake_providers::serve("/v3/mail/send", Slow(Duration::from_secs(4))).await;
+    support::tenants::set_tenant(
+        &t,
+        "clinic-1",
+        outreach::job::Channel::Email,
+        serde_json::json!({"fallback_to_system": false, "chain": [support::tenants::sendgrid_at(&slow)]}),
+    )
+    .await;
+    let mut settings = support::tenants::worker_settings(&t);
+    // The send takes four leases; the worker renews its lease meanwhile.
+    settings.worker.lease_secs = 1;
+    settings.worker.retry_delays_secs = vec![1];
+    let (stop, worker) = t.spawn_worker(settings);
+    let mut events = t.event_queue().await;
+    let publisher = t.publisher().await;
+    let job = serde_json::to_vec(&email_payload("slow-1", "clinic-1", "pat@example.com")).unwrap();
+
+    publisher.publish(&job).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publisher.publish(&job).await.unwrap();
+    let (key, first) = events
+        .next(Duration::from_secs(30))
+        .await
+        .expect("sent event");
+    let (_, second) = events
+        .next(Duration::from_secs(30))
+        .await
+        .expect("replayed event");
+
+    assert_eq!(key, "sent.email");
+    assert_eq!(first["replayed"], false);
+    assert_eq!(second["replayed"], true, "the copy found the job sent");
+    assert_eq!(
+        slow.received_requests().await.unwrap().len(),
+        1,
+        "sent once"
+    );
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    t.cleanup().await;
+}

@@ -109,11 +109,16 @@ pub async fn handle(
             return Ok(());
         }
     };
+    // Renewed until this function returns, i.e. after the outcome is recorded.
+    let _lease = shared.leases.hold(job.tenant_id.as_str(), job.id.as_str());
     let attempt = previous + 1;
     let first_seen =
         broker::header_u64(&delivery.properties, headers::FIRST_SEEN).unwrap_or_else(unix_now);
     let age = Duration::from_secs(unix_now().saturating_sub(first_seen));
 
+    // From the first provider call until the outcome is durable: what a
+    // crash in between would send again. Bounded, so that number is too.
+    let unrecorded = shared.unrecorded.acquire().await.expect("never closed");
     let (report_outcome, attempts) = match admitted {
         Ok((chain, from, skipped)) => {
             // A slot only for the provider calls: the claim, the record and
@@ -196,7 +201,9 @@ pub async fn handle(
     }
 
     let status = rec.status;
-    let row = match shared.log.record(rec).await {
+    let recorded = shared.log.record(rec).await;
+    drop(unrecorded);
+    let row = match recorded {
         Ok(Some(row)) => row,
         Err(LogError::Unrecordable(why)) => {
             // Not an outage: handing the job back would send it again.

@@ -9,6 +9,7 @@
 
 mod handler;
 pub mod held;
+pub mod lease;
 pub mod reconcile;
 
 pub use handler::{HandleError, Source, handle};
@@ -36,6 +37,11 @@ use tokio_util::task::TaskTracker;
 /// What every job task shares.
 pub struct Shared {
     pub log: DeliveryLog,
+    /// Claims of jobs in this worker, renewed while they live.
+    pub leases: Arc<lease::Leases>,
+    /// Jobs between their provider call and their recorded outcome
+    /// (`delivery_log.max_unrecorded`): a crash can send at most these again.
+    pub unrecorded: Semaphore,
     pub reconciler: reconcile::ReconcilerSettings,
     pub directory: Arc<Directory>,
     pub topology: Topology,

@@ -24,12 +24,15 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const ADMIN_DB: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The shared PostgreSQL server (without a database name).
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// One test's private world: its own database and exchange / queue prefix.
 pub struct TestEnv {
     /// The broker this test talks to (the shared one, or its own node).
     pub amqp_url: String,
+    /// The PostgreSQL server its database is on (no database name).
+    pub postgres: String,
     pub db_name: String,
     pub db_url: String,
     pub prefix: String,
@@ -46,18 +49,24 @@ impl TestEnv {
 
     /// A test world whose broker is `amqp_url` (a node the test started).
     pub async fn on_broker(amqp_url: &str) -> Self {
+        Self::on_servers(amqp_url, POSTGRES).await
+    }
+
+    /// A test world on `amqp_url` and the PostgreSQL server `postgres`
+    /// (`postgres://user@host:port`, servers a fault test started).
+    pub async fn on_servers(amqp_url: &str, postgres: &str) -> Self {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let db_name = format!("outreach_test_{}", &id[id.len() - 16..]);
         let prefix = format!("t{}", &id[id.len() - 12..]);
-        let admin = PgPool::connect(ADMIN_DB)
+        let admin = PgPool::connect(&format!("{postgres}/postgres"))
             .await
-            .expect("PostgreSQL must run on 127.0.0.1:5432");
+            .unwrap_or_else(|e| panic!("PostgreSQL must run at {postgres}: {e}"));
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(&admin)
             .await
             .unwrap();
         admin.close().await;
-        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let db_url = format!("{postgres}/{db_name}");
         let mut settings = Settings::load(None).unwrap();
         // The shipped settings have no system default; these tests' jobs go
         // to the sandbox unless a test says otherwise (its sends are
@@ -78,6 +87,7 @@ impl TestEnv {
         let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
         Self {
             amqp_url: amqp_url.to_owned(),
+            postgres: postgres.to_owned(),
             db_name,
             db_url,
             prefix,
@@ -283,7 +293,7 @@ impl TestEnv {
             let _ = self.topology.delete(&ch, &held).await;
         }
         self.pool.close().await;
-        if let Ok(admin) = PgPool::connect(ADMIN_DB).await {
+        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", self.postgres)).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.db_name

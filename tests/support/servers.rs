@@ -138,8 +138,9 @@ impl OwnPostgres {
         pg
     }
 
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    /// The server's URL, without a database name.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
     }
 
     fn data(&self) -> &Path {

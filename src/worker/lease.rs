@@ -1,0 +1,96 @@
+//! Claims kept alive while their job is: a short lease, renewed.
+//!
+//! A claim holds a job's row for `worker.lease_secs`; another delivery of the
+//! job that finds the lease live is delayed, not sent. While a job is in
+//! this worker (from its claim to its recorded outcome) the lease is
+//! renewed every third of that time, in one statement for all of them. So
+//! the lease can be short: a worker that dies (SIGKILL) frees its jobs
+//! within `lease_secs` instead of a lease long enough for the slowest send.
+
+use sqlx::PgPool;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+type Key = (String, String);
+
+/// The jobs this worker has claimed and not yet recorded.
+#[derive(Default)]
+pub struct Leases {
+    held: Mutex<HashSet<Key>>,
+}
+
+/// Keeps a job's lease renewed until dropped.
+pub struct Held<'a> {
+    leases: &'a Leases,
+    key: Key,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.leases.lock().remove(&self.key);
+    }
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Key>> {
+        // A panic while holding it leaves a set that is still valid.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Renew the lease of `tenant`'s job `job` while the guard lives.
+    pub fn hold(&self, tenant: &str, job: &str) -> Held<'_> {
+        let key = (tenant.to_owned(), job.to_owned());
+        self.lock().insert(key.clone());
+        Held { leases: self, key }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Renew every held lease every `lease / 3` until `stop` fires.
+    pub fn spawn_renewal(
+        self: &Arc<Self>,
+        pool: PgPool,
+        lease: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let leases = self.clone();
+        tokio::spawn(async move {
+            let every = (lease / 3).max(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let (tenants, jobs): (Vec<String>, Vec<String>) =
+                    leases.lock().iter().cloned().unzip();
+                if jobs.is_empty() {
+                    continue;
+                }
+                let renewed = sqlx::query(
+                    "UPDATE outreach_logs AS l SET lease_until = now() + make_interval(secs => $3)
+                       FROM UNNEST($1::text[], $2::text[]) AS t(tenant_id, job_id)
+                      WHERE l.tenant_id = t.tenant_id AND l.job_id = t.job_id
+                        AND l.status = 'processing'",
+                )
+                .bind(&tenants)
+                .bind(&jobs)
+                .bind(lease.as_secs_f64())
+                .execute(&pool)
+                .await;
+                if let Err(e) = renewed {
+                    // Another worker cannot claim them either while the
+                    // database is down; the next round tries again.
+                    tracing::warn!(error = %e, held = jobs.len(), "could not renew leases");
+                }
+            }
+        })
+    }
+}
