@@ -176,3 +176,79 @@ async fn through_a_postgresql_outage_readyz_says_so_and_no_job_is_lost() {
     pool.close().await;
     env.cleanup().await;
 }
+
+/// Jobs of the SIGKILL test: `OUTREACH_FAULT_JOBS`, default 10,000 (the
+/// issue's 50,000 takes a few minutes more on 2 cores).
+fn kill_test_jobs() -> usize {
+    std::env::var("OUTREACH_FAULT_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+#[tokio::test]
+#[ignore = "fault suite: scripts/test.sh runs it serially"]
+async fn sigkills_under_load_lose_nothing_and_resend_at_most_the_unrecorded_bound() {
+    const WORKERS: usize = 3;
+    const KILLS: usize = 6;
+    let jobs = kill_test_jobs();
+    let env = TestEnv::new().await;
+    let mut vars = worker_env(&env);
+    let record = env.record_emails(&mut vars);
+    let bound: usize = 512; // delivery_log.max_unrecorded, the shipped default
+    let payloads: Vec<Vec<u8>> = (0..jobs)
+        .map(|i| {
+            email(&format!("k-{i}"), &format!("clinic-{}", i % 20))
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    env.publisher().await.publish_many(&payloads).await.unwrap();
+    let mut workers: Vec<Binary> = (0..WORKERS).map(|_| Binary::worker(&vars)).collect();
+
+    // Kill one worker every ~1.5 s while the backlog drains; restart it.
+    for k in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victim = k % WORKERS;
+        let dead = std::mem::replace(&mut workers[victim], Binary::worker(&vars));
+        dead.kill();
+    }
+    let killed_at = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(600),
+        "every job to be final",
+        || async { env.count_final().await == jobs as i64 },
+    )
+    .await;
+    let recovered_in = killed_at.elapsed();
+    for w in workers {
+        assert!(w.terminate().success());
+    }
+
+    let rows = env.log_rows().await;
+    assert_eq!(rows.len(), jobs, "exactly one row per job");
+    assert!(
+        rows.iter().all(|(_, s, _)| s == "simulated"),
+        "every job sent"
+    );
+    let mut sends: HashMap<String, usize> = HashMap::new();
+    for line in std::fs::read_to_string(&record).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        *sends
+            .entry(v["job_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(sends.len(), jobs, "every job reached the provider");
+    let duplicates: usize = sends.values().map(|n| n - 1).sum();
+    println!(
+        "{jobs} jobs, {WORKERS} workers, {KILLS} SIGKILLs: {duplicates} duplicate sends \
+         ({:.2}%), all final {:.1} s after the last kill",
+        100.0 * duplicates as f64 / jobs as f64,
+        recovered_in.as_secs_f64()
+    );
+    assert!(
+        duplicates <= KILLS * bound,
+        "{duplicates} duplicates exceed {KILLS} kills x {bound} unrecorded"
+    );
+    env.cleanup().await;
+}
