@@ -117,21 +117,14 @@ async fn the_same_job_id_from_two_tenants_is_two_jobs_and_both_are_sent() {
     t.cleanup().await;
 }
 
-/// SendGrid, answering after `0`.
-struct Slow(Duration);
-
-impl wiremock::Respond for Slow {
-    fn respond(&self, r: &wiremock::Request) -> wiremock::ResponseTemplate {
-        support::fake_providers::Sendgrid
-            .respond(r)
-            .set_delay(self.0)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_slower_than_its_lease_is_not_sent_again_by_a_second_copy() {
     let t = TestEnv::new().await;
-    let slow = support::fake_providers::serve("/v3/mail/send", Slow(Duration::from_secs(4))).await;
+    let slow = support::fake_providers::serve(
+        "/v3/mail/send",
+        support::fake_providers::Slow(support::fake_providers::Sendgrid, Duration::from_secs(4)),
+    )
+    .await;
     support::tenants::set_tenant(
         &t,
         "clinic-1",
