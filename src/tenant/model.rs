@@ -273,8 +273,10 @@ fn safe_reason(e: &serde_json::Error) -> String {
         Some(i) => &text[..i],
         None => &text,
     };
+    // The last ", expected ": serde quotes the value before it, and a value
+    // may itself contain ", expected " (found by fuzz/fuzz_targets/tenant_config.rs).
     let expected = |t: &str| {
-        t.split_once(", expected ")
+        t.rsplit_once(", expected ")
             .map(|(_, exp)| format!("expected {exp}"))
     };
     if text.starts_with("invalid type:") {
@@ -378,6 +380,17 @@ mod tests {
                 assert!(!shown.contains(needle), "{shown}");
             }
         }
+    }
+
+    #[test]
+    fn a_value_that_itself_says_expected_is_not_quoted() {
+        let e = ChannelConfig::from_json(
+            json!({"enabled": "x, expected SG.secret-value"}),
+            Channel::Email,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "expected a boolean");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]
