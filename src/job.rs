@@ -509,21 +509,17 @@ pub fn validate_recipient(channel: Channel, r: &str) -> Result<(), JobError> {
             if r.len() > 254 {
                 return Err(bad("longer than 254 characters".into()));
             }
-            lettre::Address::from_str(r).map(|_| ()).map_err(|e| {
-                bad(format!(
-                    "{:?} is not an email address ({e})",
-                    truncate(r, 80)
-                ))
-            })
+            // The address itself is not quoted: recipients are patient data,
+            // and this text reaches logs and dead-letter headers.
+            lettre::Address::from_str(r)
+                .map(|_| ())
+                .map_err(|e| bad(format!("not an email address ({e})")))
         }
         Channel::Sms | Channel::Whatsapp => {
             if is_e164(r) {
                 Ok(())
             } else {
-                Err(bad(format!(
-                    "{:?} is not an E.164 number such as +14155550100",
-                    truncate(r, 40)
-                )))
+                Err(bad("not an E.164 number such as +14155550100".into()))
             }
         }
     }
@@ -718,6 +714,21 @@ mod tests {
         for (payload, reason) in cases {
             let err = Job::decode(&payload).unwrap_err();
             assert_eq!(err.reason(), reason, "{err}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_recipient_is_refused_without_quoting_it() {
+        for (channel, to) in [
+            (Channel::Email, "jane.doe-at-clinic.example"),
+            (Channel::Sms, "0155-JANE-DOE"),
+        ] {
+            let e = validate_recipient(channel, to).unwrap_err();
+            assert_eq!(e.reason(), "invalid_recipient");
+            assert!(
+                !e.to_string().contains("jane") && !e.to_string().contains("JANE"),
+                "{e}"
+            );
         }
     }
 
