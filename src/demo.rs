@@ -164,7 +164,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         topology.dead_letter_queue
     );
     println!(
-        "Delivery events went to the topic exchange {} (routing keys like sent.email).",
+        "Delivery events went to the topic exchange {} (routing keys like sent.email; simulated.email where the sandbox took the job, which delivers nothing).",
         topology.events_exchange
     );
     Ok(())
