@@ -114,6 +114,23 @@ fn note_unusable(chain: &ResolvedChannel, below: u16, log: &mut Vec<Attempt>) {
     }
 }
 
+/// The chain ran out without a send: the unusable entries not yet in `log`
+/// are added to it, and the job's error is the most useful of `last_err` and
+/// theirs (`no_provider` when there was nothing at all).
+fn chain_exhausted(
+    chain: &ResolvedChannel,
+    last_err: Option<ProviderError>,
+    log: &mut Vec<Attempt>,
+) -> ProviderError {
+    note_unusable(chain, u16::MAX, log);
+    chain
+        .unusable
+        .iter()
+        .map(|u| u.error.clone())
+        .fold(last_err, |acc, e| Some(keep_most_useful(acc, e)))
+        .unwrap_or_else(no_provider_error)
+}
+
 impl Policy {
     /// Quick retries only: `tenant test` and the admin API's test send.
     pub fn plain(quick: QuickRetry) -> Self {
@@ -167,13 +184,7 @@ impl Policy {
                 skipped: log,
             });
         }
-        note_unusable(chain, u16::MAX, &mut log);
-        let error = chain
-            .unusable
-            .iter()
-            .map(|u| u.error.clone())
-            .fold(last_err, |acc, e| Some(keep_most_useful(acc, e)))
-            .unwrap_or_else(no_provider_error);
+        let error = chain_exhausted(chain, last_err, &mut log);
         Ok(Admission::Blocked {
             error,
             skipped: log,
@@ -239,13 +250,7 @@ impl Policy {
             }
         }
         let mut attempts = attempts.into_inner().unwrap_or_default();
-        note_unusable(chain, u16::MAX, &mut attempts);
-        let err = chain
-            .unusable
-            .iter()
-            .map(|u| u.error.clone())
-            .fold(last_err, |acc, e| Some(keep_most_useful(acc, e)))
-            .unwrap_or_else(no_provider_error);
+        let err = chain_exhausted(chain, last_err, &mut attempts);
         Report {
             outcome: Err(err),
             attempts,
