@@ -139,7 +139,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         sends: tokio::sync::Semaphore::new(w.concurrency),
     });
     let cfg = ConsumerConfig {
-        amqp_url: settings.amqp.url.clone(),
+        nodes: settings.amqp.nodes(),
         prefetch: settings.amqp.prefetch,
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
     };
