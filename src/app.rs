@@ -115,6 +115,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         log,
         leases,
         unrecorded: tokio::sync::Semaphore::new(settings.delivery_log.max_unrecorded),
+        record_patience: Duration::from_secs(settings.delivery_log.record_patience_secs),
         reconciler: settings.reconciler.clone(),
         directory,
         policy: Policy {

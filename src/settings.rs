@@ -254,6 +254,7 @@ pub struct WorkerSettings {
 pub struct DeliveryLogSettings {
     pub batch_size: usize,
     pub max_unrecorded: usize,
+    pub record_patience_secs: u64,
     pub concurrent_batches: usize,
     pub store_content: bool,
 }

@@ -570,3 +570,81 @@ async fn retries_due_while_their_leader_node_is_dead_are_kept_and_a_worker_start
     worker.await.unwrap().unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "fault suite: scripts/test.sh runs it serially"]
+async fn postgresql_fast_restarts_under_load_lose_nothing_and_send_nothing_twice() {
+    const WORKERS: usize = 2;
+    const RESTARTS: usize = 2;
+    let jobs = kill_test_jobs();
+    let pg = OwnPostgres::start();
+    let env = TestEnv::on_servers(support::AMQP_URL, &pg.url()).await;
+    let mut vars = worker_env(&env);
+    let record = env.record_emails(&mut vars);
+    let payloads: Vec<Vec<u8>> = (0..jobs)
+        .map(|i| {
+            email(&format!("pr-{i}"), &format!("clinic-{}", i % 20))
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    env.publisher().await.publish_many(&payloads).await.unwrap();
+    let workers: Vec<Binary> = (0..WORKERS).map(|_| Binary::worker(&vars)).collect();
+    let final_now = || async {
+        let Ok(pool) = sqlx::PgPool::connect(&env.db_url).await else {
+            return 0;
+        };
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outreach_logs WHERE status IN ('sent','simulated','failed','expired')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+        pool.close().await;
+        n
+    };
+    // Restart PostgreSQL (`pg_ctl stop -m fast`, then start) while jobs are
+    // being sent and recorded.
+    for r in 1..=RESTARTS {
+        let at = (jobs * r / (RESTARTS + 1)) as i64;
+        eventually(
+            Duration::from_secs(300),
+            "sending to be under way",
+            || async { final_now().await >= at },
+        )
+        .await;
+        pg.stop();
+        pg.boot();
+    }
+    eventually(
+        Duration::from_secs(300),
+        "every job to be final",
+        || async { final_now().await == jobs as i64 },
+    )
+    .await;
+    for w in workers {
+        assert!(w.terminate().success());
+    }
+
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outreach_logs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(rows, jobs as i64, "exactly one row per job");
+    let sends = sandbox_sends(&record);
+    assert_eq!(sends.len(), jobs, "every job reached the provider");
+    let twice: Vec<_> = sends.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{jobs} jobs, {WORKERS} workers, {RESTARTS} PostgreSQL fast restarts: {} sent twice",
+        twice.len()
+    );
+    assert!(
+        twice.is_empty(),
+        "{} jobs sent more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    env.cleanup().await;
+}

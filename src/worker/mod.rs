@@ -45,6 +45,9 @@ pub struct Shared {
     /// Jobs between their provider call and their recorded outcome
     /// (`delivery_log.max_unrecorded`): a crash can send at most these again.
     pub unrecorded: Semaphore,
+    /// How long an outcome is retried through a database outage before the
+    /// job is handed back (`delivery_log.record_patience_secs`).
+    pub record_patience: Duration,
     pub reconciler: reconcile::ReconcilerSettings,
     pub directory: Arc<Directory>,
     pub topology: Topology,
