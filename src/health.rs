@@ -35,7 +35,11 @@ impl Health {
                 let q = sqlx::query("SELECT 1").execute(&health.pool);
                 let up = matches!(tokio::time::timeout(PROBE_EVERY, q).await, Ok(Ok(_)));
                 if health.database.swap(up, Ordering::Relaxed) != up {
-                    tracing::warn!(up, "database readiness changed");
+                    if up {
+                        tracing::info!("database answers: ready as far as it goes");
+                    } else {
+                        tracing::warn!("database does not answer: not ready");
+                    }
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
