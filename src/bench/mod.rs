@@ -295,9 +295,8 @@ impl Ctx<'_> {
             self.prepare(settings, n + extra).await?;
         // Noisy: which quiet (tenant, channel) routing keys share a work
         // queue with the noisy tenant's backlog.
-        let key_of = |tenant: &str, channel: &str| {
-            crate::broker::job_routing_key(Some(tenant), Some(channel))
-        };
+        let key_of =
+            |tenant: &str, channel: &str| crate::job::routing_key_of(Some(tenant), Some(channel));
         let sharing: Option<HashSet<String>> = if noisy && topology.work_queues.len() > 1 {
             let pairs: Vec<(String, &str)> = (0..=QUIET_TENANTS)
                 .flat_map(|t| load::CHANNELS.map(|c| (setup::tenant_id(t), c)))

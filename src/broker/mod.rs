@@ -49,19 +49,6 @@ const CONSISTENT_HASH: &str = "x-consistent-hash";
 /// queues get even shares of the key space.
 const RING_POINTS: &str = "100";
 
-/// The routing key a job is published with: `<tenant>.<channel>`
-/// (`clinic-42.email`), so all of a tenant's jobs of a channel land in the
-/// same work queue (their order is kept, a burst stays in that queue) and a
-/// held queue can be bound to exactly them. Parts that cannot be read are
-/// left out (`clinic-42`, ""): such jobs still reach a work queue.
-pub fn job_routing_key(tenant_id: Option<&str>, channel: Option<&str>) -> String {
-    match (tenant_id, channel) {
-        (Some(t), Some(c)) => format!("{t}.{c}"),
-        (Some(t), None) => t.to_owned(),
-        (None, _) => String::new(),
-    }
-}
-
 /// Header names the service sets.
 pub mod headers {
     /// Delivery rounds made so far (on retried jobs).
