@@ -7,6 +7,7 @@
 //! closes. When the broker connection drops, jobs in flight cannot be acked;
 //! the broker redelivers them and the delivery log stops a second send.
 
+mod depths;
 mod handler;
 pub mod held;
 pub mod lease;
@@ -66,6 +67,8 @@ pub struct ConsumerConfig {
     pub amqp_url: String,
     pub prefetch: u16,
     pub shutdown_grace: Duration,
+    /// How often queue depths are sampled (`metrics.queue_sample_secs`).
+    pub queue_sample: Duration,
 }
 
 /// Consume until `shutdown` fires, reconnecting with backoff when the broker
@@ -139,6 +142,12 @@ async fn session(
         shared.clone(),
         publish.clone(),
         shared.reconciler.clone(),
+        held_stop.clone(),
+    ));
+    tracker.spawn(depths::run(
+        shared.clone(),
+        conn.clone(),
+        cfg.queue_sample,
         held_stop.clone(),
     ));
     tracker.spawn(consume_held(
