@@ -4,7 +4,7 @@
 //! labelled by closed sets only, so the series count does not grow with the
 //! number of tenants. The list is bounded ([`MAX_LISTED`]); tenants not on
 //! it are still in the global counters and in `outreach_logs`
-//! (`GET /admin/v1/tenants/{id}` and SQL answer per-tenant questions).
+//! (SQL on it answers per-tenant questions).
 
 use crate::job::Channel;
 use std::collections::HashSet;
