@@ -3,7 +3,6 @@
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,13 +129,16 @@ def check_k8s() -> None:
                 fail(f"deploy/k8s: the worker has no {probe}")
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         grace = int(env.get("OUTREACH__WORKER__SHUTDOWN_GRACE_SECS", 30))
-        if spec.get("terminationGracePeriodSeconds", 30) <= grace:
+        period = spec.get("terminationGracePeriodSeconds", 30)
+        if not isinstance(period, int) or period <= grace:
             fail("deploy/k8s: terminationGracePeriodSeconds must exceed the worker's drain time")
-    validator = shutil.which("kubernetes-validate")
-    if not validator:
+    try:
+        import kubernetes_validate  # noqa: F401  (ships the schemas: works offline)
+    except ImportError:
         fail("kubernetes-validate is missing: pip install kubernetes-validate (.ci/run does)")
         return
-    r = subprocess.run([validator, "--strict", *map(str, files)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, files)],
+                       capture_output=True, text=True)
     if r.returncode != 0:
         fail(f"deploy/k8s does not validate:\n{r.stdout}{r.stderr}")
 
