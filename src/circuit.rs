@@ -325,6 +325,30 @@ mod tests {
     }
 
     #[test]
+    fn an_open_account_is_rendered_one_series_per_state_and_is_gone_once_closed() {
+        let b = breakers(0);
+        let a: Arc<str> = "tenant:clinic-1:sms:0".into();
+        for _ in 0..5 {
+            b.record(&a, P, Verdict::Failure);
+        }
+        let mut out = String::new();
+        b.render(&mut out);
+        let series = |state: &str, v: u8| {
+            format!(
+                "outreach_circuit_state{{account=\"tenant:clinic-1:sms:0\",provider=\"twilio\",state=\"{state}\"}} {v}"
+            )
+        };
+        for line in [series("open", 1), series("closed", 0), series("half_open", 0)] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
+        assert!(b.allow(&a, P), "the probe");
+        b.record(&a, P, Verdict::Success);
+        let mut out = String::new();
+        b.render(&mut out);
+        assert!(!out.contains("clinic-1"), "closed: no series left\n{out}");
+    }
+
+    #[test]
     fn a_failed_probe_opens_it_again() {
         let b = breakers(0);
         let a: Arc<str> = "a".into();
