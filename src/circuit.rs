@@ -338,7 +338,11 @@ mod tests {
                 "outreach_circuit_state{{account=\"tenant:clinic-1:sms:0\",provider=\"twilio\",state=\"{state}\"}} {v}"
             )
         };
-        for line in [series("open", 1), series("closed", 0), series("half_open", 0)] {
+        for line in [
+            series("open", 1),
+            series("closed", 0),
+            series("half_open", 0),
+        ] {
             assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
         }
         assert!(b.allow(&a, P), "the probe");

@@ -1040,7 +1040,10 @@ mod tests {
         );
         let (key, reason) = refused(&[("OUTREACH__TELEMETRY__FORMAT", "xml")]);
         assert_eq!(key, "telemetry.format");
-        assert_eq!(reason, "unknown value `xml`, expected `pretty` or `json`");
+        assert_eq!(
+            reason,
+            "unknown value `xml`, expected one of `auto`, `pretty`, `json`"
+        );
         let (key, reason) = refused(&[("OUTREACH__DEFAULTS__SMS__PROVIDER", "twillio")]);
         assert_eq!(key, "defaults.sms.provider");
         assert_eq!(
