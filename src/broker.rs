@@ -606,6 +606,23 @@ mod tests {
     }
 
     #[test]
+    fn a_job_is_stamped_in_milliseconds_and_a_bare_amqp_timestamp_still_counts() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let stamped = published_ms(&job_properties()).expect("stamped");
+        assert!(
+            stamped >= before && stamped < before + 1000,
+            "{stamped} vs {before}"
+        );
+        // Another publisher's client that sets only the AMQP timestamp (seconds).
+        let theirs = persistent_json().with_timestamp(1_772_355_600);
+        assert_eq!(published_ms(&theirs), Some(1_772_355_600_000));
+        assert_eq!(published_ms(&persistent_json()), None);
+    }
+
+    #[test]
     fn each_retry_waits_the_next_tier_and_the_last_tier_repeats() {
         let t = topo(&[5, 30, 120]);
         assert_eq!(

@@ -146,7 +146,7 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         JOBS_FINAL,
         Kind::Counter,
         Unit::Count,
-        "Jobs that reached a final state, by channel and status (sent, simulated, failed, expired).",
+        "Valid jobs that reached a final state, by channel and status (sent, simulated, failed, expired); invalid payloads are in outreach_jobs_invalid_total.",
     ),
     (
         JOBS_FALLBACK,
