@@ -92,7 +92,10 @@ enum Kind {
 }
 
 /// Every metric the worker exports: name, kind, unit, help text. Process
-/// metrics (`process_*`) are described by `metrics-process`.
+/// metrics (`process_*`) are described by `metrics-process`. A new name
+/// needs its row here: tests/metrics.rs runs `promtool check metrics`, which
+/// refuses a metric without HELP, and scripts/check-ops.sh refuses alerts
+/// and dashboard queries on names not in this file.
 const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
     (
         JOBS_CONSUMED,
@@ -399,6 +402,7 @@ pub fn export_known() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"),
         "commit" => option_env!("OUTREACH_COMMIT").unwrap_or("unknown"))
     .set(1.0);
+    // Same label set as where it is set (worker/mod.rs): one set per name.
     metrics::gauge!(BROKER_CONNECTED).set(0.0);
     metrics::gauge!(JOBS_IN_FLIGHT).set(0.0);
     for c in Channel::ALL {
