@@ -320,6 +320,15 @@ async fn after_successes_a_fallback_and_failures_the_scrape_counts_each_and_pass
     assert_eq!(span["channel"], "email");
     assert_eq!(span["attempt"], 1);
     assert_eq!(span["recipient"], "p***@example.com");
+    // A job that fails for good says so once, in its span, with its error kind.
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["span"]["job_id"] == "refused-0" && l["level"] == "WARN")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["error_kind"], "content");
+    assert_eq!(failed[0]["span"]["provider"], "sendgrid");
+    assert_eq!(failed[0]["span"]["tenant_id"], "clinic-c");
 
     env.cleanup().await;
 }

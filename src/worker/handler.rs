@@ -262,6 +262,10 @@ pub async fn handle(
             republish_delayed(shared, publish, delivery, delay_secs, attempt).await?
         }
         Fate::Failed { error, reason } => {
+            // Kind and code only: the provider's text is in the log row and
+            // the dead letter, for whoever investigates this job.
+            tracing::warn!(reason, error_kind = error.kind.as_str(), code = ?error.code,
+                "job failed for good: dead-lettered");
             dead_letter(shared, publish, delivery, reason, &error, &row).await?
         }
         Fate::Expired { error } => {
