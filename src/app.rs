@@ -119,6 +119,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         log,
         leases,
         unrecorded: tokio::sync::Semaphore::new(settings.delivery_log.max_unrecorded),
+        record_patience: Duration::from_secs(settings.delivery_log.record_patience_secs),
         reconciler: settings.reconciler.clone(),
         directory,
         policy: Policy {
@@ -143,7 +144,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         sends: tokio::sync::Semaphore::new(w.concurrency),
     });
     let cfg = ConsumerConfig {
-        amqp_url: settings.amqp.url.clone(),
+        nodes: settings.amqp.nodes(),
         prefetch: settings.amqp.prefetch,
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
         queue_sample: Duration::from_secs(settings.metrics.queue_sample_secs),

@@ -22,8 +22,8 @@ pub struct JobPublisher {
 impl JobPublisher {
     /// Connect and declare the topology (so jobs published before any worker
     /// started are kept).
-    pub async fn connect(url: &str, topology: &Topology) -> Result<Self, BrokerError> {
-        let conn = broker::connect(url, "publisher").await?;
+    pub async fn connect(nodes: &broker::Nodes, topology: &Topology) -> Result<Self, BrokerError> {
+        let conn = broker::connect(nodes, "publisher").await?;
         let channel = broker::confirm_channel(&conn).await?;
         topology.declare(&channel).await?;
         Ok(Self {

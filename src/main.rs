@@ -233,7 +233,7 @@ async fn enqueue(settings: &Settings, a: EnqueueArgs) -> anyhow::Result<()> {
         }
     };
     let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
-    let publisher = JobPublisher::connect(&settings.amqp.url, &topology).await?;
+    let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology).await?;
     if a.raw {
         publisher.publish_raw(&payload, None).await?;
         println!("published {} raw bytes", payload.len());

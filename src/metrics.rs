@@ -245,7 +245,7 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         BROKER_CONNECTED,
         Kind::Gauge,
         Unit::Count,
-        "1 while this worker has a consuming broker session, else 0.",
+        "1 while this worker consumes through the broker node in label node, 0 once that session ended.",
     ),
     (
         CIRCUIT_STATE,
@@ -402,8 +402,6 @@ pub fn export_known() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"),
         "commit" => option_env!("OUTREACH_COMMIT").unwrap_or("unknown"))
     .set(1.0);
-    // Same label set as where it is set (worker/mod.rs): one set per name.
-    metrics::gauge!(BROKER_CONNECTED).set(0.0);
     metrics::gauge!(JOBS_IN_FLIGHT).set(0.0);
     for c in Channel::ALL {
         let ch = c.as_str();

@@ -270,11 +270,15 @@ async fn after_successes_a_fallback_and_failures_the_scrape_counts_each_and_pass
             2.0,
         ),
         (r#"outreach_queue_messages{queue="work"}"#, 0.0),
-        ("outreach_broker_connected", 1.0),
     ];
     for (series, want) in expect {
         assert_eq!(value(&body, series), Some(want), "{series} in:\n{body}");
     }
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("outreach_broker_connected{node=\"") && l.ends_with(" 1")),
+        "connected to a node: {body}"
+    );
     // The primary answered 500 at least once (then quick retries) before the fallback.
     assert!(
         value(

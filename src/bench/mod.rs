@@ -168,7 +168,7 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
             .filter(|q| q.starts_with(&own))
             .cloned()
             .collect();
-        if let Err(e) = load::delete_topology(&settings.amqp.url, &t, &held).await {
+        if let Err(e) = load::delete_topology(&settings.amqp.nodes(), &t, &held).await {
             eprintln!("cleanup of {p} incomplete: {e:#}");
         }
     }
@@ -267,7 +267,7 @@ impl Ctx<'_> {
                 .flat_map(|t| load::CHANNELS.map(|c| (setup::tenant_id(t), c)))
                 .collect();
             let queue_of =
-                load::work_queue_of(&settings.amqp.url, &topology, &publisher, &pairs).await?;
+                load::work_queue_of(&settings.amqp.nodes(), &topology, &publisher, &pairs).await?;
             let queue = |(t, c): &(String, &str)| queue_of[&key_of(t, c)];
             let (backlog, quiet) = pairs.split_at(load::CHANNELS.len());
             let noisy_queues: HashSet<usize> = backlog.iter().map(queue).collect();
@@ -423,13 +423,13 @@ impl Ctx<'_> {
         capacity: usize,
     ) -> anyhow::Result<(Topology, Arc<JobPublisher>, Collector, lapin::Connection)> {
         let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
-        let publisher = JobPublisher::connect(&settings.amqp.url, &topology)
+        let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology)
             .await
             .context("bench publisher")?;
-        let (url, t) = (settings.amqp.url.clone(), topology.clone());
+        let (nodes, t) = (settings.amqp.nodes(), topology.clone());
         let (collector, conn) = self
             .aux
-            .spawn(async move { Collector::start(&url, &t, capacity).await })
+            .spawn(async move { Collector::start(&nodes, &t, capacity).await })
             .await??;
         Ok((topology, Arc::new(publisher), collector, conn))
     }
@@ -536,7 +536,7 @@ impl Ctx<'_> {
         let consumers: Vec<_> = (0..self.opts.processes.unwrap_or(self.opts.workers))
             .map(|_| {
                 tokio::spawn(baseline::consume(
-                    settings.amqp.url.clone(),
+                    settings.amqp.nodes(),
                     topology.clone(),
                     settings.amqp.prefetch,
                     settings.worker.concurrency,

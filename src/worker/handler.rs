@@ -219,7 +219,7 @@ pub async fn handle(
     }
 
     let status = rec.status;
-    let recorded = shared.log.record(rec).await;
+    let recorded = record_patiently(shared, rec).await;
     drop(unrecorded);
     let row = match recorded {
         Ok(Some(row)) => row,
@@ -536,4 +536,25 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+/// Record an outcome, trying again through a database outage of up to
+/// `delivery_log.record_patience_secs`: the provider may have sent the
+/// message, and handing the job back would send it again. The delivery
+/// stays unacked meanwhile (its claim is renewed as soon as the database is
+/// back).
+async fn record_patiently(shared: &Shared, rec: Record) -> Result<Option<LogRow>, LogError> {
+    let give_up_at = tokio::time::Instant::now() + shared.record_patience;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match shared.log.record(rec.clone()).await {
+            Err(e) if e.is_outage() && tokio::time::Instant::now() + wait < give_up_at => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
+                    "cannot record the job's outcome yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }

@@ -30,15 +30,17 @@
 //! never enters the shared work queues, and nobody has to move it out job by
 //! job. Every other key falls through to the alternate exchange.
 
+mod nodes;
+
+pub use nodes::{Node, Nodes, NodesError};
+
 use crate::settings::{AmqpSettings, QueueType};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use std::time::Duration;
 
 /// The consistent-hash exchange type (plugin `rabbitmq_consistent_hash_exchange`).
@@ -87,8 +89,10 @@ pub mod headers {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot reach RabbitMQ (check amqp.url / OUTREACH__AMQP__URL): {0}")]
-    Connect(lapin::Error),
+    #[error(
+        "cannot reach RabbitMQ at any of {nodes} (check amqp.url / OUTREACH__AMQP__URL); last error: {last}"
+    )]
+    Connect { nodes: String, last: String },
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled our consumer (queue deleted or connection lost)")]
@@ -464,13 +468,10 @@ fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-/// Open a connection named after its role (shown in the management UI).
-pub async fn connect(url: &str, role: &str) -> Result<Connection, BrokerError> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(format!("outreach {role} pid {}", std::process::id()).into());
-    Connection::connect(url, props)
-        .await
-        .map_err(BrokerError::Connect)
+/// Connect to the first of `nodes` that answers, with a connection named
+/// after its role (shown in the management UI).
+pub async fn connect(nodes: &Nodes, role: &str) -> Result<Connection, BrokerError> {
+    nodes.connect_from(0, role).await.map(|(conn, _)| conn)
 }
 
 /// A channel in confirm mode: every publish is awaited until the broker has it.
