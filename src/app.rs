@@ -36,6 +36,8 @@ pub fn provider_context(s: &Settings) -> ProviderContext {
 pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     install_crypto();
     let handle = metrics::install();
+    metrics::tenants::configure(&settings.metrics.tenant_labels);
+    metrics::export_known();
     let pool = db::connect_creating(&settings.database).await?;
     if settings.worker.migrate_on_start {
         db::migrate(&pool).await?;
@@ -83,8 +85,10 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         times: w.quick_retries,
         base: Duration::from_millis(w.quick_retry_base_ms),
     };
+    let breakers = Arc::new(Breakers::new(settings.circuit.clone()));
     let router = http::router(http::HttpState {
         metrics: handle,
+        circuits: Some(breakers.clone()),
         health: health.clone(),
         admin: Some(AdminState::new(
             store,
@@ -121,7 +125,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         policy: Policy {
             quick: quick_retry,
             limiter: Some(Arc::new(RateLimiter::new(Some(pool.clone())))),
-            breakers: Some(Arc::new(Breakers::new(settings.circuit.clone()))),
+            breakers: Some(breakers),
             max_inline_wait: settings.max_inline_wait(),
         },
         holds: Holds::new(
@@ -143,6 +147,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         nodes: settings.amqp.nodes(),
         prefetch: settings.amqp.prefetch,
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+        queue_sample: Duration::from_secs(settings.metrics.queue_sample_secs),
     };
     worker::run(shared, cfg, health, shutdown).await;
     http_stop.cancel();

@@ -47,7 +47,7 @@ impl JobPublisher {
         payload: &[u8],
         message_id: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let mut props = broker::persistent_json();
+        let mut props = broker::job_properties();
         if let Some(id) = message_id {
             props = props.with_message_id(id.into());
         }
@@ -72,7 +72,7 @@ impl JobPublisher {
                     job::routing_key(p).as_str().into(),
                     Default::default(),
                     p,
-                    broker::persistent_json(),
+                    broker::job_properties(),
                 )
                 .await?;
             confirms.push(c);

@@ -20,6 +20,7 @@ pub struct Settings {
     pub delivery_log: DeliveryLogSettings,
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
+    pub metrics: MetricsSettings,
     pub providers: ProvidersSettings,
     #[serde(default)]
     pub defaults: SystemDefaults,
@@ -276,8 +277,21 @@ pub struct TelemetrySettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// JSON when stderr is not a terminal (a file, a pipe, a container log), text on a terminal.
+    Auto,
+    /// Text (colour only on a terminal).
     Pretty,
     Json,
+}
+
+/// `[metrics]`: what the Prometheus endpoint exports beyond the fixed series.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Tenants whose outcomes get series of their own (`outreach_tenant_outcomes_total`).
+    pub tenant_labels: Vec<String>,
+    /// Seconds between samples of the queue depths (`outreach_queue_messages`).
+    pub queue_sample_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -579,6 +593,15 @@ impl Settings {
                 "needs at least one delay, each above 0 seconds",
             );
         }
+        if self.metrics.tenant_labels.len() > crate::metrics::tenants::MAX_LISTED {
+            return bad(
+                "metrics.tenant_labels",
+                "lists too many tenants (at most 200): each adds a dozen series; use the admin API or outreach_logs for the rest",
+            );
+        }
+        if self.metrics.queue_sample_secs == 0 {
+            return bad("metrics.queue_sample_secs", "must be at least 1");
+        }
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1");
         }
@@ -759,9 +782,10 @@ pub const KEYS_ENV: &str = "OUTREACH_ENCRYPTION_KEYS";
 
 /// Settings given in the environment as one comma-separated variable, e.g.
 /// `OUTREACH__WORKER__RETRY_DELAYS_SECS=5,30,120`.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 5] = [
     "amqp.url",
     "worker.retry_delays_secs",
+    "metrics.tenant_labels",
     "admin.operator_token_sha256",
     "providers.allowed_private_networks",
 ];
@@ -1076,7 +1100,10 @@ mod tests {
         );
         let (key, reason) = refused(&[("OUTREACH__TELEMETRY__FORMAT", "xml")]);
         assert_eq!(key, "telemetry.format");
-        assert_eq!(reason, "unknown value `xml`, expected `pretty` or `json`");
+        assert_eq!(
+            reason,
+            "unknown value `xml`, expected one of `auto`, `pretty`, `json`"
+        );
         let (key, reason) = refused(&[("OUTREACH__DEFAULTS__SMS__PROVIDER", "twillio")]);
         assert_eq!(key, "defaults.sms.provider");
         assert_eq!(

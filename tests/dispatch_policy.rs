@@ -101,9 +101,10 @@ async fn a_primary_answering_401_falls_back_and_its_circuit_opens_after_the_thre
     let open = metrics.lines().find(|l| {
         l.starts_with("outreach_circuit_state{")
             && l.contains("account=\"tenant:clinic-b:email:0\"")
+            && l.contains("state=\"open\"")
     });
     assert!(
-        open.is_some_and(|l| l.ends_with(" 2")),
+        open.is_some_and(|l| l.ends_with(" 1")),
         "circuit gauge: {open:?}"
     );
 

@@ -55,6 +55,9 @@ pub mod headers {
     pub const ATTEMPT: &str = "x-outreach-attempt";
     /// Unix seconds when the job was first consumed (for max age).
     pub const FIRST_SEEN: &str = "x-outreach-first-seen";
+    /// Unix milliseconds when the job was published (the AMQP `timestamp`
+    /// property has whole seconds only): the start of enqueue-to-final.
+    pub const PUBLISHED_MS: &str = "x-outreach-published-ms";
     /// Dead-letter reason code (`invalid_utf8`, `recipient`, `max_attempts`…).
     pub const REASON: &str = "x-outreach-reason";
     /// Dead-letter explanation for people.
@@ -472,6 +475,29 @@ pub fn persistent_json() -> BasicProperties {
         .with_content_type("application/json".into())
 }
 
+/// Properties of a new job: persistent JSON stamped with its publish time,
+/// as the AMQP `timestamp` (seconds, which other publishers' clients can
+/// set too) and [`headers::PUBLISHED_MS`]. Retries and moves copy a
+/// delivery's properties, so the stamp stays the first publish's.
+pub fn job_properties() -> BasicProperties {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut h = FieldTable::default();
+    h.insert(
+        headers::PUBLISHED_MS.into(),
+        AMQPValue::LongLongInt(now.as_millis() as i64),
+    );
+    persistent_json()
+        .with_timestamp(now.as_secs())
+        .with_headers(h)
+}
+
+/// When a job was first published (Unix milliseconds), if its publisher said.
+pub fn published_ms(props: &BasicProperties) -> Option<u64> {
+    header_u64(props, headers::PUBLISHED_MS).or_else(|| props.timestamp().map(|s| s * 1000))
+}
+
 /// Publish and wait for the broker's confirm.
 pub async fn publish_confirmed(
     ch: &Channel,
@@ -565,6 +591,23 @@ mod tests {
     fn topo(tiers: &[u64]) -> Topology {
         let s = crate::settings::Settings::load(None).unwrap();
         Topology::new(&s.amqp, tiers)
+    }
+
+    #[test]
+    fn a_job_is_stamped_in_milliseconds_and_a_bare_amqp_timestamp_still_counts() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let stamped = published_ms(&job_properties()).expect("stamped");
+        assert!(
+            stamped >= before && stamped < before + 1000,
+            "{stamped} vs {before}"
+        );
+        // Another publisher's client that sets only the AMQP timestamp (seconds).
+        let theirs = persistent_json().with_timestamp(1_772_355_600);
+        assert_eq!(published_ms(&theirs), Some(1_772_355_600_000));
+        assert_eq!(published_ms(&persistent_json()), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! next node of `amqp.url`, while they record their outcomes in the
 //! background (for at most [`BROKER_LOST_GRACE`]).
 
+mod depths;
 mod handler;
 pub mod held;
 pub mod lease;
@@ -73,6 +74,8 @@ pub struct ConsumerConfig {
     pub nodes: Nodes,
     pub prefetch: u16,
     pub shutdown_grace: Duration,
+    /// How often queue depths are sampled (`metrics.queue_sample_secs`).
+    pub queue_sample: Duration,
 }
 
 /// Consume until `shutdown` fires, reconnecting with backoff when the broker
@@ -166,6 +169,12 @@ async fn session(
         shared.clone(),
         publish.clone(),
         shared.reconciler.clone(),
+        held_stop.clone(),
+    ));
+    tracker.spawn(depths::run(
+        shared.clone(),
+        conn.clone(),
+        cfg.queue_sample,
         held_stop.clone(),
     ));
     tracker.spawn(consume_held(

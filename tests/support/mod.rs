@@ -371,6 +371,11 @@ impl Binary {
     /// `env` sets `OUTREACH__HTTP__BIND`, so workers never collide on the
     /// default port.
     pub fn worker(env: &HashMap<String, String>) -> Self {
+        Self::worker_with_stderr(env, Stdio::inherit())
+    }
+
+    /// The same, its log (stderr) going to `stderr`, e.g. a file to read back.
+    pub fn worker_with_stderr(env: &HashMap<String, String>, stderr: impl Into<Stdio>) -> Self {
         let (bind, http_port) = match env.get("OUTREACH__HTTP__BIND") {
             Some(b) => (b.clone(), b.rsplit(':').next().unwrap().parse().unwrap()),
             None => {
@@ -384,7 +389,7 @@ impl Binary {
             .env("OUTREACH__HTTP__BIND", bind)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn outreach worker");
         Self { child, http_port }
