@@ -174,7 +174,7 @@ pub enum LogError {
     Db(#[from] sqlx::Error),
     /// PostgreSQL did not answer or dropped the connection while the row was
     /// written: an outage, worth trying again.
-    #[error("the delivery log cannot be reached: {0}")]
+    #[error("the delivery log could not be written: {0}")]
     Unavailable(String),
 }
 
