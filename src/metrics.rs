@@ -80,3 +80,22 @@ pub fn install() -> PrometheusHandle {
         })
         .clone()
 }
+
+// Delivery feedback (issue #15): provider webhooks, statuses after `sent`, suppression.
+
+/// Webhook requests refused (`provider`, `reason`: signature, stale,
+/// no_account, unverifiable, malformed).
+pub const WEBHOOKS_REFUSED: &str = "outreach_webhooks_refused_total";
+/// Verified provider events (`provider`, `status`: the status it maps to, or `none`).
+pub const WEBHOOK_EVENTS: &str = "outreach_webhook_events_total";
+/// Verified events whose message id matches no row of the tenant (`provider`).
+pub const WEBHOOK_UNKNOWN_MESSAGES: &str = "outreach_webhook_unknown_messages_total";
+/// Verified events already received (a provider's redelivery): nothing done (`provider`).
+pub const WEBHOOK_DUPLICATES: &str = "outreach_webhook_duplicates_total";
+/// Rows moved to a status after `sent` (`channel`, `provider`, `status`):
+/// delivered, bounced, complained… the bounce-rate alert's numerator and denominator.
+pub const JOBS_FEEDBACK: &str = "outreach_jobs_feedback_total";
+/// Jobs ended `suppressed`: the recipient is on the tenant's list (`channel`).
+pub const JOBS_SUPPRESSED: &str = "outreach_jobs_suppressed_total";
+/// Recipients added to a suppression list (`channel`, `reason`).
+pub const SUPPRESSIONS_ADDED: &str = "outreach_suppressions_added_total";

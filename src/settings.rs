@@ -29,6 +29,22 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     pub circuit: crate::circuit::CircuitSettings,
     pub reconciler: crate::worker::reconcile::ReconcilerSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// The provider webhook receiver (`/webhooks/{provider}/{tenant}`), on a
+/// listener of its own: providers reach it from the internet, so it must
+/// not share a port with `/metrics` or the admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Address to listen on; empty: no receiver in this process.
+    pub bind: String,
+    /// Largest request body accepted, bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Signed SendGrid events whose timestamp is further than this from now
+    /// are refused (a replay).
+    pub max_age_secs: u64,
 }
 
 /// Provider and system-wide sending limits (tenants' own are in their config).
@@ -570,6 +586,12 @@ impl Settings {
         }
         if !(1..=256).contains(&self.amqp.work_queues) {
             return bad("amqp.work_queues", "must be between 1 and 256");
+        }
+        if self.webhooks.max_body_bytes == 0 || self.webhooks.max_age_secs == 0 {
+            return bad(
+                "webhooks.max_body_bytes",
+                "webhooks.max_body_bytes and webhooks.max_age_secs must be above 0",
+            );
         }
         if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
             return bad("amqp.prefix", "must be a non-empty name without spaces");

@@ -115,6 +115,11 @@ pub struct SendgridSettings {
     /// API base, `https://api.sendgrid.com` by default (EU: `https://api.eu.sendgrid.com`).
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The Signed Event Webhook's verification key (base64 public key, as
+    /// SendGrid shows it under Mail Settings > Event Webhook). A public key,
+    /// not a secret; without it this account's events are refused.
+    #[serde(default)]
+    pub webhook_verification_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -163,6 +168,16 @@ pub struct MetaSettings {
     /// `https://graph.facebook.com` by default.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The Meta app's secret: webhooks are signed with it
+    /// (`X-Hub-Signature-256`). Without it this account's webhooks are refused.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub app_secret: Option<SecretString>,
+    /// The verify token entered in the app's webhook subscription; the
+    /// subscription `GET` is answered only when it matches.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub webhook_verify_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -199,7 +214,7 @@ impl ProviderSettings {
             ProviderKind::Sendgrid => &["api_key"],
             ProviderKind::Ses => &["secret_access_key"],
             ProviderKind::Twilio => &["auth_token"],
-            ProviderKind::Meta => &["access_token"],
+            ProviderKind::Meta => &["access_token", "app_secret", "webhook_verify_token"],
             ProviderKind::Vonage => &["api_secret"],
         }
     }
@@ -212,6 +227,8 @@ impl ProviderSettings {
             (ProviderSettings::Ses(s), "secret_access_key") => Some(&s.secret_access_key),
             (ProviderSettings::Twilio(s), "auth_token") => Some(&s.auth_token),
             (ProviderSettings::Meta(s), "access_token") => Some(&s.access_token),
+            (ProviderSettings::Meta(s), "app_secret") => s.app_secret.as_ref(),
+            (ProviderSettings::Meta(s), "webhook_verify_token") => s.webhook_verify_token.as_ref(),
             (ProviderSettings::Vonage(s), "api_secret") => Some(&s.api_secret),
             _ => None,
         }
@@ -244,6 +261,14 @@ impl ProviderSettings {
                     ));
                 }
                 email("from_email", &s.from_email)?;
+                if let Some(k) = &s.webhook_verification_key
+                    && crate::feedback::verify::sendgrid_key(k).is_err()
+                {
+                    return Err(SettingsError::new(
+                        "webhook_verification_key",
+                        "expected the base64 P-256 public key SendGrid shows for the signed event webhook",
+                    ));
+                }
                 opt_url("base_url", &s.base_url)
             }
             ProviderSettings::Ses(s) => {
