@@ -1,0 +1,441 @@
+//! Provider status webhooks, end to end: a worker sends through the fake
+//! provider, the provider's signed callback reaches the worker's receiver
+//! (`webhooks.bind`), the job's row moves forward and a delivery event is
+//! published. Anything not signed by the tenant's own account is refused
+//! before it is read.
+
+mod support;
+
+use outreach::job::Channel;
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::fake_providers::{
+    self as fake, META_PHONE_ID, META_TOKEN, META_WAMID, SENDGRID_MESSAGE_ID, TWILIO_MESSAGE_SID,
+    TWILIO_SID, TWILIO_TOKEN,
+};
+use support::tenants::*;
+use support::webhooks::*;
+use support::{EventTap, TestEnv};
+use tokio_util::sync::CancellationToken;
+use wiremock::MockServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+const META_SECRET_A: &str = "meta-app-secret-clinic-a";
+const META_VERIFY_A: &str = "verify-token-clinic-a";
+
+/// A running worker with the receiver on; stopped by [`World::stop`].
+struct World {
+    env: TestEnv,
+    rx: Receiver,
+    events: EventTap,
+    stop: CancellationToken,
+    worker: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl World {
+    /// `tenants` configured first: (tenant, channel, chain entry).
+    async fn start(env: TestEnv, tenants: Vec<(&str, Channel, Value)>) -> Self {
+        for (t, c, entry) in tenants {
+            set_tenant(&env, t, c, json!({"chain": [entry]})).await;
+        }
+        let (s, rx) = receiver_settings(&env);
+        let events = env.event_queue().await;
+        let (stop, worker) = env.spawn_worker(s);
+        rx.ready().await;
+        Self {
+            env,
+            rx,
+            events,
+            stop,
+            worker,
+        }
+    }
+
+    /// Publish a job and wait for its row to be final.
+    async fn send(&self, job: Value) -> Value {
+        let id = job["job_id"].as_str().unwrap().to_owned();
+        publish(&self.env, &[job]).await;
+        wait_final(&self.env, &id, WAIT).await
+    }
+
+    /// The next delivery event with routing key `key`, skipping others.
+    async fn event(&mut self, key: &str) -> Option<Value> {
+        while let Some((k, ev)) = self.events.next(Duration::from_secs(5)).await {
+            if k == key {
+                return Some(ev);
+            }
+        }
+        None
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.worker.await.unwrap().unwrap();
+        self.env.cleanup().await;
+    }
+}
+
+fn twilio_status(status: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AccountSid", TWILIO_SID.into()),
+        ("From", "+14155550100".into()),
+        ("MessageSid", TWILIO_MESSAGE_SID.into()),
+        ("MessageStatus", status.into()),
+        ("To", "+447700900123".into()),
+    ]
+}
+
+fn pairs<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    p.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn twilio_with_token(server: &MockServer, token: &str) -> Value {
+    let mut t = twilio_at(server);
+    t["auth_token"] = json!(token);
+    t
+}
+
+async fn event_rows(env: &TestEnv, tenant: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM provider_events WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+// ------------------------------------------------------------------ Twilio
+
+#[tokio::test]
+async fn a_signed_twilio_delivered_callback_moves_the_row_and_publishes_delivered() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let mut w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+    )
+    .await;
+    assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
+
+    let params = twilio_status("delivered");
+    assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await, 200);
+
+    assert_eq!(status(&w.env, "clinic-a", "appt-1").await, "delivered");
+    let ev = w.event("delivered.sms").await.expect("a delivered event");
+    assert_eq!(ev["job_id"], "appt-1");
+    assert_eq!(ev["tenant_id"], "clinic-a");
+    assert_eq!(ev["status"], "delivered");
+    assert_eq!(ev["provider_message_id"], TWILIO_MESSAGE_SID);
+    assert_eq!(
+        provider_events(&w.env, "clinic-a", "appt-1").await,
+        [("delivered".to_owned(), true)]
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_twilio_callback_with_one_flipped_byte_is_refused_with_401() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+    )
+    .await;
+    assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
+
+    let signed = twilio_status("delivered");
+    let sig = outreach::feedback::verify::twilio_signature(
+        &TWILIO_TOKEN.to_owned().into(),
+        &format!("{PUBLIC_BASE}/webhooks/twilio/clinic-a"),
+        &signed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Vec<_>>(),
+    );
+    // The signature is good for "delivered"; the body says "delivereD".
+    let flipped = twilio_status("delivereD");
+    assert_eq!(w.rx.twilio_signed("clinic-a", &pairs(&flipped), &sig).await, 401);
+    assert_eq!(w.rx.twilio_signed("clinic-a", &pairs(&signed), &sig).await, 200);
+    assert_eq!(event_rows(&w.env, "clinic-a").await, 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_twilio_callback_for_one_tenant_signed_with_another_tenants_token_is_refused() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let w = World::start(
+        TestEnv::new().await,
+        vec![
+            ("clinic-a", Channel::Sms, twilio_at(&twilio)),
+            ("clinic-b", Channel::Sms, twilio_with_token(&twilio, "clinic-b-auth-token")),
+        ],
+    )
+    .await;
+    assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
+
+    let params = twilio_status("delivered");
+    assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), "clinic-b-auth-token").await, 401);
+    assert_eq!(status(&w.env, "clinic-a", "appt-1").await, "sent");
+    assert_eq!(event_rows(&w.env, "clinic-a").await, 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_for_a_tenant_without_an_account_of_that_provider_is_forbidden() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+    )
+    .await;
+    let params = twilio_status("delivered");
+    // clinic-z has no config at all (the tests' system default is the sandbox).
+    assert_eq!(w.rx.twilio("clinic-z", &pairs(&params), TWILIO_TOKEN).await, 403);
+    w.stop().await;
+}
+
+// ---------------------------------------------------------- ordering, replays
+
+#[tokio::test]
+async fn a_late_sent_after_delivered_leaves_the_row_delivered() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let mut w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+    )
+    .await;
+    assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
+
+    let delivered = twilio_status("delivered");
+    let late_sent = twilio_status("sent");
+    assert_eq!(w.rx.twilio("clinic-a", &pairs(&delivered), TWILIO_TOKEN).await, 200);
+    assert_eq!(w.rx.twilio("clinic-a", &pairs(&late_sent), TWILIO_TOKEN).await, 200);
+
+    assert_eq!(status(&w.env, "clinic-a", "appt-1").await, "delivered");
+    // Both kept for the timeline; only the first moved the row.
+    assert_eq!(
+        provider_events(&w.env, "clinic-a", "appt-1").await,
+        [("delivered".to_owned(), true), ("sent".to_owned(), false)]
+    );
+    assert!(w.event("delivered.sms").await.is_some());
+    assert!(w.event("sent.sms").await.is_none(), "a late sent publishes nothing");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_provider_event_delivered_twice_is_applied_once() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let mut w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+    )
+    .await;
+    assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
+    let params = twilio_status("delivered");
+    for _ in 0..2 {
+        assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await, 200);
+    }
+    assert_eq!(provider_events(&w.env, "clinic-a", "appt-1").await.len(), 1);
+    assert!(w.event("delivered.sms").await.is_some());
+    assert!(w.event("delivered.sms").await.is_none(), "one event only");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_message_id_is_accepted_and_kept_unmatched() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+    )
+    .await;
+    let mut params = twilio_status("delivered");
+    params[2].1 = "SMffffffffffffffffffffffffffffffff".into();
+    // Accepted, or Twilio would retry it for hours.
+    assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await, 200);
+    let unmatched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM provider_events WHERE tenant_id = 'clinic-a' AND job_id IS NULL",
+    )
+    .fetch_one(&w.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(unmatched, 1);
+    w.stop().await;
+}
+
+// ---------------------------------------------------------------- SendGrid
+
+fn sendgrid_with_key(server: &MockServer, seed: u8) -> Value {
+    let mut s = sendgrid_at(server);
+    s["webhook_verification_key"] = json!(sendgrid_public_key(&sendgrid_signing_key(seed)));
+    s
+}
+
+fn sendgrid_events(event: &str, job_id: &str, email: &str) -> Vec<u8> {
+    json!([{
+        "email": email, "event": event, "timestamp": now_unix(),
+        "sg_event_id": format!("ev-{event}-{job_id}"),
+        "sg_message_id": format!("{SENDGRID_MESSAGE_ID}.filterdrecv-5bd4b6b9c9-2x4zm-1-64A1"),
+        "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+        "job_id": job_id, "tenant_id": "clinic-a",
+    }])
+    .to_string()
+    .into_bytes()
+}
+
+async fn sendgrid_world() -> World {
+    let sendgrid = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    World::start(
+        TestEnv::new().await,
+        vec![
+            ("clinic-a", Channel::Email, sendgrid_with_key(&sendgrid, 1)),
+            ("clinic-b", Channel::Email, sendgrid_with_key(&sendgrid, 2)),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_signed_sendgrid_delivered_event_moves_the_row_and_publishes_delivered() {
+    let mut w = sendgrid_world().await;
+    assert_eq!(w.send(email("mail-1", "clinic-a")).await["status"], "sent");
+    let body = sendgrid_events("delivered", "mail-1", "patient@example.com");
+    let key = sendgrid_signing_key(1);
+    assert_eq!(w.rx.sendgrid("clinic-a", &body, now_unix(), &key).await, 200);
+
+    assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "delivered");
+    let ev = w.event("delivered.email").await.expect("a delivered event");
+    assert_eq!(ev["job_id"], "mail-1");
+    assert_eq!(ev["provider"], "sendgrid");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_sendgrid_event_with_one_flipped_byte_is_refused_with_401() {
+    let w = sendgrid_world().await;
+    assert_eq!(w.send(email("mail-1", "clinic-a")).await["status"], "sent");
+    let body = sendgrid_events("delivered", "mail-1", "patient@example.com");
+    let key = sendgrid_signing_key(1);
+    let ts = now_unix();
+    let mut signed = ts.to_string().into_bytes();
+    signed.extend_from_slice(&body);
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let sig: p256::ecdsa::Signature = key.sign(&signed);
+    let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes());
+    let mut flipped = body.clone();
+    let at = flipped.iter().position(|b| *b == b'd').unwrap();
+    flipped[at] ^= 0x20; // "delivered" -> "Delivered"
+    assert_eq!(w.rx.sendgrid_signed("clinic-a", &flipped, ts, &sig).await, 401);
+    assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "sent");
+    // The untouched body with the same signature is good.
+    assert_eq!(w.rx.sendgrid_signed("clinic-a", &body, ts, &sig).await, 200);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_sendgrid_event_for_one_tenant_signed_with_another_tenants_key_is_refused() {
+    let w = sendgrid_world().await;
+    assert_eq!(w.send(email("mail-1", "clinic-a")).await["status"], "sent");
+    let body = sendgrid_events("delivered", "mail-1", "patient@example.com");
+    let clinic_b = sendgrid_signing_key(2);
+    assert_eq!(w.rx.sendgrid("clinic-a", &body, now_unix(), &clinic_b).await, 401);
+    assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "sent");
+    assert_eq!(event_rows(&w.env, "clinic-a").await, 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_sendgrid_event_with_a_stale_timestamp_is_refused() {
+    let w = sendgrid_world().await;
+    assert_eq!(w.send(email("mail-1", "clinic-a")).await["status"], "sent");
+    let body = sendgrid_events("delivered", "mail-1", "patient@example.com");
+    let key = sendgrid_signing_key(1);
+    // Correctly signed, but an hour old (webhooks.max_age_secs is 600).
+    let an_hour_ago = now_unix() - 3600;
+    assert_eq!(w.rx.sendgrid("clinic-a", &body, an_hour_ago, &key).await, 401);
+    assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "sent");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_bounce_after_delivered_is_recorded_as_the_provider_reports_it() {
+    let mut w = sendgrid_world().await;
+    assert_eq!(w.send(email("mail-1", "clinic-a")).await["status"], "sent");
+    let key = sendgrid_signing_key(1);
+    for event in ["delivered", "bounce"] {
+        let body = sendgrid_events(event, "mail-1", "patient@example.com");
+        assert_eq!(w.rx.sendgrid("clinic-a", &body, now_unix(), &key).await, 200);
+    }
+    assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "bounced");
+    assert!(w.event("delivered.email").await.is_some());
+    assert!(w.event("bounced.email").await.is_some());
+    w.stop().await;
+}
+
+// -------------------------------------------------------------------- Meta
+
+fn meta_at(server: &MockServer, app_secret: &str, verify_token: &str) -> Value {
+    json!({"provider": "meta", "access_token": META_TOKEN, "phone_number_id": META_PHONE_ID,
+        "base_url": server.uri(), "app_secret": app_secret, "webhook_verify_token": verify_token})
+}
+
+fn whatsapp(id: &str, tenant: &str) -> Value {
+    json!({"version": 1, "job_id": id, "tenant_id": tenant, "channel": "whatsapp",
+        "recipient": "+447700900123", "content": {"text": "Your appointment is tomorrow at 10:00."}})
+}
+
+fn meta_status(status: &str) -> Value {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": META_PHONE_ID},
+            "statuses": [{"id": META_WAMID, "status": status, "timestamp": now_unix().to_string(),
+                "recipient_id": "447700900123"}]}}]}]})
+}
+
+async fn meta_world() -> World {
+    let meta = fake::serve(&fake::meta_path(), fake::Meta).await;
+    World::start(
+        TestEnv::new().await,
+        vec![
+            ("clinic-a", Channel::Whatsapp, meta_at(&meta, META_SECRET_A, META_VERIFY_A)),
+            ("clinic-b", Channel::Whatsapp, meta_at(&meta, "meta-app-secret-clinic-b", "verify-b")),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_signed_meta_read_status_moves_the_row_and_publishes_read() {
+    let mut w = meta_world().await;
+    assert_eq!(w.send(whatsapp("wa-1", "clinic-a")).await["status"], "sent");
+    assert_eq!(w.rx.meta("clinic-a", &meta_status("read"), META_SECRET_A).await, 200);
+    assert_eq!(status(&w.env, "clinic-a", "wa-1").await, "read");
+    let ev = w.event("read.whatsapp").await.expect("a read event");
+    assert_eq!(ev["job_id"], "wa-1");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_meta_webhook_with_one_flipped_byte_or_another_tenants_secret_is_refused() {
+    let w = meta_world().await;
+    assert_eq!(w.send(whatsapp("wa-1", "clinic-a")).await["status"], "sent");
+    let raw = meta_status("delivered").to_string().into_bytes();
+    let sig = outreach::feedback::verify::meta_signature(&META_SECRET_A.to_owned().into(), &raw);
+    let mut flipped = raw.clone();
+    flipped[5] ^= 1;
+    assert_eq!(w.rx.meta_signed("clinic-a", &flipped, &sig).await, 401);
+    let status_b = w
+        .rx
+        .meta("clinic-a", &meta_status("delivered"), "meta-app-secret-clinic-b")
+        .await;
+    assert_eq!(status_b, 401);
+    assert_eq!(status(&w.env, "clinic-a", "wa-1").await, "sent");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn the_meta_subscription_check_is_answered_only_for_the_tenants_verify_token() {
+    let w = meta_world().await;
+    assert_eq!(
+        w.rx.meta_subscribe("clinic-a", META_VERIFY_A).await,
+        (200, "1158201444".to_owned())
+    );
+    assert_eq!(w.rx.meta_subscribe("clinic-a", "verify-b").await.0, 401);
+    w.stop().await;
+}
