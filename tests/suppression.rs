@@ -32,29 +32,57 @@ async fn a_hard_bounce_suppresses_the_next_email_to_that_address_for_that_tenant
     let sendgrid = fake::serve("/v3/mail/send", fake::Sendgrid).await;
     let mut with_key = sendgrid_at(&sendgrid);
     with_key["webhook_verification_key"] = json!(sendgrid_public_key(&sendgrid_signing_key(1)));
-    set_tenant(&env, "clinic-a", Channel::Email, json!({"chain": [with_key]})).await;
-    set_tenant(&env, "clinic-b", Channel::Email, json!({"chain": [sendgrid_at(&sendgrid)]})).await;
+    set_tenant(
+        &env,
+        "clinic-a",
+        Channel::Email,
+        json!({"chain": [with_key]}),
+    )
+    .await;
+    set_tenant(
+        &env,
+        "clinic-b",
+        Channel::Email,
+        json!({"chain": [sendgrid_at(&sendgrid)]}),
+    )
+    .await;
     let (s, rx) = receiver_settings(&env);
     let mut events = env.event_queue().await;
     let (stop, worker) = env.spawn_worker(s);
     rx.ready().await;
 
-    publish(&env, &[email_to("mail-1", "clinic-a", "patient@example.com")]).await;
+    publish(
+        &env,
+        &[email_to("mail-1", "clinic-a", "patient@example.com")],
+    )
+    .await;
     assert_eq!(wait_final(&env, "mail-1", WAIT).await["status"], "sent");
     // SendGrid writes the address as the recipient's server had it.
     let bounce = json!([{"email": "patient@EXAMPLE.com", "event": "bounce", "type": "bounce",
         "status": "5.1.1", "sg_event_id": "bounce-1", "timestamp": now_unix(),
         "sg_message_id": format!("{}.filter-1", fake::SENDGRID_MESSAGE_ID), "job_id": "mail-1"}]);
     let body = bounce.to_string().into_bytes();
-    assert_eq!(rx.sendgrid("clinic-a", &body, now_unix(), &sendgrid_signing_key(1)).await, 200);
+    assert_eq!(
+        rx.sendgrid("clinic-a", &body, now_unix(), &sendgrid_signing_key(1))
+            .await,
+        200
+    );
     assert_eq!(status(&env, "clinic-a", "mail-1").await, "bounced");
     assert_eq!(calls(&sendgrid).await, 1);
 
-    publish(&env, &[email_to("mail-2", "clinic-a", "patient@example.com")]).await;
+    publish(
+        &env,
+        &[email_to("mail-2", "clinic-a", "patient@example.com")],
+    )
+    .await;
     let row = wait_final(&env, "mail-2", WAIT).await;
     assert_eq!(row["status"], "suppressed");
     assert_eq!(row["error_code"], "suppressed");
-    assert_eq!(calls(&sendgrid).await, 1, "no provider call for a suppressed recipient");
+    assert_eq!(
+        calls(&sendgrid).await,
+        1,
+        "no provider call for a suppressed recipient"
+    );
     let mut suppressed_event = None;
     while let Some((key, ev)) = events.next(Duration::from_secs(5)).await {
         if key == "suppressed.email" {
@@ -62,10 +90,17 @@ async fn a_hard_bounce_suppresses_the_next_email_to_that_address_for_that_tenant
             break;
         }
     }
-    assert_eq!(suppressed_event.expect("a suppressed event")["job_id"], "mail-2");
+    assert_eq!(
+        suppressed_event.expect("a suppressed event")["job_id"],
+        "mail-2"
+    );
 
     // Another clinic may still write to the same address.
-    publish(&env, &[email_to("mail-3", "clinic-b", "patient@example.com")]).await;
+    publish(
+        &env,
+        &[email_to("mail-3", "clinic-b", "patient@example.com")],
+    )
+    .await;
     assert_eq!(wait_final(&env, "mail-3", WAIT).await["status"], "sent");
     assert_eq!(calls(&sendgrid).await, 2);
     stop.cancel();
@@ -88,7 +123,13 @@ fn inbound(body: &str) -> Vec<(&'static str, String)> {
 async fn a_stop_reply_suppresses_sms_to_that_number_and_start_lifts_it() {
     let env = TestEnv::new().await;
     let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    set_tenant(&env, "clinic-a", Channel::Sms, json!({"chain": [twilio_at(&twilio)]})).await;
+    set_tenant(
+        &env,
+        "clinic-a",
+        Channel::Sms,
+        json!({"chain": [twilio_at(&twilio)]}),
+    )
+    .await;
     let (s, rx) = receiver_settings(&env);
     let (stop, worker) = env.spawn_worker(s);
     rx.ready().await;
@@ -103,7 +144,10 @@ async fn a_stop_reply_suppresses_sms_to_that_number_and_start_lifts_it() {
 
     assert_eq!(post("Stop").await, 200);
     publish(&env, &[sms("appt-1", "clinic-a")]).await;
-    assert_eq!(wait_final(&env, "appt-1", WAIT).await["status"], "suppressed");
+    assert_eq!(
+        wait_final(&env, "appt-1", WAIT).await["status"],
+        "suppressed"
+    );
     assert_eq!(calls(&twilio).await, 0);
 
     assert_eq!(post("START").await, 200);
@@ -121,11 +165,29 @@ async fn the_cli_adds_lists_and_removes_numbers_in_e164_and_audits_each_change()
     let vars = worker_env(&env);
     let cli = |args: &[&str]| run_cli(&vars, args);
     assert_eq!(
-        cli(&["suppression", "add", "clinic-a", "--channel", "sms", "--to", "0044 7700 900123"]).trim(),
+        cli(&[
+            "suppression",
+            "add",
+            "clinic-a",
+            "--channel",
+            "sms",
+            "--to",
+            "0044 7700 900123"
+        ])
+        .trim(),
         "added"
     );
     assert_eq!(
-        cli(&["suppression", "add", "clinic-a", "--channel", "sms", "--to", "+447700900123"]).trim(),
+        cli(&[
+            "suppression",
+            "add",
+            "clinic-a",
+            "--channel",
+            "sms",
+            "--to",
+            "+447700900123"
+        ])
+        .trim(),
         "already suppressed"
     );
     let listed = cli(&["suppression", "list", "clinic-a", "--json"]);
@@ -137,12 +199,24 @@ async fn the_cli_adds_lists_and_removes_numbers_in_e164_and_audits_each_change()
     // A job to the number, written as the job format requires, is suppressed.
     let (stop, worker) = env.spawn_worker(worker_settings(&env));
     publish(&env, &[sms("appt-1", "clinic-a")]).await;
-    assert_eq!(wait_final(&env, "appt-1", WAIT).await["status"], "suppressed");
+    assert_eq!(
+        wait_final(&env, "appt-1", WAIT).await["status"],
+        "suppressed"
+    );
     stop.cancel();
     worker.await.unwrap().unwrap();
 
     assert_eq!(
-        cli(&["suppression", "remove", "clinic-a", "--channel", "sms", "--to", "+44 7700 900123"]).trim(),
+        cli(&[
+            "suppression",
+            "remove",
+            "clinic-a",
+            "--channel",
+            "sms",
+            "--to",
+            "+44 7700 900123"
+        ])
+        .trim(),
         "removed"
     );
     assert!(cli(&["suppression", "list", "clinic-a"]).is_empty());
@@ -173,7 +247,10 @@ async fn a_tenant_token_manages_only_its_own_tenants_suppressions_over_the_admin
     let base = format!("http://127.0.0.1:{port}/admin/v1/tenants");
     let http = reqwest::Client::new();
     support::eventually(WAIT, "admin api up", || async {
-        http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok()
+        http.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
     })
     .await;
     let auth = "Bearer clinic-a-token";
@@ -207,7 +284,9 @@ async fn a_tenant_token_manages_only_its_own_tenants_suppressions_over_the_admin
     assert_eq!(other.status().as_u16(), 403);
 
     let removed = http
-        .delete(format!("{base}/clinic-a/suppressions/email/patient@example.com"))
+        .delete(format!(
+            "{base}/clinic-a/suppressions/email/patient@example.com"
+        ))
         .header("authorization", auth)
         .send()
         .await

@@ -116,7 +116,10 @@ async fn a_signed_twilio_delivered_callback_moves_the_row_and_publishes_delivere
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
 
     let params = twilio_status("delivered");
-    assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await, 200);
+    assert_eq!(
+        w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await,
+        200
+    );
 
     assert_eq!(status(&w.env, "clinic-a", "appt-1").await, "delivered");
     let ev = w.event("delivered.sms").await.expect("a delivered event");
@@ -145,12 +148,21 @@ async fn a_twilio_callback_with_one_flipped_byte_is_refused_with_401() {
     let sig = outreach::feedback::verify::twilio_signature(
         &TWILIO_TOKEN.to_owned().into(),
         &format!("{PUBLIC_BASE}/webhooks/twilio/clinic-a"),
-        &signed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Vec<_>>(),
+        &signed
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<Vec<_>>(),
     );
     // The signature is good for "delivered"; the body says "delivereD".
     let flipped = twilio_status("delivereD");
-    assert_eq!(w.rx.twilio_signed("clinic-a", &pairs(&flipped), &sig).await, 401);
-    assert_eq!(w.rx.twilio_signed("clinic-a", &pairs(&signed), &sig).await, 200);
+    assert_eq!(
+        w.rx.twilio_signed("clinic-a", &pairs(&flipped), &sig).await,
+        401
+    );
+    assert_eq!(
+        w.rx.twilio_signed("clinic-a", &pairs(&signed), &sig).await,
+        200
+    );
     assert_eq!(event_rows(&w.env, "clinic-a").await, 1);
     w.stop().await;
 }
@@ -162,14 +174,22 @@ async fn a_twilio_callback_for_one_tenant_signed_with_another_tenants_token_is_r
         TestEnv::new().await,
         vec![
             ("clinic-a", Channel::Sms, twilio_at(&twilio)),
-            ("clinic-b", Channel::Sms, twilio_with_token(&twilio, "clinic-b-auth-token")),
+            (
+                "clinic-b",
+                Channel::Sms,
+                twilio_with_token(&twilio, "clinic-b-auth-token"),
+            ),
         ],
     )
     .await;
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
 
     let params = twilio_status("delivered");
-    assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), "clinic-b-auth-token").await, 401);
+    assert_eq!(
+        w.rx.twilio("clinic-a", &pairs(&params), "clinic-b-auth-token")
+            .await,
+        401
+    );
     assert_eq!(status(&w.env, "clinic-a", "appt-1").await, "sent");
     assert_eq!(event_rows(&w.env, "clinic-a").await, 0);
     w.stop().await;
@@ -185,7 +205,10 @@ async fn a_webhook_for_a_tenant_without_an_account_of_that_provider_is_forbidden
     .await;
     let params = twilio_status("delivered");
     // clinic-z has no config at all (the tests' system default is the sandbox).
-    assert_eq!(w.rx.twilio("clinic-z", &pairs(&params), TWILIO_TOKEN).await, 403);
+    assert_eq!(
+        w.rx.twilio("clinic-z", &pairs(&params), TWILIO_TOKEN).await,
+        403
+    );
     w.stop().await;
 }
 
@@ -203,8 +226,16 @@ async fn a_late_sent_after_delivered_leaves_the_row_delivered() {
 
     let delivered = twilio_status("delivered");
     let late_sent = twilio_status("sent");
-    assert_eq!(w.rx.twilio("clinic-a", &pairs(&delivered), TWILIO_TOKEN).await, 200);
-    assert_eq!(w.rx.twilio("clinic-a", &pairs(&late_sent), TWILIO_TOKEN).await, 200);
+    assert_eq!(
+        w.rx.twilio("clinic-a", &pairs(&delivered), TWILIO_TOKEN)
+            .await,
+        200
+    );
+    assert_eq!(
+        w.rx.twilio("clinic-a", &pairs(&late_sent), TWILIO_TOKEN)
+            .await,
+        200
+    );
 
     assert_eq!(status(&w.env, "clinic-a", "appt-1").await, "delivered");
     // Both kept for the timeline; only the first moved the row.
@@ -213,7 +244,10 @@ async fn a_late_sent_after_delivered_leaves_the_row_delivered() {
         [("delivered".to_owned(), true), ("sent".to_owned(), false)]
     );
     assert!(w.event("delivered.sms").await.is_some());
-    assert!(w.event("sent.sms").await.is_none(), "a late sent publishes nothing");
+    assert!(
+        w.event("sent.sms").await.is_none(),
+        "a late sent publishes nothing"
+    );
     w.stop().await;
 }
 
@@ -228,7 +262,10 @@ async fn the_same_provider_event_delivered_twice_is_applied_once() {
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
     let params = twilio_status("delivered");
     for _ in 0..2 {
-        assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await, 200);
+        assert_eq!(
+            w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await,
+            200
+        );
     }
     assert_eq!(provider_events(&w.env, "clinic-a", "appt-1").await.len(), 1);
     assert!(w.event("delivered.sms").await.is_some());
@@ -247,7 +284,10 @@ async fn an_unknown_message_id_is_accepted_and_kept_unmatched() {
     let mut params = twilio_status("delivered");
     params[2].1 = "SMffffffffffffffffffffffffffffffff".into();
     // Accepted, or Twilio would retry it for hours.
-    assert_eq!(w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await, 200);
+    assert_eq!(
+        w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await,
+        200
+    );
     let unmatched: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM provider_events WHERE tenant_id = 'clinic-a' AND job_id IS NULL",
     )
@@ -296,7 +336,10 @@ async fn a_signed_sendgrid_delivered_event_moves_the_row_and_publishes_delivered
     assert_eq!(w.send(email("mail-1", "clinic-a")).await["status"], "sent");
     let body = sendgrid_events("delivered", "mail-1", "patient@example.com");
     let key = sendgrid_signing_key(1);
-    assert_eq!(w.rx.sendgrid("clinic-a", &body, now_unix(), &key).await, 200);
+    assert_eq!(
+        w.rx.sendgrid("clinic-a", &body, now_unix(), &key).await,
+        200
+    );
 
     assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "delivered");
     let ev = w.event("delivered.email").await.expect("a delivered event");
@@ -321,7 +364,10 @@ async fn a_sendgrid_event_with_one_flipped_byte_is_refused_with_401() {
     let mut flipped = body.clone();
     let at = flipped.iter().position(|b| *b == b'd').unwrap();
     flipped[at] ^= 0x20; // "delivered" -> "Delivered"
-    assert_eq!(w.rx.sendgrid_signed("clinic-a", &flipped, ts, &sig).await, 401);
+    assert_eq!(
+        w.rx.sendgrid_signed("clinic-a", &flipped, ts, &sig).await,
+        401
+    );
     assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "sent");
     // The untouched body with the same signature is good.
     assert_eq!(w.rx.sendgrid_signed("clinic-a", &body, ts, &sig).await, 200);
@@ -334,7 +380,11 @@ async fn a_sendgrid_event_for_one_tenant_signed_with_another_tenants_key_is_refu
     assert_eq!(w.send(email("mail-1", "clinic-a")).await["status"], "sent");
     let body = sendgrid_events("delivered", "mail-1", "patient@example.com");
     let clinic_b = sendgrid_signing_key(2);
-    assert_eq!(w.rx.sendgrid("clinic-a", &body, now_unix(), &clinic_b).await, 401);
+    assert_eq!(
+        w.rx.sendgrid("clinic-a", &body, now_unix(), &clinic_b)
+            .await,
+        401
+    );
     assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "sent");
     assert_eq!(event_rows(&w.env, "clinic-a").await, 0);
     w.stop().await;
@@ -348,7 +398,10 @@ async fn a_replayed_sendgrid_event_with_a_stale_timestamp_is_refused() {
     let key = sendgrid_signing_key(1);
     // Correctly signed, but an hour old (webhooks.max_age_secs is 600).
     let an_hour_ago = now_unix() - 3600;
-    assert_eq!(w.rx.sendgrid("clinic-a", &body, an_hour_ago, &key).await, 401);
+    assert_eq!(
+        w.rx.sendgrid("clinic-a", &body, an_hour_ago, &key).await,
+        401
+    );
     assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "sent");
     w.stop().await;
 }
@@ -360,7 +413,10 @@ async fn a_bounce_after_delivered_is_recorded_as_the_provider_reports_it() {
     let key = sendgrid_signing_key(1);
     for event in ["delivered", "bounce"] {
         let body = sendgrid_events(event, "mail-1", "patient@example.com");
-        assert_eq!(w.rx.sendgrid("clinic-a", &body, now_unix(), &key).await, 200);
+        assert_eq!(
+            w.rx.sendgrid("clinic-a", &body, now_unix(), &key).await,
+            200
+        );
     }
     assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "bounced");
     assert!(w.event("delivered.email").await.is_some());
@@ -393,8 +449,16 @@ async fn meta_world() -> World {
     World::start(
         TestEnv::new().await,
         vec![
-            ("clinic-a", Channel::Whatsapp, meta_at(&meta, META_SECRET_A, META_VERIFY_A)),
-            ("clinic-b", Channel::Whatsapp, meta_at(&meta, "meta-app-secret-clinic-b", "verify-b")),
+            (
+                "clinic-a",
+                Channel::Whatsapp,
+                meta_at(&meta, META_SECRET_A, META_VERIFY_A),
+            ),
+            (
+                "clinic-b",
+                Channel::Whatsapp,
+                meta_at(&meta, "meta-app-secret-clinic-b", "verify-b"),
+            ),
         ],
     )
     .await
@@ -404,7 +468,11 @@ async fn meta_world() -> World {
 async fn a_signed_meta_read_status_moves_the_row_and_publishes_read() {
     let mut w = meta_world().await;
     assert_eq!(w.send(whatsapp("wa-1", "clinic-a")).await["status"], "sent");
-    assert_eq!(w.rx.meta("clinic-a", &meta_status("read"), META_SECRET_A).await, 200);
+    assert_eq!(
+        w.rx.meta("clinic-a", &meta_status("read"), META_SECRET_A)
+            .await,
+        200
+    );
     assert_eq!(status(&w.env, "clinic-a", "wa-1").await, "read");
     let ev = w.event("read.whatsapp").await.expect("a read event");
     assert_eq!(ev["job_id"], "wa-1");
@@ -420,9 +488,12 @@ async fn a_meta_webhook_with_one_flipped_byte_or_another_tenants_secret_is_refus
     let mut flipped = raw.clone();
     flipped[5] ^= 1;
     assert_eq!(w.rx.meta_signed("clinic-a", &flipped, &sig).await, 401);
-    let status_b = w
-        .rx
-        .meta("clinic-a", &meta_status("delivered"), "meta-app-secret-clinic-b")
+    let status_b =
+        w.rx.meta(
+            "clinic-a",
+            &meta_status("delivered"),
+            "meta-app-secret-clinic-b",
+        )
         .await;
     assert_eq!(status_b, 401);
     assert_eq!(status(&w.env, "clinic-a", "wa-1").await, "sent");
@@ -437,5 +508,19 @@ async fn the_meta_subscription_check_is_answered_only_for_the_tenants_verify_tok
         (200, "1158201444".to_owned())
     );
     assert_eq!(w.rx.meta_subscribe("clinic-a", "verify-b").await.0, 401);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_it_is_read() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+    )
+    .await;
+    let huge = "x".repeat(2 * 1024 * 1024); // webhooks.max_body_bytes is 1 MiB
+    let params = [("MessageSid", TWILIO_MESSAGE_SID), ("Body", huge.as_str())];
+    assert_eq!(w.rx.twilio("clinic-a", &params, TWILIO_TOKEN).await, 413);
     w.stop().await;
 }

@@ -173,14 +173,11 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// The providers' SDK test vectors, copied unchanged from
+    /// shared/provider-specs (sources inside each file).
     fn spec(name: &str) -> Value {
-        let path = format!(
-            "{}/../shared/provider-specs/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path)
-            .or_else(|_| std::fs::read_to_string(format!("/work/shared/provider-specs/{name}")))
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         serde_json::from_str(&text).unwrap()
     }
 

@@ -467,6 +467,27 @@ mod tests {
     }
 
     #[test]
+    fn meta_webhook_secrets_are_secret_fields_kept_out_of_json_and_debug() {
+        let s = parse(serde_json::json!({"provider": "meta", "access_token": "t",
+            "phone_number_id": "1", "app_secret": "app-very-secret", "webhook_verify_token": "verify-very-secret"}));
+        let shown = format!("{s:?} {}", serde_json::to_value(&s).unwrap());
+        assert!(!shown.contains("very-secret"), "{shown}");
+        for f in ["app_secret", "webhook_verify_token"] {
+            assert!(ProviderSettings::secret_fields(ProviderKind::Meta).contains(&f));
+            assert!(s.secret(f).is_some(), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_sendgrid_verification_key_that_is_not_a_p256_key_is_refused() {
+        let s = parse(
+            serde_json::json!({"provider": "sendgrid", "api_key": "SG.x",
+            "from_email": "a@b.co", "webhook_verification_key": "bm90IGEga2V5"}),
+        );
+        assert_eq!(s.validate().unwrap_err().field, "webhook_verification_key");
+    }
+
+    #[test]
     fn debug_output_never_shows_a_secret() {
         let s = parse(
             serde_json::json!({"provider": "sendgrid", "api_key": "SG.very-secret", "from_email": "a@b.co"}),

@@ -87,7 +87,8 @@ pub async fn wait_final(env: &TestEnv, job_id: &str, within: Duration) -> Value 
     let started = Instant::now();
     loop {
         if let Some(r) = row(env, job_id).await
-            && ["sent", "simulated", "failed", "expired", "suppressed"].contains(&r["status"].as_str().unwrap())
+            && ["sent", "simulated", "failed", "expired", "suppressed"]
+                .contains(&r["status"].as_str().unwrap())
         {
             return r;
         }

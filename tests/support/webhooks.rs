@@ -57,21 +57,27 @@ pub fn now_unix() -> i64 {
 impl Receiver {
     /// Wait until the worker's receiver answers.
     pub async fn ready(&self) {
-        super::eventually(std::time::Duration::from_secs(10), "webhook receiver up", || async {
-            self.client
-                .get(format!("{}/webhooks/unknown/x", self.local))
-                .send()
-                .await
-                .is_ok()
-        })
+        super::eventually(
+            std::time::Duration::from_secs(10),
+            "webhook receiver up",
+            || async {
+                self.client
+                    .get(format!("{}/webhooks/unknown/x", self.local))
+                    .send()
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
     }
 
     /// POST a Twilio callback signed with `token` over the public URL.
     pub async fn twilio(&self, tenant: &str, params: &[(&str, &str)], token: &str) -> u16 {
         let path = format!("/webhooks/twilio/{tenant}");
-        let owned: Vec<(String, String)> =
-            params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let owned: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let sig = verify::twilio_signature(
             &SecretString::from(token),
             &format!("{PUBLIC_BASE}{path}"),
@@ -98,20 +104,40 @@ impl Receiver {
     }
 
     /// POST SendGrid events: the raw `body`, signed over `timestamp` + body by `key`.
-    pub async fn sendgrid(&self, tenant: &str, body: &[u8], timestamp: i64, key: &SigningKey) -> u16 {
+    pub async fn sendgrid(
+        &self,
+        tenant: &str,
+        body: &[u8],
+        timestamp: i64,
+        key: &SigningKey,
+    ) -> u16 {
         let mut signed = timestamp.to_string().into_bytes();
         signed.extend_from_slice(body);
         let sig: Signature = key.sign(&signed);
-        self.sendgrid_signed(tenant, body, timestamp, &B64.encode(sig.to_der().as_bytes()))
-            .await
+        self.sendgrid_signed(
+            tenant,
+            body,
+            timestamp,
+            &B64.encode(sig.to_der().as_bytes()),
+        )
+        .await
     }
 
-    pub async fn sendgrid_signed(&self, tenant: &str, body: &[u8], timestamp: i64, sig: &str) -> u16 {
+    pub async fn sendgrid_signed(
+        &self,
+        tenant: &str,
+        body: &[u8],
+        timestamp: i64,
+        sig: &str,
+    ) -> u16 {
         self.client
             .post(format!("{}/webhooks/sendgrid/{tenant}", self.local))
             .header("content-type", "application/json")
             .header("x-twilio-email-event-webhook-signature", sig)
-            .header("x-twilio-email-event-webhook-timestamp", timestamp.to_string())
+            .header(
+                "x-twilio-email-event-webhook-timestamp",
+                timestamp.to_string(),
+            )
             .body(body.to_vec())
             .send()
             .await
