@@ -105,14 +105,19 @@ async fn event_rows(env: &TestEnv, tenant: &str) -> i64 {
 
 // ------------------------------------------------------------------ Twilio
 
-#[tokio::test]
-async fn a_signed_twilio_delivered_callback_moves_the_row_and_publishes_delivered() {
+/// clinic-a sending SMS through the fake Twilio.
+async fn twilio_world() -> World {
     let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    let mut w = World::start(
+    World::start(
         TestEnv::new().await,
         vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_signed_twilio_delivered_callback_moves_the_row_and_publishes_delivered() {
+    let mut w = twilio_world().await;
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
 
     let params = twilio_status("delivered");
@@ -136,12 +141,7 @@ async fn a_signed_twilio_delivered_callback_moves_the_row_and_publishes_delivere
 
 #[tokio::test]
 async fn a_twilio_callback_with_one_flipped_byte_is_refused_with_401() {
-    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    let w = World::start(
-        TestEnv::new().await,
-        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
-    )
-    .await;
+    let w = twilio_world().await;
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
 
     let signed = twilio_status("delivered");
@@ -197,12 +197,7 @@ async fn a_twilio_callback_for_one_tenant_signed_with_another_tenants_token_is_r
 
 #[tokio::test]
 async fn a_webhook_for_a_tenant_without_an_account_of_that_provider_is_forbidden() {
-    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    let w = World::start(
-        TestEnv::new().await,
-        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
-    )
-    .await;
+    let w = twilio_world().await;
     let params = twilio_status("delivered");
     // clinic-z has no config at all (the tests' system default is the sandbox).
     assert_eq!(
@@ -216,12 +211,7 @@ async fn a_webhook_for_a_tenant_without_an_account_of_that_provider_is_forbidden
 
 #[tokio::test]
 async fn a_late_sent_after_delivered_leaves_the_row_delivered() {
-    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    let mut w = World::start(
-        TestEnv::new().await,
-        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
-    )
-    .await;
+    let mut w = twilio_world().await;
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
 
     let delivered = twilio_status("delivered");
@@ -253,12 +243,7 @@ async fn a_late_sent_after_delivered_leaves_the_row_delivered() {
 
 #[tokio::test]
 async fn the_same_provider_event_delivered_twice_is_applied_once() {
-    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    let mut w = World::start(
-        TestEnv::new().await,
-        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
-    )
-    .await;
+    let mut w = twilio_world().await;
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
     let params = twilio_status("delivered");
     for _ in 0..2 {
@@ -275,12 +260,7 @@ async fn the_same_provider_event_delivered_twice_is_applied_once() {
 
 #[tokio::test]
 async fn an_unknown_message_id_is_accepted_and_kept_unmatched() {
-    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    let w = World::start(
-        TestEnv::new().await,
-        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
-    )
-    .await;
+    let w = twilio_world().await;
     let mut params = twilio_status("delivered");
     params[2].1 = "SMffffffffffffffffffffffffffffffff".into();
     // Accepted, or Twilio would retry it for hours.
@@ -513,12 +493,7 @@ async fn the_meta_subscription_check_is_answered_only_for_the_tenants_verify_tok
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused_before_it_is_read() {
-    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    let w = World::start(
-        TestEnv::new().await,
-        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
-    )
-    .await;
+    let w = twilio_world().await;
     let huge = "x".repeat(2 * 1024 * 1024); // webhooks.max_body_bytes is 1 MiB
     let params = [("MessageSid", TWILIO_MESSAGE_SID), ("Body", huge.as_str())];
     assert_eq!(w.rx.twilio("clinic-a", &params, TWILIO_TOKEN).await, 413);

@@ -53,22 +53,27 @@ pub fn twilio_signature(
     url: &str,
     params: &[(String, String)],
 ) -> String {
+    B64.encode(twilio_mac(auth_token, url, params).finalize().into_bytes())
+}
+
+/// The HMAC-SHA1 over the URL and the parameters sorted by name then value,
+/// each pair once (as Twilio's SDKs do).
+fn twilio_mac(
+    auth_token: &SecretString,
+    url: &str,
+    params: &[(String, String)],
+) -> Hmac<sha1::Sha1> {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.expose_secret().as_bytes())
         .expect("HMAC takes any key length");
     mac.update(url.as_bytes());
-    for (k, v) in sorted_unique(params) {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    for (k, v) in sorted {
         mac.update(k.as_bytes());
         mac.update(v.as_bytes());
     }
-    B64.encode(mac.finalize().into_bytes())
-}
-
-/// Parameters sorted by name then value, each pair once (as Twilio's SDKs do).
-fn sorted_unique(params: &[(String, String)]) -> Vec<&(String, String)> {
-    let mut p: Vec<&(String, String)> = params.iter().collect();
-    p.sort();
-    p.dedup();
-    p
+    mac
 }
 
 /// Check `X-Twilio-Signature` against one auth token. Twilio's validators
@@ -83,14 +88,9 @@ pub fn verify_twilio(
         return false;
     };
     url_variants(url).iter().any(|u| {
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.expose_secret().as_bytes())
-            .expect("HMAC takes any key length");
-        mac.update(u.as_bytes());
-        for (k, v) in sorted_unique(params) {
-            mac.update(k.as_bytes());
-            mac.update(v.as_bytes());
-        }
-        mac.verify_slice(&presented).is_ok()
+        twilio_mac(auth_token, u, params)
+            .verify_slice(&presented)
+            .is_ok()
     })
 }
 
