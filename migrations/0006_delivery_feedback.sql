@@ -44,6 +44,8 @@ CREATE TABLE provider_events (
 );
 
 CREATE INDEX provider_events_job ON provider_events (tenant_id, job_id, occurred_at);
+-- Events that came before their send was recorded, for the reconciler to match.
+CREATE INDEX provider_events_unmatched ON provider_events (received_at) WHERE job_id IS NULL;
 
 -- Recipients a tenant must not message on a channel, in normalised form
 -- (src/suppression/mod.rs): email addresses lowercased, numbers E.164.

@@ -35,10 +35,20 @@ struct World {
 impl World {
     /// `tenants` configured first: (tenant, channel, chain entry).
     async fn start(env: TestEnv, tenants: Vec<(&str, Channel, Value)>) -> Self {
+        Self::start_with(env, tenants, |_| {}).await
+    }
+
+    /// The same with the worker's settings changed by `adjust`.
+    async fn start_with(
+        env: TestEnv,
+        tenants: Vec<(&str, Channel, Value)>,
+        adjust: impl FnOnce(&mut outreach::settings::Settings),
+    ) -> Self {
         for (t, c, entry) in tenants {
             set_tenant(&env, t, c, json!({"chain": [entry]})).await;
         }
-        let (s, rx) = receiver_settings(&env);
+        let (mut s, rx) = receiver_settings(&env);
+        adjust(&mut s);
         let events = env.event_queue().await;
         let (stop, worker) = env.spawn_worker(s);
         rx.ready().await;
@@ -275,6 +285,36 @@ async fn an_unknown_message_id_is_accepted_and_kept_unmatched() {
     .await
     .unwrap();
     assert_eq!(unmatched, 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_status_that_comes_before_its_send_is_recorded_is_applied_by_the_reconciler() {
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    let mut w = World::start_with(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
+        |s| s.reconciler.interval_secs = 1,
+    )
+    .await;
+    // The callback wins the race against the worker's record of the send.
+    let params = twilio_status("delivered");
+    assert_eq!(
+        w.rx.twilio("clinic-a", &pairs(&params), TWILIO_TOKEN).await,
+        200
+    );
+    assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
+
+    support::eventually(WAIT, "the early status applied", || async {
+        status(&w.env, "clinic-a", "appt-1").await == "delivered"
+    })
+    .await;
+    let ev = w.event("delivered.sms").await.expect("a delivered event");
+    assert_eq!(ev["job_id"], "appt-1");
+    assert_eq!(
+        provider_events(&w.env, "clinic-a", "appt-1").await,
+        [("delivered".to_owned(), true)]
+    );
     w.stop().await;
 }
 

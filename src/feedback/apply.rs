@@ -129,36 +129,15 @@ impl Recorder {
             tx.commit().await?;
             return Ok(Applied::Unknown);
         };
-        sqlx::query("UPDATE provider_events SET job_id = $2 WHERE id = $1")
-            .bind(id)
-            .bind(&row.job_id)
-            .execute(&mut *tx)
-            .await?;
-        let applied = match ev.status {
-            Some(status) if super::advances(row.status, status) => {
-                let sql = format!(
-                    "UPDATE outreach_logs l SET status = $3, updated_at = now() \
-                     WHERE l.tenant_id = $1 AND l.job_id = $2 RETURNING {COLUMNS}"
-                );
-                let moved: LogRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(tenant.as_str())
-                    .bind(&row.job_id)
-                    .bind(status)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE provider_events SET applied = true WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+        let applied = match advance(&mut tx, &row, id, ev.status).await? {
+            Some(moved) => {
                 let mut event = DeliveryEvent::from_row(&moved, false);
                 event.occurred_at = ev.occurred_at;
                 self.publisher.publish(&event).await?;
-                metrics::counter!(m::JOBS_FEEDBACK, "channel" => channel.as_str(),
-                    "provider" => provider, "status" => status.as_str())
-                .increment(1);
+                moved_metric(&moved, provider);
                 Applied::Moved
             }
-            _ => Applied::Kept,
+            None => Applied::Kept,
         };
         tx.commit().await?;
         Ok(applied)
@@ -193,6 +172,92 @@ impl Recorder {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Tie provider event `event_id` to `row` and move the row to `status` when
+/// that is further along ([`super::advances`]); the moved row, whose event
+/// the caller publishes before committing.
+async fn advance(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    row: &LogRow,
+    event_id: i64,
+    status: Option<DeliveryStatus>,
+) -> Result<Option<LogRow>, sqlx::Error> {
+    let moves = status.filter(|s| super::advances(row.status, *s));
+    sqlx::query("UPDATE provider_events SET job_id = $2, applied = $3 WHERE id = $1")
+        .bind(event_id)
+        .bind(&row.job_id)
+        .bind(moves.is_some())
+        .execute(&mut **tx)
+        .await?;
+    let Some(status) = moves else {
+        return Ok(None);
+    };
+    let sql = format!(
+        "UPDATE outreach_logs l SET status = $3, updated_at = now() \
+         WHERE l.tenant_id = $1 AND l.job_id = $2 RETURNING {COLUMNS}"
+    );
+    let moved = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(row.tenant_id.as_deref().unwrap_or_default())
+        .bind(&row.job_id)
+        .bind(status)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Some(moved))
+}
+
+fn moved_metric(row: &LogRow, provider: &str) {
+    metrics::counter!(m::JOBS_FEEDBACK,
+        "channel" => row.channel.map_or("unknown", |c| c.as_str()),
+        "provider" => provider.to_owned(), "status" => row.status.as_str())
+    .increment(1);
+}
+
+/// Events that came before their send was recorded (a fast callback: the
+/// row had no provider message id yet) matched to their rows now, oldest
+/// first, within a day of arrival. Run by the reconciler, in its
+/// transaction; each move's event is published (confirmed) before it
+/// commits. Returns how many rows moved.
+pub async fn catch_up(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &EventPublisher,
+) -> Result<usize, ApplyError> {
+    let pending: Vec<(
+        i64,
+        String,
+        String,
+        Option<DeliveryStatus>,
+        time::OffsetDateTime,
+        String,
+    )> = sqlx::query_as(
+        "SELECT e.id, e.tenant_id, l.job_id, e.status, e.occurred_at, e.provider \
+               FROM provider_events e \
+               JOIN outreach_logs l ON l.tenant_id = e.tenant_id AND l.provider = e.provider \
+                AND l.provider_message_id = e.provider_message_id \
+              WHERE e.job_id IS NULL AND e.received_at > now() - interval '1 day' \
+              ORDER BY e.id LIMIT 1000",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut moved_rows = 0;
+    for (id, tenant, job_id, status, occurred_at, provider) in pending {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM outreach_logs l WHERE l.tenant_id = $1 AND l.job_id = $2 FOR UPDATE"
+        );
+        let row: LogRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&tenant)
+            .bind(&job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        if let Some(moved) = advance(tx, &row, id, status).await? {
+            let mut event = DeliveryEvent::from_row(&moved, false);
+            event.occurred_at = occurred_at;
+            events.publish(&event).await?;
+            moved_metric(&moved, &provider);
+            moved_rows += 1;
+        }
+    }
+    Ok(moved_rows)
 }
 
 async fn suppress(
