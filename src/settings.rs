@@ -42,8 +42,8 @@ pub struct WebhookSettings {
     pub bind: String,
     /// Largest request body accepted, bytes (413 above).
     pub max_body_bytes: usize,
-    /// Signed SendGrid events whose timestamp is further than this from now
-    /// are refused (a replay).
+    /// Signed SendGrid events and Vonage webhooks whose timestamp is further
+    /// than this from now are refused (a replay).
     pub max_age_secs: u64,
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::fake_providers::{
     self as fake, META_PHONE_ID, META_TOKEN, META_WAMID, SENDGRID_MESSAGE_ID, TWILIO_MESSAGE_SID,
-    TWILIO_SID, TWILIO_TOKEN,
+    TWILIO_SID, TWILIO_TOKEN, VONAGE_KEY, VONAGE_MESSAGE_ID, VONAGE_SECRET,
 };
 use support::tenants::*;
 use support::webhooks::*;
@@ -537,5 +537,86 @@ async fn a_body_over_the_limit_is_refused_before_it_is_read() {
     let huge = "x".repeat(2 * 1024 * 1024); // webhooks.max_body_bytes is 1 MiB
     let params = [("MessageSid", TWILIO_MESSAGE_SID), ("Body", huge.as_str())];
     assert_eq!(w.rx.twilio("clinic-a", &params, TWILIO_TOKEN).await, 413);
+    w.stop().await;
+}
+
+// ------------------------------------------------------------------ Vonage
+
+const VONAGE_SIG_A: &str = "vonage-signature-secret-clinic-a";
+
+fn vonage_at(server: &MockServer, signature_secret: &str) -> Value {
+    json!({"provider": "vonage", "api_key": VONAGE_KEY, "api_secret": VONAGE_SECRET,
+        "from": "Clinic", "base_url": server.uri(), "signature_secret": signature_secret})
+}
+
+async fn vonage_world() -> World {
+    let vonage = fake::serve("/sms/json", fake::Vonage).await;
+    World::start(
+        TestEnv::new().await,
+        vec![
+            ("clinic-a", Channel::Sms, vonage_at(&vonage, VONAGE_SIG_A)),
+            (
+                "clinic-b",
+                Channel::Sms,
+                vonage_at(&vonage, "vonage-signature-secret-clinic-b"),
+            ),
+        ],
+    )
+    .await
+}
+
+const RECEIPT: [(&str, &str); 5] = [
+    ("msisdn", "447700900123"),
+    ("to", "Clinic"),
+    ("messageId", VONAGE_MESSAGE_ID),
+    ("status", "delivered"),
+    ("err-code", "0"),
+];
+
+#[tokio::test]
+async fn a_signed_vonage_delivery_receipt_moves_the_row_and_publishes_delivered() {
+    let mut w = vonage_world().await;
+    assert_eq!(w.send(sms("sms-1", "clinic-a")).await["status"], "sent");
+    assert_eq!(
+        w.rx.vonage("clinic-a", &RECEIPT, now_unix(), VONAGE_SIG_A)
+            .await,
+        200
+    );
+    assert_eq!(status(&w.env, "clinic-a", "sms-1").await, "delivered");
+    let ev = w.event("delivered.sms").await.expect("a delivered event");
+    assert_eq!(ev["provider"], "vonage");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_vonage_receipt_flipped_signed_by_another_tenant_or_stale_is_refused() {
+    let w = vonage_world().await;
+    assert_eq!(w.send(sms("sms-1", "clinic-a")).await["status"], "sent");
+    let other = "vonage-signature-secret-clinic-b";
+    assert_eq!(
+        w.rx.vonage("clinic-a", &RECEIPT, now_unix(), other).await,
+        401
+    );
+    let stale = now_unix() - 3600;
+    assert_eq!(
+        w.rx.vonage("clinic-a", &RECEIPT, stale, VONAGE_SIG_A).await,
+        401
+    );
+    // A correctly signed receipt with one byte of a value changed.
+    let mut signed: Vec<(String, String)> = RECEIPT
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    signed.push(("timestamp".into(), now_unix().to_string()));
+    let sig = outreach::feedback::verify::vonage_signature(
+        &VONAGE_SIG_A.to_owned().into(),
+        Default::default(),
+        &signed,
+    );
+    signed.push(("sig".into(), sig));
+    signed[3].1 = "delivereD".into();
+    assert_eq!(w.rx.vonage_raw("clinic-a", &signed).await, 401);
+    assert_eq!(status(&w.env, "clinic-a", "sms-1").await, "sent");
+    assert_eq!(event_rows(&w.env, "clinic-a").await, 0);
     w.stop().await;
 }

@@ -1,6 +1,6 @@
 //! Delivery feedback: what providers report after `sent`.
 //!
-//! - [`verify`]: signature checks (Twilio, SendGrid signed events, Meta), before anything is parsed.
+//! - [`verify`]: signature checks (Twilio, SendGrid signed events, Meta, Vonage), before anything is parsed.
 //! - [`parse`]: verified bodies into provider events and inbound STOP / START.
 //! - [`apply`]: each event kept in `provider_events`, the job's row moved
 //!   forward ([`advances`]), its delivery event published, suppressions added.

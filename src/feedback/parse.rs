@@ -226,6 +226,44 @@ pub fn twilio(params: &[(String, String)]) -> Result<Parsed, Malformed> {
     Ok(out)
 }
 
+// --- Vonage (SMS API) ------------------------------------------------------
+
+/// A Vonage SMS API delivery receipt (`messageId`, `status`) or inbound
+/// message (`msisdn`, `text`), as its parameters.
+pub fn vonage(params: &[(String, String)]) -> Result<Parsed, Malformed> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let mut out = Parsed::default();
+    let msisdn = get("msisdn").ok_or(Malformed { provider: "vonage" })?;
+    // msisdn: the number without its `+`.
+    let number = format!("+{}", msisdn.trim_start_matches('+'));
+    if let (Some(id), Some(raw)) = (get("messageId"), get("status")) {
+        let status = match raw {
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "expired" | "failed" | "rejected" => Some(DeliveryStatus::Undelivered),
+            _ => None,
+        };
+        let ts = get("message-timestamp").unwrap_or_default();
+        out.events.push(ProviderEvent {
+            provider: ProviderKind::Vonage,
+            event_key: format!("{id}:{raw}:{ts}"),
+            message_id: Some(id.to_owned()),
+            job_id: None,
+            raw_status: raw.to_owned(),
+            status,
+            error_code: get("err-code").filter(|c| *c != "0").map(str::to_owned),
+            recipient: Some(number),
+            channel: Channel::Sms,
+            suppress: None,
+            occurred_at: OffsetDateTime::now_utc(),
+        });
+    } else if let Some(text) = get("text") {
+        out.inbound.extend(keyword(Channel::Sms, &number, text));
+    } else {
+        return Err(Malformed { provider: "vonage" });
+    }
+    Ok(out)
+}
+
 // --- Meta (WhatsApp Cloud API) ---------------------------------------------
 
 #[derive(Deserialize)]
@@ -360,6 +398,27 @@ mod tests {
         let p = twilio(&params).unwrap();
         assert_eq!(p.events[0].suppress, Some(Reason::OptOut));
         assert_eq!(p.events[0].status, Some(DeliveryStatus::Undelivered));
+    }
+
+    #[test]
+    fn a_vonage_receipt_and_an_inbound_stop_parse() {
+        let kv = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let dlr = vonage(&kv(&[
+            ("msisdn", "447700900123"),
+            ("messageId", "0A0000000123ABCD1"),
+            ("status", "delivered"),
+            ("err-code", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(dlr.events[0].status, Some(DeliveryStatus::Delivered));
+        assert_eq!(dlr.events[0].recipient.as_deref(), Some("+447700900123"));
+        assert_eq!(dlr.events[0].error_code, None);
+        let stop = vonage(&kv(&[("msisdn", "447700900123"), ("text", "STOP")])).unwrap();
+        assert!(matches!(stop.inbound[..], [Inbound::OptOut { .. }]));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The webhook receiver: `POST /webhooks/{provider}/{tenant}` (sendgrid,
-//! twilio, meta) and Meta's subscription `GET`. Each request is verified
+//! twilio, meta, vonage), Meta's subscription `GET` and Vonage's `GET`
+//! receipts. Each request is verified
 //! with the tenant's own accounts of that provider (and the system default
 //! account of that provider, for its system-default sends) before its body
 //! is parsed. Refused: 401 (403 when the tenant has no such account),
@@ -149,6 +150,7 @@ async fn receive(
         "sendgrid" => ProviderKind::Sendgrid,
         "twilio" => ProviderKind::Twilio,
         "meta" => ProviderKind::Meta,
+        "vonage" => ProviderKind::Vonage,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let Ok(t) = TenantId::parse(&tenant) else {
@@ -161,28 +163,41 @@ async fn receive(
     let verified = match kind {
         ProviderKind::Sendgrid => check_sendgrid(&s, &accounts, &headers, &body),
         ProviderKind::Twilio => check_twilio(&s, &accounts, &uri, &headers, &body),
+        ProviderKind::Vonage => check_vonage(&s, &accounts, &vonage_params(&headers, &body)),
         _ => check_meta(&accounts, &headers, &body),
     };
+    finish(&s, &t, &provider, kind, verified).await
+}
+
+/// After the check: refuse, or apply what the body says and answer 200.
+async fn finish(
+    s: &WebhookState,
+    t: &TenantId,
+    provider: &str,
+    kind: ProviderKind,
+    verified: Checked,
+) -> Response {
+    let tenant = t.as_str();
     let parsed = match verified {
-        Err(r) => return refuse(&provider, &tenant, r),
+        Err(r) => return refuse(provider, tenant, r),
         Ok(parsed) => parsed,
     };
     let parsed = match parsed {
         Ok(p) => p,
         Err(e) => {
-            metrics::counter!(m::WEBHOOKS_REFUSED, "provider" => provider.clone(), "reason" => "malformed").increment(1);
+            metrics::counter!(m::WEBHOOKS_REFUSED, "provider" => provider.to_owned(), "reason" => "malformed").increment(1);
             tracing::warn!(provider, tenant, "verified webhook body is malformed");
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
     for ev in &parsed.events {
-        if let Err(e) = s.recorder.event(&t, ev).await {
-            return unavailable(&provider, &e);
+        if let Err(e) = s.recorder.event(t, ev).await {
+            return unavailable(provider, &e);
         }
     }
     for msg in &parsed.inbound {
-        if let Err(e) = s.recorder.inbound(&t, &provider, msg).await {
-            return unavailable(&provider, &e);
+        if let Err(e) = s.recorder.inbound(t, provider, msg).await {
+            return unavailable(provider, &e);
         }
     }
     match kind {
@@ -272,6 +287,57 @@ fn check_twilio(
     Ok(parse::twilio(&params))
 }
 
+/// Vonage's parameters: a form or a flat JSON object (dashboard choice).
+fn vonage_params(h: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
+    let json = header_str(h, "content-type").is_some_and(|c| c.starts_with("application/json"));
+    if !json {
+        return url::form_urlencoded::parse(body).into_owned().collect();
+    }
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(body) else {
+        return vec![];
+    };
+    m.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect()
+}
+
+fn check_vonage(
+    s: &WebhookState,
+    accounts: &[ProviderSettings],
+    params: &[(String, String)],
+) -> Checked {
+    let secrets: Vec<_> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Vonage(v) => {
+                v.signature_secret.as_ref().map(|k| (k, v.signature_method))
+            }
+            _ => None,
+        })
+        .collect();
+    if secrets.is_empty() {
+        return Err(Refusal::NoAccount);
+    }
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let (Some(_), Some(ts)) = (get("sig"), get("timestamp")) else {
+        return Err(Refusal::MissingSignature);
+    };
+    if !secrets
+        .iter()
+        .any(|(k, m)| verify::verify_vonage(k, *m, params))
+    {
+        return Err(Refusal::BadSignature);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if !verify::fresh(ts, now, s.max_age_secs) {
+        return Err(Refusal::Stale);
+    }
+    Ok(parse::vonage(params))
+}
+
 fn check_meta(accounts: &[ProviderSettings], h: &HeaderMap, body: &[u8]) -> Checked {
     let secrets: Vec<&SecretString> = accounts
         .iter()
@@ -298,14 +364,27 @@ fn check_meta(accounts: &[ProviderSettings], h: &HeaderMap, body: &[u8]) -> Chec
 async fn subscribe(
     State(s): State<WebhookState>,
     Path((provider, tenant)): Path<(String, String)>,
+    uri: Uri,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if provider != "meta" {
-        return StatusCode::METHOD_NOT_ALLOWED.into_response();
-    }
     let Ok(t) = TenantId::parse(&tenant) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if provider == "vonage" {
+        // Vonage's default: receipts and inbound messages as GET parameters.
+        let params: Vec<(String, String)> =
+            url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        let verified = match s.accounts(&t, ProviderKind::Vonage).await {
+            Ok(a) => check_vonage(&s, &a, &params),
+            Err(e) => return unavailable(&provider, &e),
+        };
+        return finish(&s, &t, &provider, ProviderKind::Vonage, verified).await;
+    }
+    if provider != "meta" {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     let accounts = match s.accounts(&t, ProviderKind::Meta).await {
         Ok(a) => a,
         Err(e) => return unavailable(&provider, &e),

@@ -191,6 +191,27 @@ pub struct VonageSettings {
     /// `https://rest.nexmo.com` by default.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The account's signature secret (dashboard → Settings): delivery
+    /// receipts and inbound messages are signed with it (`sig`). Without it
+    /// this account's webhooks are refused.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub signature_secret: Option<SecretString>,
+    /// The signing method chosen with it in the dashboard.
+    #[serde(default, deserialize_with = "crate::settings::by_name")]
+    pub signature_method: VonageSignatureMethod,
+}
+
+/// How Vonage signs webhooks (HMAC-MD5 is not supported: choose another).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VonageSignatureMethod {
+    /// MD5 of the parameters followed by the secret (Vonage's default).
+    #[default]
+    Md5hash,
+    Sha1,
+    Sha256,
+    Sha512,
 }
 
 impl ProviderSettings {
@@ -215,7 +236,7 @@ impl ProviderSettings {
             ProviderKind::Ses => &["secret_access_key"],
             ProviderKind::Twilio => &["auth_token"],
             ProviderKind::Meta => &["access_token", "app_secret", "webhook_verify_token"],
-            ProviderKind::Vonage => &["api_secret"],
+            ProviderKind::Vonage => &["api_secret", "signature_secret"],
         }
     }
 
@@ -230,6 +251,7 @@ impl ProviderSettings {
             (ProviderSettings::Meta(s), "app_secret") => s.app_secret.as_ref(),
             (ProviderSettings::Meta(s), "webhook_verify_token") => s.webhook_verify_token.as_ref(),
             (ProviderSettings::Vonage(s), "api_secret") => Some(&s.api_secret),
+            (ProviderSettings::Vonage(s), "signature_secret") => s.signature_secret.as_ref(),
             _ => None,
         }
     }

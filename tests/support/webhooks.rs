@@ -166,6 +166,40 @@ impl Receiver {
             .as_u16()
     }
 
+    /// GET a Vonage receipt or inbound message: `params` plus `timestamp`,
+    /// signed (`sig`, md5hash) with `secret`.
+    pub async fn vonage(
+        &self,
+        tenant: &str,
+        params: &[(&str, &str)],
+        timestamp: i64,
+        secret: &str,
+    ) -> u16 {
+        let ts = timestamp.to_string();
+        let mut all: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.push(("timestamp".into(), ts));
+        let sig = verify::vonage_signature(&SecretString::from(secret), Default::default(), &all);
+        all.push(("sig".into(), sig));
+        self.vonage_raw(tenant, &all).await
+    }
+
+    /// GET with exactly these parameters.
+    pub async fn vonage_raw(&self, tenant: &str, params: &[(String, String)]) -> u16 {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        self.client
+            .get(format!("{}/webhooks/vonage/{tenant}?{query}", self.local))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Meta's subscription check; (status, body).
     pub async fn meta_subscribe(&self, tenant: &str, verify_token: &str) -> (u16, String) {
         let query: String = url::form_urlencoded::Serializer::new(String::new())
