@@ -45,6 +45,9 @@ pub struct WebhookSettings {
     /// Signed SendGrid events and Vonage webhooks whose timestamp is further
     /// than this from now are refused (a replay).
     pub max_age_secs: u64,
+    /// Origins (`scheme://host[:port]`, `*` one DNS label) SNS signing
+    /// certificates and subscription URLs are fetched from.
+    pub sns_cert_origins: Vec<String>,
 }
 
 /// Provider and system-wide sending limits (tenants' own are in their config).
@@ -751,10 +754,11 @@ pub const KEYS_ENV: &str = "OUTREACH_ENCRYPTION_KEYS";
 
 /// Settings given in the environment as one comma-separated variable, e.g.
 /// `OUTREACH__WORKER__RETRY_DELAYS_SECS=5,30,120`.
-const LIST_KEYS: [&str; 3] = [
+const LIST_KEYS: [&str; 4] = [
     "worker.retry_delays_secs",
     "admin.operator_token_sha256",
     "providers.allowed_private_networks",
+    "webhooks.sns_cert_origins",
 ];
 
 /// `worker.retry_delays_secs` → `OUTREACH__WORKER__RETRY_DELAYS_SECS`.

@@ -620,3 +620,228 @@ async fn a_vonage_receipt_flipped_signed_by_another_tenant_or_stale_is_refused()
     assert_eq!(event_rows(&w.env, "clinic-a").await, 0);
     w.stop().await;
 }
+
+// ------------------------------------------------------------ SES via SNS
+
+const TOPIC_A: &str = "arn:aws:sns:eu-west-1:123456789012:clinic-a-ses";
+
+/// A signing key and its certificate, as SNS has (made with openssl).
+struct SnsSigner {
+    dir: tempfile::TempDir,
+}
+
+impl SnsSigner {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=sns.eu-west-1.amazonaws.com"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl could not make a test certificate");
+        Self { dir }
+    }
+
+    fn cert(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cert.pem")).unwrap()
+    }
+
+    /// The envelope SNS would post, signed (SignatureVersion 2).
+    fn message(
+        &self,
+        kind: &str,
+        message: &str,
+        topic: &str,
+        cert_url: &str,
+        subscribe: Option<&str>,
+    ) -> Value {
+        let mut m = json!({
+            "Type": kind, "MessageId": uuid::Uuid::now_v7().to_string(), "TopicArn": topic,
+            "Message": message, "Timestamp": "2026-11-29T21:00:00.000Z",
+            "SignatureVersion": "2", "Signature": "", "SigningCertURL": cert_url,
+        });
+        if let Some(u) = subscribe {
+            m["SubscribeURL"] = json!(u);
+            m["Token"] = json!("2336412f37fb687f5d51e6e2425c464de12884");
+        }
+        let parsed: outreach::feedback::sns::SnsMessage =
+            serde_json::from_value(m.clone()).unwrap();
+        let to_sign = self.dir.path().join("to-sign");
+        std::fs::write(&to_sign, outreach::feedback::sns::string_to_sign(&parsed)).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(self.dir.path().join("key.pem"))
+            .arg(&to_sign)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        use base64::Engine;
+        m["Signature"] = json!(base64::engine::general_purpose::STANDARD.encode(out.stdout));
+        m
+    }
+}
+
+struct SesWorld {
+    w: World,
+    signer: SnsSigner,
+    sns: MockServer,
+}
+
+async fn ses_world() -> SesWorld {
+    let ses = fake::serve("/v2/email/outbound-emails", fake::Ses).await;
+    let signer = SnsSigner::new();
+    let sns = MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path(
+            "/SimpleNotificationService-test.pem",
+        ))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string(signer.cert()))
+        .mount(&sns)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/confirm"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&sns)
+        .await;
+    let entry = |topic: &str| {
+        json!({"provider": "ses", "region": fake::SES_REGION, "access_key_id": fake::SES_ACCESS_KEY_ID,
+            "secret_access_key": fake::SES_SECRET, "from_email": "clinic@example.com",
+            "base_url": ses.uri(), "sns_topic_arns": [topic]})
+    };
+    let origin = sns.uri();
+    let w = World::start_with(
+        TestEnv::new().await,
+        vec![
+            ("clinic-a", Channel::Email, entry(TOPIC_A)),
+            (
+                "clinic-b",
+                Channel::Email,
+                entry("arn:aws:sns:eu-west-1:123456789012:clinic-b-ses"),
+            ),
+        ],
+        |s| s.webhooks.sns_cert_origins = vec![origin],
+    )
+    .await;
+    SesWorld { w, signer, sns }
+}
+
+impl SesWorld {
+    fn cert_url(&self) -> String {
+        format!("{}/SimpleNotificationService-test.pem", self.sns.uri())
+    }
+
+    fn notification(&self, kind: &str, topic: &str) -> Value {
+        let note = json!({"notificationType": kind,
+            "mail": {"messageId": fake::SES_MESSAGE_ID, "destination": ["patient@example.com"]},
+            "bounce": {"bounceType": "Permanent", "bouncedRecipients": [{"emailAddress": "patient@example.com"}]}});
+        self.signer.message(
+            "Notification",
+            &note.to_string(),
+            topic,
+            &self.cert_url(),
+            None,
+        )
+    }
+
+    async fn post(&self, body: &[u8]) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/webhooks/ses/clinic-a", self.w.rx.local))
+            .header("content-type", "text/plain; charset=UTF-8")
+            .header("x-amz-sns-message-type", "Notification")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+#[tokio::test]
+async fn a_signed_ses_bounce_through_sns_moves_the_row_and_suppresses_the_address() {
+    let mut s = ses_world().await;
+    assert_eq!(s.w.send(email("ses-1", "clinic-a")).await["status"], "sent");
+    let body = s.notification("Bounce", TOPIC_A).to_string();
+    assert_eq!(s.post(body.as_bytes()).await, 200);
+    assert_eq!(status(&s.w.env, "clinic-a", "ses-1").await, "bounced");
+    assert!(s.w.event("bounced.email").await.is_some());
+    let listed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM suppressions WHERE tenant_id = 'clinic-a' AND recipient = 'patient@example.com' AND reason = 'hard_bounce'",
+    )
+    .fetch_one(&s.w.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(listed, 1);
+    s.w.stop().await;
+}
+
+#[tokio::test]
+async fn an_ses_notification_flipped_from_another_topic_or_a_foreign_certificate_host_is_refused() {
+    let s = ses_world().await;
+    assert_eq!(s.w.send(email("ses-1", "clinic-a")).await["status"], "sent");
+    let good = s.notification("Delivery", TOPIC_A).to_string();
+    let flipped = good.replacen("Delivery", "Dalivery", 1);
+    assert_eq!(s.post(flipped.as_bytes()).await, 401);
+    // Correctly signed by SNS, but for clinic-b's topic.
+    let other = s.notification(
+        "Delivery",
+        "arn:aws:sns:eu-west-1:123456789012:clinic-b-ses",
+    );
+    assert_eq!(s.post(other.to_string().as_bytes()).await, 401);
+    // A certificate from a host not on the allow-list is never fetched.
+    let foreign = s.signer.message(
+        "Notification",
+        "{}",
+        TOPIC_A,
+        "http://127.0.0.2:1/SimpleNotificationService-test.pem",
+        None,
+    );
+    assert_eq!(s.post(foreign.to_string().as_bytes()).await, 401);
+    assert_eq!(status(&s.w.env, "clinic-a", "ses-1").await, "sent");
+    // The allow-listed certificate was fetched once and then cached.
+    let fetched = s
+        .sns
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with(".pem"))
+        .count();
+    assert_eq!(fetched, 1);
+    s.w.stop().await;
+}
+
+#[tokio::test]
+async fn an_sns_subscription_confirmation_is_confirmed_at_its_allow_listed_url() {
+    let s = ses_world().await;
+    let confirm = format!(
+        "{}/confirm?Action=ConfirmSubscription&Token=2336412f",
+        s.sns.uri()
+    );
+    let m = s.signer.message(
+        "SubscriptionConfirmation",
+        "You have chosen to subscribe",
+        TOPIC_A,
+        &s.cert_url(),
+        Some(&confirm),
+    );
+    assert_eq!(s.post(m.to_string().as_bytes()).await, 200);
+    let visited = s
+        .sns
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/confirm")
+        .count();
+    assert_eq!(visited, 1);
+    s.w.stop().await;
+}

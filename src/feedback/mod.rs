@@ -4,11 +4,13 @@
 //! - [`parse`]: verified bodies into provider events and inbound STOP / START.
 //! - [`apply`]: each event kept in `provider_events`, the job's row moved
 //!   forward ([`advances`]), its delivery event published, suppressions added.
+//! - [`sns`]: SES notifications through SNS (signature, certificate origin and cache).
 //! - [`server`]: the `/webhooks/{provider}/{tenant}` listener.
 
 pub mod apply;
 pub mod parse;
 pub mod server;
+pub mod sns;
 pub mod verify;
 
 use crate::delivery_log::DeliveryStatus;

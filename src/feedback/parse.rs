@@ -226,6 +226,102 @@ pub fn twilio(params: &[(String, String)]) -> Result<Parsed, Malformed> {
     Ok(out)
 }
 
+// --- SES (through SNS) -----------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SesNote {
+    /// `notificationType` (identity notifications) or `eventType` (configuration set events).
+    #[serde(alias = "eventType")]
+    notification_type: String,
+    mail: SesMail,
+    #[serde(default)]
+    bounce: Option<SesBounce>,
+    #[serde(default)]
+    complaint: Option<SesComplaint>,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SesMail {
+    message_id: String,
+    #[serde(default)]
+    destination: Vec<String>,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SesBounce {
+    bounce_type: String,
+    #[serde(default)]
+    bounced_recipients: Vec<SesRecipient>,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SesComplaint {
+    #[serde(default)]
+    complained_recipients: Vec<SesRecipient>,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SesRecipient {
+    email_address: String,
+}
+
+/// An SES notification (the SNS message's `Message`), one event per
+/// recipient it names; `sns_id` (the SNS MessageId) keys them.
+pub fn ses(message: &str, sns_id: &str) -> Result<Parsed, Malformed> {
+    let n: SesNote = serde_json::from_str(message).map_err(|_| Malformed { provider: "ses" })?;
+    let (status, suppress, recipients) = match n.notification_type.as_str() {
+        "Send" => (Some(DeliveryStatus::Sent), None, n.mail.destination),
+        "Delivery" => (Some(DeliveryStatus::Delivered), None, n.mail.destination),
+        "Reject" | "RenderingFailure" => {
+            (Some(DeliveryStatus::Undelivered), None, n.mail.destination)
+        }
+        "Bounce" => {
+            let b = n.bounce.ok_or(Malformed { provider: "ses" })?;
+            let hard = (b.bounce_type == "Permanent").then_some(Reason::HardBounce);
+            let to = b
+                .bounced_recipients
+                .into_iter()
+                .map(|r| r.email_address)
+                .collect();
+            (Some(DeliveryStatus::Bounced), hard, to)
+        }
+        "Complaint" => {
+            let c = n.complaint.ok_or(Malformed { provider: "ses" })?;
+            let to = c
+                .complained_recipients
+                .into_iter()
+                .map(|r| r.email_address)
+                .collect();
+            (
+                Some(DeliveryStatus::Complained),
+                Some(Reason::Complaint),
+                to,
+            )
+        }
+        "Open" => (Some(DeliveryStatus::Opened), None, n.mail.destination),
+        "Click" => (Some(DeliveryStatus::Clicked), None, n.mail.destination),
+        _ => (None, None, n.mail.destination),
+    };
+    let mut out = Parsed::default();
+    for (i, to) in recipients.into_iter().enumerate() {
+        out.events.push(ProviderEvent {
+            provider: ProviderKind::Ses,
+            event_key: format!("{sns_id}:{i}"),
+            message_id: Some(n.mail.message_id.clone()),
+            job_id: None,
+            raw_status: n.notification_type.clone(),
+            status,
+            error_code: None,
+            recipient: Some(to),
+            channel: Channel::Email,
+            suppress,
+            occurred_at: OffsetDateTime::now_utc(),
+        });
+    }
+    Ok(out)
+}
+
 // --- Vonage (SMS API) ------------------------------------------------------
 
 /// A Vonage SMS API delivery receipt (`messageId`, `status`) or inbound
@@ -419,6 +515,18 @@ mod tests {
         assert_eq!(dlr.events[0].error_code, None);
         let stop = vonage(&kv(&[("msisdn", "447700900123"), ("text", "STOP")])).unwrap();
         assert!(matches!(stop.inbound[..], [Inbound::OptOut { .. }]));
+    }
+
+    #[test]
+    fn a_permanent_ses_bounce_suppresses_each_bounced_recipient() {
+        let msg = r#"{"notificationType":"Bounce","mail":{"messageId":"m-1","destination":["a@b.co","c@d.co"]},
+            "bounce":{"bounceType":"Permanent","bouncedRecipients":[{"emailAddress":"a@b.co"}]}}"#;
+        let p = ses(msg, "sns-1").unwrap();
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.events[0].suppress, Some(Reason::HardBounce));
+        assert_eq!(p.events[0].message_id.as_deref(), Some("m-1"));
+        let transient = msg.replace("Permanent", "Transient");
+        assert_eq!(ses(&transient, "sns-2").unwrap().events[0].suppress, None);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct WebhookState {
     pub base_url: Option<String>,
     pub max_age_secs: u64,
     pub max_body_bytes: usize,
+    /// SES notifications' SNS signatures.
+    pub sns: Arc<super::sns::SnsVerifier>,
 }
 
 impl WebhookState {
@@ -60,6 +62,10 @@ impl WebhookState {
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             max_age_secs: settings.webhooks.max_age_secs,
             max_body_bytes: settings.webhooks.max_body_bytes,
+            sns: Arc::new(super::sns::SnsVerifier::new(
+                settings.webhooks.sns_cert_origins.clone(),
+                settings.provider_timeout(),
+            )),
         }
     }
 
@@ -125,6 +131,8 @@ fn refuse(provider: &str, tenant: &str, r: Refusal) -> Response {
     tracing::warn!(provider, tenant, reason = r.reason(), "webhook refused");
     let code = match r {
         Refusal::NoAccount => StatusCode::FORBIDDEN,
+        // Ours to retry: SNS delivers again.
+        Refusal::CertificateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     };
     (code, r.to_string()).into_response()
@@ -151,6 +159,7 @@ async fn receive(
         "twilio" => ProviderKind::Twilio,
         "meta" => ProviderKind::Meta,
         "vonage" => ProviderKind::Vonage,
+        "ses" => ProviderKind::Ses,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let Ok(t) = TenantId::parse(&tenant) else {
@@ -164,6 +173,12 @@ async fn receive(
         ProviderKind::Sendgrid => check_sendgrid(&s, &accounts, &headers, &body),
         ProviderKind::Twilio => check_twilio(&s, &accounts, &uri, &headers, &body),
         ProviderKind::Vonage => check_vonage(&s, &accounts, &vonage_params(&headers, &body)),
+        ProviderKind::Ses => match check_ses(&s, &accounts, &body).await {
+            // A subscription confirmed (or an unsubscribe noted): nothing to apply.
+            Ok(None) => return StatusCode::OK.into_response(),
+            Ok(Some(parsed)) => Ok(parsed),
+            Err(r) => Err(r),
+        },
         _ => check_meta(&accounts, &headers, &body),
     };
     finish(&s, &t, &provider, kind, verified).await
@@ -285,6 +300,44 @@ fn check_twilio(
         return Err(Refusal::BadSignature);
     }
     Ok(parse::twilio(&params))
+}
+
+/// An SNS message for SES: the tenant's SES accounts name its topic, its
+/// signature verifies; a subscription confirmation is confirmed (`None`).
+async fn check_ses(
+    s: &WebhookState,
+    accounts: &[ProviderSettings],
+    body: &[u8],
+) -> Result<Option<Result<Parsed, parse::Malformed>>, Refusal> {
+    let topics: Vec<&str> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Ses(x) => Some(x.sns_topic_arns.iter().map(String::as_str)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if topics.is_empty() {
+        return Err(Refusal::NoAccount);
+    }
+    // The envelope must be read to know what was signed; nothing in it is
+    // used before the signature verifies.
+    let Ok(m) = serde_json::from_slice::<super::sns::SnsMessage>(body) else {
+        return Err(Refusal::MissingSignature);
+    };
+    s.sns.verify(&m).await?;
+    if !topics.contains(&m.topic_arn.as_str()) {
+        return Err(Refusal::UnknownTopic);
+    }
+    match m.kind.as_str() {
+        "SubscriptionConfirmation" => {
+            s.sns.confirm(&m).await?;
+            tracing::info!(topic = %m.topic_arn, "SNS subscription confirmed");
+            Ok(None)
+        }
+        "Notification" => Ok(Some(parse::ses(&m.message, &m.message_id))),
+        _ => Ok(None),
+    }
 }
 
 /// Vonage's parameters: a form or a flat JSON object (dashboard choice).

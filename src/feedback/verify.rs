@@ -38,6 +38,12 @@ pub enum Refusal {
     NoAccount,
     #[error("providers.webhook_base_url is not set: the signed URL is unknown")]
     NoBaseUrl,
+    #[error("SNS certificate or subscribe URL not on an allow-listed origin")]
+    CertificateOrigin,
+    #[error("SNS signing certificate could not be fetched or read")]
+    CertificateUnavailable,
+    #[error("SNS topic is not one of the tenant's SES accounts' topics")]
+    UnknownTopic,
 }
 
 impl Refusal {
@@ -49,6 +55,9 @@ impl Refusal {
             Refusal::Stale => "stale",
             Refusal::NoAccount => "no_account",
             Refusal::NoBaseUrl => "no_base_url",
+            Refusal::CertificateOrigin => "certificate_origin",
+            Refusal::CertificateUnavailable => "certificate_unavailable",
+            Refusal::UnknownTopic => "topic",
         }
     }
 }

@@ -134,6 +134,10 @@ pub struct SesSettings {
     pub from_name: Option<String>,
     #[serde(default)]
     pub configuration_set: Option<String>,
+    /// SNS topics (ARNs) this account's SES notifications are published to;
+    /// a notification from any other topic is refused for this tenant.
+    #[serde(default)]
+    pub sns_topic_arns: Vec<String>,
     /// Endpoint, `https://email.{region}.amazonaws.com` by default.
     #[serde(default)]
     pub base_url: Option<String>,
