@@ -304,3 +304,41 @@ async fn a_tenant_token_manages_only_its_own_tenants_suppressions_over_the_admin
     worker.await.unwrap().unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn twilio_refusing_a_send_with_21610_suppresses_the_next_job_to_that_number() {
+    let env = TestEnv::new().await;
+    let twilio = fake::serve(
+        &fake::twilio_path(),
+        fake::Always(fake::twilio_error(
+            400,
+            21610,
+            "Attempt to send to unsubscribed recipient",
+        )),
+    )
+    .await;
+    set_tenant(
+        &env,
+        "clinic-a",
+        Channel::Sms,
+        json!({"fallback_to_system": false, "chain": [twilio_at(&twilio)]}),
+    )
+    .await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+    publish(&env, &[sms("appt-1", "clinic-a")]).await;
+    assert_eq!(wait_final(&env, "appt-1", WAIT).await["status"], "failed");
+    assert_eq!(calls(&twilio).await, 1);
+    publish(&env, &[sms("appt-2", "clinic-a")]).await;
+    assert_eq!(
+        wait_final(&env, "appt-2", WAIT).await["status"],
+        "suppressed"
+    );
+    assert_eq!(
+        calls(&twilio).await,
+        1,
+        "no second call to an opted-out number"
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}

@@ -260,6 +260,7 @@ pub async fn handle(
             republish_delayed(shared, publish, delivery, delay_secs, attempt).await?
         }
         Fate::Failed { error, reason } => {
+            opted_out(shared, &job, &error, row.provider.as_deref()).await?;
             dead_letter(shared, publish, delivery, reason, &error, &row).await?
         }
         Fate::Expired { error } => {
@@ -267,6 +268,36 @@ pub async fn handle(
         }
     }
     Ok(())
+}
+
+/// Twilio refused the send because the recipient replied STOP (21610): put
+/// them on the tenant's list, so later jobs end `suppressed` without a call.
+async fn opted_out(
+    shared: &Shared,
+    job: &Job,
+    error: &ProviderError,
+    provider: Option<&str>,
+) -> Result<(), HandleError> {
+    if provider != Some("twilio") || error.code.as_deref() != Some("21610") {
+        return Ok(());
+    }
+    let source = "provider:twilio";
+    let tenant = job.tenant_id.as_str();
+    let reason = crate::suppression::Reason::OptOut;
+    match crate::suppression::add(
+        shared.log.pool(),
+        tenant,
+        job.channel,
+        &job.recipient,
+        reason,
+        source,
+    )
+    .await
+    {
+        Ok(_) | Err(crate::suppression::SuppressionError::InvalidRecipient(_)) => Ok(()),
+        Err(crate::suppression::SuppressionError::Db(e)) => Err(LogError::from(e).into()),
+        Err(crate::suppression::SuppressionError::UnknownReason) => Ok(()),
+    }
 }
 
 fn suppressed_error(channel: crate::job::Channel, reason: &str) -> ProviderError {
