@@ -30,6 +30,9 @@ struct World {
     events: EventTap,
     stop: CancellationToken,
     worker: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The fake providers it sends to, kept alive as long as it runs
+    /// (a dropped MockServer goes back to wiremock's pool, reset).
+    fakes: Vec<MockServer>,
 }
 
 impl World {
@@ -58,7 +61,14 @@ impl World {
             events,
             stop,
             worker,
+            fakes: vec![],
         }
+    }
+
+    /// Keep `fake` alive with the world.
+    fn with(mut self, fake: MockServer) -> Self {
+        self.fakes.push(fake);
+        self
     }
 
     /// Publish a job and wait for its row to be final.
@@ -123,6 +133,7 @@ async fn twilio_world() -> World {
         vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
     )
     .await
+    .with(twilio)
 }
 
 #[tokio::test]
@@ -348,6 +359,7 @@ async fn sendgrid_world() -> World {
         ],
     )
     .await
+    .with(sendgrid)
 }
 
 #[tokio::test]
@@ -482,6 +494,7 @@ async fn meta_world() -> World {
         ],
     )
     .await
+    .with(meta)
 }
 
 #[tokio::test]
@@ -563,6 +576,7 @@ async fn vonage_world() -> World {
         ],
     )
     .await
+    .with(vonage)
 }
 
 const RECEIPT: [(&str, &str); 5] = [
@@ -729,7 +743,8 @@ async fn ses_world() -> SesWorld {
         ],
         |s| s.webhooks.sns_cert_origins = vec![origin],
     )
-    .await;
+    .await
+    .with(ses);
     SesWorld { w, signer, sns }
 }
 
@@ -768,7 +783,8 @@ impl SesWorld {
 #[tokio::test]
 async fn a_signed_ses_bounce_through_sns_moves_the_row_and_suppresses_the_address() {
     let mut s = ses_world().await;
-    assert_eq!(s.w.send(email("ses-1", "clinic-a")).await["status"], "sent");
+    let row = s.w.send(email("ses-1", "clinic-a")).await;
+    assert_eq!(row["status"], "sent", "{row}");
     let body = s.notification("Bounce", TOPIC_A).to_string();
     assert_eq!(s.post(body.as_bytes()).await, 200);
     assert_eq!(status(&s.w.env, "clinic-a", "ses-1").await, "bounced");
@@ -786,7 +802,8 @@ async fn a_signed_ses_bounce_through_sns_moves_the_row_and_suppresses_the_addres
 #[tokio::test]
 async fn an_ses_notification_flipped_from_another_topic_or_a_foreign_certificate_host_is_refused() {
     let s = ses_world().await;
-    assert_eq!(s.w.send(email("ses-1", "clinic-a")).await["status"], "sent");
+    let row = s.w.send(email("ses-1", "clinic-a")).await;
+    assert_eq!(row["status"], "sent", "{row}");
     let good = s.notification("Delivery", TOPIC_A).to_string();
     let flipped = good.replacen("Delivery", "Dalivery", 1);
     assert_eq!(s.post(flipped.as_bytes()).await, 401);
