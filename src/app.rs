@@ -36,6 +36,8 @@ pub fn provider_context(s: &Settings) -> ProviderContext {
 pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     install_crypto();
     let handle = metrics::install();
+    metrics::tenants::configure(&settings.metrics.tenant_labels);
+    metrics::export_known();
     let pool = db::connect_creating(&settings.database).await?;
     if settings.worker.migrate_on_start {
         db::migrate(&pool).await?;
@@ -84,8 +86,10 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         base: Duration::from_millis(w.quick_retry_base_ms),
     };
     let webhook_store = store.clone();
+    let breakers = Arc::new(Breakers::new(settings.circuit.clone()));
     let router = http::router(http::HttpState {
         metrics: handle,
+        circuits: Some(breakers.clone()),
         health: health.clone(),
         admin: Some(AdminState::new(
             store,
@@ -124,12 +128,13 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         log,
         leases,
         unrecorded: tokio::sync::Semaphore::new(settings.delivery_log.max_unrecorded),
+        record_patience: Duration::from_secs(settings.delivery_log.record_patience_secs),
         reconciler: settings.reconciler.clone(),
         directory,
         policy: Policy {
             quick: quick_retry,
             limiter: Some(Arc::new(RateLimiter::new(Some(pool.clone())))),
-            breakers: Some(Arc::new(Breakers::new(settings.circuit.clone()))),
+            breakers: Some(breakers),
             max_inline_wait: settings.max_inline_wait(),
         },
         holds: Holds::new(
@@ -148,9 +153,10 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         sends: tokio::sync::Semaphore::new(w.concurrency),
     });
     let cfg = ConsumerConfig {
-        amqp_url: settings.amqp.url.clone(),
+        nodes: settings.amqp.nodes(),
         prefetch: settings.amqp.prefetch,
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+        queue_sample: Duration::from_secs(settings.metrics.queue_sample_secs),
     };
     worker::run(shared, cfg, health, shutdown).await;
     http_stop.cancel();

@@ -44,14 +44,7 @@ impl State {
         }
     }
 
-    /// The gauge value: 0 closed, 1 half-open, 2 open.
-    fn gauge(self) -> f64 {
-        match self {
-            State::Closed => 0.0,
-            State::HalfOpen => 1.0,
-            State::Open => 2.0,
-        }
-    }
+    pub const ALL: [State; 3] = [State::Closed, State::HalfOpen, State::Open];
 }
 
 /// What a call's outcome says about the provider.
@@ -88,10 +81,14 @@ impl Verdict {
 
 struct Breaker {
     state: State,
+    provider: ProviderKind,
     calls: VecDeque<(Instant, bool)>,
     opened_at: Instant,
     probes: usize,
 }
+
+/// Accounts listed by [`Breakers::render`] at most.
+pub const RENDERED_ACCOUNTS: usize = 100;
 
 /// Every account's breaker in this process.
 pub struct Breakers {
@@ -149,6 +146,7 @@ impl Breakers {
         }
         let b = map.entry(account.clone()).or_insert_with(|| Breaker {
             state: State::Closed,
+            provider,
             calls: VecDeque::new(),
             opened_at: Instant::now(),
             probes: 0,
@@ -213,13 +211,47 @@ impl Breakers {
             b.probes = 0;
         }
         tracing::info!(%account, %provider, from = from.as_str(), to = to.as_str(), "circuit state changed");
-        let labels = [
-            ("account", account.to_string()),
-            ("provider", provider.as_str().to_owned()),
-        ];
-        metrics::gauge!(m::CIRCUIT_STATE, &labels).set(to.gauge());
+        for (s, delta) in [(from, -1.0), (to, 1.0)] {
+            if s != State::Closed {
+                metrics::gauge!(m::CIRCUITS_NOT_CLOSED, "provider" => provider.as_str(), "state" => s.as_str())
+                    .increment(delta);
+            }
+        }
         metrics::counter!(m::CIRCUIT_TRANSITIONS, "provider" => provider.as_str(), "to" => to.as_str())
             .increment(1);
+    }
+
+    /// `outreach_circuit_state{account,provider,state}` for the accounts
+    /// whose circuit is not closed (at most [`RENDERED_ACCOUNTS`], the rest
+    /// are in `outreach_circuits_not_closed`), one series per state with 1
+    /// on the current one. Written at scrape time, so an account's series
+    /// go away once its circuit closes: their number cannot grow with tenants.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let map = self.lock();
+        let mut not_closed: Vec<_> = map
+            .iter()
+            .filter(|(_, b)| b.state != State::Closed)
+            .collect();
+        not_closed.sort_by(|a, b| a.0.cmp(b.0));
+        let _ = writeln!(
+            out,
+            "# HELP {n} Circuit state of a provider account that is not closed, one series per state (1 = current).\n# TYPE {n} gauge",
+            n = m::CIRCUIT_STATE
+        );
+        for (account, b) in not_closed.into_iter().take(RENDERED_ACCOUNTS) {
+            let account = account.replace('\\', "\\\\").replace('"', "\\\"");
+            for s in State::ALL {
+                let _ = writeln!(
+                    out,
+                    "{}{{account=\"{account}\",provider=\"{}\",state=\"{}\"}} {}",
+                    m::CIRCUIT_STATE,
+                    b.provider.as_str(),
+                    s.as_str(),
+                    u8::from(s == b.state)
+                );
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Breaker>> {
@@ -290,6 +322,34 @@ mod tests {
         b.record(&a, P, Verdict::Success);
         assert_eq!(b.state(&a), State::Closed);
         assert!(b.allow(&a, P));
+    }
+
+    #[test]
+    fn an_open_account_is_rendered_one_series_per_state_and_is_gone_once_closed() {
+        let b = breakers(0);
+        let a: Arc<str> = "tenant:clinic-1:sms:0".into();
+        for _ in 0..5 {
+            b.record(&a, P, Verdict::Failure);
+        }
+        let mut out = String::new();
+        b.render(&mut out);
+        let series = |state: &str, v: u8| {
+            format!(
+                "outreach_circuit_state{{account=\"tenant:clinic-1:sms:0\",provider=\"twilio\",state=\"{state}\"}} {v}"
+            )
+        };
+        for line in [
+            series("open", 1),
+            series("closed", 0),
+            series("half_open", 0),
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
+        assert!(b.allow(&a, P), "the probe");
+        b.record(&a, P, Verdict::Success);
+        let mut out = String::new();
+        b.render(&mut out);
+        assert!(!out.contains("clinic-1"), "closed: no series left\n{out}");
     }
 
     #[test]

@@ -188,6 +188,45 @@ pub enum LogError {
     Unrecordable(String),
     #[error("delivery log query failed: {0}")]
     Db(#[from] sqlx::Error),
+    /// PostgreSQL did not answer or dropped the connection while the row was
+    /// written: an outage, worth trying again.
+    #[error("the delivery log cannot be reached: {0}")]
+    Unavailable(String),
+}
+
+impl LogError {
+    /// An outage (the database, its pool or the batcher), not a refused row.
+    pub fn is_outage(&self) -> bool {
+        !matches!(self, LogError::Unrecordable(_))
+    }
+}
+
+/// Why one record was not stored.
+#[derive(Debug, Clone)]
+pub(crate) enum NotStored {
+    /// The database did not answer or dropped the connection.
+    Unavailable(String),
+    /// PostgreSQL refused the row itself, even without its free-form values.
+    Refused(String),
+}
+
+impl From<NotStored> for LogError {
+    fn from(n: NotStored) -> Self {
+        match n {
+            NotStored::Unavailable(m) => LogError::Unavailable(m),
+            NotStored::Refused(m) => LogError::Unrecordable(m),
+        }
+    }
+}
+
+/// Whether PostgreSQL refused the data itself (SQLSTATE class 22 data
+/// exception: bad text, JSON, number; 23 constraint; 54 too large), rather
+/// than failing to answer.
+fn refused_data(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
 }
 
 /// Batched access to `outreach_logs`.
@@ -195,7 +234,7 @@ pub enum LogError {
 pub struct DeliveryLog {
     pool: PgPool,
     claims: Batcher<ClaimRequest, Claim>,
-    records: Batcher<Record, Result<Option<LogRow>, String>>,
+    records: Batcher<Record, Result<Option<LogRow>, NotStored>>,
     lease_secs: u64,
 }
 
@@ -237,10 +276,7 @@ impl DeliveryLog {
     /// Write a job's outcome. `Ok(None)`: the row was already final
     /// (another delivery recorded it first).
     pub async fn record(&self, rec: Record) -> Result<Option<LogRow>, LogError> {
-        self.records
-            .call(rec)
-            .await?
-            .map_err(LogError::Unrecordable)
+        Ok(self.records.call(rec).await??)
     }
 
     /// The row of an invalid payload: written only when its job id has no
@@ -250,7 +286,10 @@ impl DeliveryLog {
         write_records(&self.pool, vec![rec], Conflict::OnlyNew)
             .await
             .map(|mut rows| rows.pop().flatten())
-            .map_err(|e| LogError::Unrecordable(e.to_string()))
+            .map_err(|e| match refused_data(&e) {
+                true => LogError::Unrecordable(e.to_string()),
+                false => LogError::Unavailable(e.to_string()),
+            })
     }
 
     /// A tenant's job's row.
@@ -386,15 +425,16 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
 
 /// Each record's answer: its row (`None`: already final), or why it could
 /// not be stored.
-type Recorded = Vec<Result<Option<LogRow>, String>>;
+type Recorded = Vec<Result<Option<LogRow>, NotStored>>;
 
 /// Write a batch so that one bad row fails alone. A batch PostgreSQL refuses
 /// for its data (not for an outage) is split in halves until the offending
 /// row is alone; that row is written again with its free-form values removed
 /// (metadata, content, the provider's error text), so its outcome is still
 /// stored. Its batch-mates are recorded normally and never re-sent. An
-/// outage fails the whole batch (`Err` for every item: each job goes back to
-/// the broker).
+/// outage, even in the middle of the splitting, is never taken for a refused
+/// row: it fails what is left as [`NotStored::Unavailable`] (the worker tries
+/// again, then hands the job back).
 fn record_isolating(pool: &PgPool, recs: Vec<Record>) -> futures::future::BoxFuture<'_, Recorded> {
     Box::pin(async move {
         let n = recs.len();
@@ -402,15 +442,11 @@ fn record_isolating(pool: &PgPool, recs: Vec<Record>) -> futures::future::BoxFut
             Ok(rows) => return rows.into_iter().map(Ok).collect(),
             Err(e) => e,
         };
-        let refused_data = e
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .and_then(|d| d.code())
-            // 22: data exception (bad text, JSON, number); 23: constraint; 54: too large.
-            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"));
-        if !refused_data {
+        if !refused_data(&e) {
             let msg = e.to_string();
-            return (0..n).map(|_| Err(msg.clone())).collect();
+            return (0..n)
+                .map(|_| Err(NotStored::Unavailable(msg.clone())))
+                .collect();
         }
         if n > 1 {
             let mut left = recs;
@@ -424,7 +460,8 @@ fn record_isolating(pool: &PgPool, recs: Vec<Record>) -> futures::future::BoxFut
             "PostgreSQL refused a log row; storing it without its free-form values");
         match record_batch(pool, vec![rec.stripped(&e.to_string())]).await {
             Ok(mut rows) => vec![Ok(rows.pop().flatten())],
-            Err(e) => vec![Err(e.to_string())],
+            Err(e) if refused_data(&e) => vec![Err(NotStored::Refused(e.to_string()))],
+            Err(e) => vec![Err(NotStored::Unavailable(e.to_string()))],
         }
     })
 }

@@ -49,7 +49,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     }
 
     let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
-    let publisher = JobPublisher::connect(&settings.amqp.url, &topology)
+    let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology)
         .await
         .context("demo publisher")?;
     let mut payloads = Vec::with_capacity(opts.jobs + 3);

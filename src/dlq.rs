@@ -77,7 +77,7 @@ pub async fn list(
     limit: Option<usize>,
 ) -> Result<Listing, DlqError> {
     let queue = format!("{}.dlq", settings.amqp.prefix);
-    let conn = broker::connect(&settings.amqp.url, "dlq list").await?;
+    let conn = broker::connect(&settings.amqp.nodes(), "dlq list").await?;
     let mut reader = Reader::open(&conn, &queue).await?;
     let in_queue = reader.in_queue();
     let (mut letters, mut matched) = (vec![], 0);

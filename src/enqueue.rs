@@ -22,8 +22,8 @@ pub struct JobPublisher {
 impl JobPublisher {
     /// Connect and declare the topology (so jobs published before any worker
     /// started are kept).
-    pub async fn connect(url: &str, topology: &Topology) -> Result<Self, BrokerError> {
-        let conn = broker::connect(url, "publisher").await?;
+    pub async fn connect(nodes: &broker::Nodes, topology: &Topology) -> Result<Self, BrokerError> {
+        let conn = broker::connect(nodes, "publisher").await?;
         let channel = broker::confirm_channel(&conn).await?;
         topology.declare(&channel).await?;
         Ok(Self {
@@ -47,7 +47,7 @@ impl JobPublisher {
         payload: &[u8],
         message_id: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let mut props = broker::persistent_json();
+        let mut props = broker::job_properties();
         if let Some(id) = message_id {
             props = props.with_message_id(id.into());
         }
@@ -72,7 +72,7 @@ impl JobPublisher {
                     job::routing_key(p).as_str().into(),
                     Default::default(),
                     p,
-                    broker::persistent_json(),
+                    broker::job_properties(),
                 )
                 .await?;
             confirms.push(c);

@@ -148,6 +148,7 @@ impl EventPublisher {
             .with_message_id(event.event_id.to_string().into())
             .with_type(format!("delivery.{}", event.status.as_str()).into())
             .with_headers(headers);
+        let started = std::time::Instant::now();
         broker::publish_confirmed(
             &self.channel,
             &self.exchange,
@@ -155,6 +156,11 @@ impl EventPublisher {
             &body,
             props,
         )
-        .await
+        .await?;
+        metrics::histogram!(crate::metrics::EVENT_CONFIRM_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::EVENTS_PUBLISHED, "status" => event.status.as_str())
+            .increment(1);
+        Ok(())
     }
 }

@@ -8,6 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The `/readyz` URL of a worker listening on `bind` (an unspecified
+/// address, `0.0.0.0` or `[::]`, is asked on loopback).
+pub fn readyz_url(bind: &str) -> String {
+    let port = bind.rsplit(':').next().unwrap_or("9464");
+    let host = match bind.rsplit_once(':').map(|(h, _)| h) {
+        None | Some("0.0.0.0") | Some("") => "127.0.0.1",
+        Some("[::]") => "[::1]",
+        Some(h) => h,
+    };
+    format!("http://{host}:{port}/readyz")
+}
+
+/// Ask a worker's `/readyz`: its answer when ready (200), else an error
+/// naming what is not ready.
+pub async fn ask(url: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let r = client.get(url).send().await.map_err(|e| {
+        anyhow::anyhow!(
+            "no answer from {url}: {e} (is the worker running, and is http.bind this address?)"
+        )
+    })?;
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        anyhow::bail!("not ready ({status}) at {url}: {body}")
+    }
+}
+
 /// How often the database is probed, and how long one probe may take.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -35,7 +67,11 @@ impl Health {
                 let q = sqlx::query("SELECT 1").execute(&health.pool);
                 let up = matches!(tokio::time::timeout(PROBE_EVERY, q).await, Ok(Ok(_)));
                 if health.database.swap(up, Ordering::Relaxed) != up {
-                    tracing::warn!(up, "database readiness changed");
+                    if up {
+                        tracing::info!("database answers: ready as far as it goes");
+                    } else {
+                        tracing::warn!("database does not answer: not ready");
+                    }
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -58,5 +94,17 @@ impl Health {
     /// The last probe's answer (at most [`PROBE_EVERY`] old, plus one probe).
     pub fn database_up(&self) -> bool {
         self.database.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readyz_url;
+
+    #[test]
+    fn an_unspecified_bind_address_is_asked_on_loopback() {
+        assert_eq!(readyz_url("0.0.0.0:9464"), "http://127.0.0.1:9464/readyz");
+        assert_eq!(readyz_url("[::]:9000"), "http://[::1]:9000/readyz");
+        assert_eq!(readyz_url("10.1.2.3:80"), "http://10.1.2.3:80/readyz");
     }
 }

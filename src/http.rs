@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub health: Arc<Health>,
+    /// Circuit breakers, whose open accounts are rendered at scrape time.
+    pub circuits: Option<Arc<crate::circuit::Breakers>>,
     /// The admin API, mounted under `/admin/v1` when given.
     pub admin: Option<crate::admin_api::AdminState>,
 }
@@ -38,7 +40,11 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.metrics.render(),
+        crate::metrics::render(&s.metrics, |out| {
+            if let Some(c) = &s.circuits {
+                c.render(out)
+            }
+        }),
     )
 }
 

@@ -354,12 +354,25 @@ pub fn peek_tenant(bytes: &[u8]) -> Option<String> {
         .map(|t| t.into_owned())
 }
 
-/// The routing key to publish a payload with (`broker::job_routing_key` of
-/// its `tenant_id` and `channel`, as far as they can be read).
+/// The routing key a job is published with: `<tenant>.<channel>`
+/// (`clinic-42.email`), so all of a tenant's jobs of a channel land in the
+/// same work queue (their order is kept, a burst stays in that queue) and a
+/// held queue can be bound to exactly them. Parts that cannot be read are
+/// left out (`clinic-42`, ""): such jobs still reach a work queue.
+pub fn routing_key_of(tenant_id: Option<&str>, channel: Option<&str>) -> String {
+    match (tenant_id, channel) {
+        (Some(t), Some(c)) => format!("{t}.{c}"),
+        (Some(t), None) => t.to_owned(),
+        (None, _) => String::new(),
+    }
+}
+
+/// The routing key to publish a payload with ([`routing_key_of`] its
+/// `tenant_id` and `channel`, as far as they can be read).
 pub fn routing_key(bytes: &[u8]) -> String {
     let p = peek(bytes);
     let p = p.as_ref();
-    crate::broker::job_routing_key(
+    routing_key_of(
         p.and_then(|p| p.tenant_id.as_deref()),
         p.and_then(|p| p.channel.as_deref()),
     )

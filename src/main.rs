@@ -7,7 +7,7 @@ use outreach::dlq::cli::{self as dlq_cli, DlqCommand};
 use outreach::enqueue::JobPublisher;
 use outreach::settings::Settings;
 use outreach::tenant::cli::{self as tenant_cli, AdminCommand, KeysCommand, TenantCommand};
-use outreach::{app, bench, db, demo, telemetry};
+use outreach::{app, bench, db, demo, health, telemetry};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -61,6 +61,13 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+    },
+    /// Ask a running worker's /readyz (on http.bind) whether it is ready:
+    /// exit 0 when it is, 1 otherwise (container HEALTHCHECK, probes).
+    Health {
+        /// Whole URL to ask instead of http.bind's /readyz.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Measure throughput, latency, CPU and memory against a broker-only baseline.
     Bench(Box<bench::BenchOptions>),
@@ -166,6 +173,12 @@ fn run() -> anyhow::Result<()> {
                 outreach::suppression::cli::suppression(&settings, cmd).await
             }
             Command::Bench(opts) => bench::run(settings, *opts).await,
+            Command::Health { url } => {
+                let url = url.unwrap_or_else(|| health::readyz_url(&settings.http.bind));
+                let answer = health::ask(&url).await?;
+                println!("{answer}");
+                Ok(())
+            }
             Command::Demo {
                 jobs,
                 tenants,
@@ -226,7 +239,7 @@ async fn enqueue(settings: &Settings, a: EnqueueArgs) -> anyhow::Result<()> {
         }
     };
     let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
-    let publisher = JobPublisher::connect(&settings.amqp.url, &topology).await?;
+    let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology).await?;
     if a.raw {
         publisher.publish_raw(&payload, None).await?;
         println!("published {} raw bytes", payload.len());

@@ -20,6 +20,7 @@ pub struct Settings {
     pub delivery_log: DeliveryLogSettings,
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
+    pub metrics: MetricsSettings,
     pub providers: ProvidersSettings,
     #[serde(default)]
     pub defaults: SystemDefaults,
@@ -226,13 +227,32 @@ pub enum QueueType {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    pub url: String,
+    /// One node or several (a cluster); see [`crate::broker::Nodes`].
+    pub url: crate::broker::Nodes,
+    /// Try the nodes in a random order per process (workers spread over the
+    /// cluster) rather than as listed.
+    pub shuffle_nodes: bool,
+    /// How long one node may take to accept a connection before the next is tried.
+    pub connect_timeout_ms: u64,
     pub prefix: String,
     #[serde(deserialize_with = "by_name")]
     pub queue_type: QueueType,
     pub prefetch: u16,
     pub work_queues: u16,
     pub delivery_limit: u32,
+}
+
+impl AmqpSettings {
+    /// The nodes in the order this process tries them (shuffled once per
+    /// call when `shuffle_nodes` is on), with the connect timeout applied.
+    pub fn nodes(&self) -> crate::broker::Nodes {
+        let mut nodes = self.url.clone();
+        nodes.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        if self.shuffle_nodes {
+            nodes = nodes.shuffled();
+        }
+        nodes
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +274,7 @@ pub struct WorkerSettings {
 pub struct DeliveryLogSettings {
     pub batch_size: usize,
     pub max_unrecorded: usize,
+    pub record_patience_secs: u64,
     pub concurrent_batches: usize,
     pub store_content: bool,
 }
@@ -275,8 +296,21 @@ pub struct TelemetrySettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// JSON when stderr is not a terminal (a file, a pipe, a container log), text on a terminal.
+    Auto,
+    /// Text (colour only on a terminal).
     Pretty,
     Json,
+}
+
+/// `[metrics]`: what the Prometheus endpoint exports beyond the fixed series.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Tenants whose outcomes get series of their own (`outreach_tenant_outcomes_total`).
+    pub tenant_labels: Vec<String>,
+    /// Seconds between samples of the queue depths (`outreach_queue_messages`).
+    pub queue_sample_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -578,6 +612,15 @@ impl Settings {
                 "needs at least one delay, each above 0 seconds",
             );
         }
+        if self.metrics.tenant_labels.len() > crate::metrics::tenants::MAX_LISTED {
+            return bad(
+                "metrics.tenant_labels",
+                "lists too many tenants (at most 200): each adds a dozen series; use the admin API or outreach_logs for the rest",
+            );
+        }
+        if self.metrics.queue_sample_secs == 0 {
+            return bad("metrics.queue_sample_secs", "must be at least 1");
+        }
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1");
         }
@@ -595,6 +638,16 @@ impl Settings {
                 "webhooks.max_body_bytes",
                 "webhooks.max_body_bytes and webhooks.max_age_secs must be above 0",
             );
+        }
+        if self.amqp.queue_type == QueueType::Classic && self.amqp.url.len() > 1 {
+            return bad(
+                "amqp.queue_type",
+                "classic queues live on one node and are lost while it is down: \
+                 with several nodes in amqp.url use quorum",
+            );
+        }
+        if self.amqp.connect_timeout_ms == 0 {
+            return bad("amqp.connect_timeout_ms", "must be at least 1");
         }
         if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
             return bad("amqp.prefix", "must be a non-empty name without spaces");
@@ -754,8 +807,10 @@ pub const KEYS_ENV: &str = "OUTREACH_ENCRYPTION_KEYS";
 
 /// Settings given in the environment as one comma-separated variable, e.g.
 /// `OUTREACH__WORKER__RETRY_DELAYS_SECS=5,30,120`.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 6] = [
+    "amqp.url",
     "worker.retry_delays_secs",
+    "metrics.tenant_labels",
     "admin.operator_token_sha256",
     "providers.allowed_private_networks",
     "webhooks.sns_cert_origins",
@@ -818,7 +873,7 @@ mod tests {
     fn the_defaults_load_and_point_at_local_services() {
         let s = Settings::load(None).unwrap();
         assert!(s.database.url.contains("127.0.0.1"));
-        assert!(s.amqp.url.contains("127.0.0.1"));
+        assert_eq!(format!("{:?}", s.amqp.url), r#"["127.0.0.1:5672"]"#);
         // No silent stand-in: the sandbox is never a default.
         assert_eq!(s.channels_without_default(), crate::job::Channel::ALL);
     }
@@ -975,6 +1030,35 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_come_from_a_toml_list_or_a_comma_separated_variable() {
+        let s = from_file("[amqp]\nurl = [\"amqp://u:p@a:5681/%2f\", \"amqp://u:p@b:5682/%2f\"]\n")
+            .unwrap();
+        assert_eq!(format!("{:?}", s.amqp.url), r#"["a:5681", "b:5682"]"#);
+        let s = with_env(&[(
+            "OUTREACH__AMQP__URL",
+            "amqp://u:p@a:5681/%2f,amqp://u:p@b:5682/%2f,amqp://u:p@c:5683/%2f",
+        )])
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", s.amqp.url),
+            r#"["a:5681", "b:5682", "c:5683"]"#
+        );
+        let s = with_env(&[("OUTREACH__AMQP__URL", "amqp://u:p@a:5681,b:5682/%2f")]).unwrap();
+        assert_eq!(format!("{:?}", s.amqp.url), r#"["a:5681", "b:5682"]"#);
+    }
+
+    #[test]
+    fn classic_queues_are_refused_with_several_nodes() {
+        let err = with_env(&[
+            ("OUTREACH__AMQP__URL", "amqp://u:p@a,b/%2f"),
+            ("OUTREACH__AMQP__QUEUE_TYPE", "classic"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("setting `amqp.queue_type`"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_key_in_the_environment_is_refused_by_its_full_name() {
         let (key, reason) = refused(&[("OUTREACH__AMQP__PREFECH", "5")]);
         assert_eq!(key, "amqp.prefech");
@@ -1042,7 +1126,10 @@ mod tests {
         );
         let (key, reason) = refused(&[("OUTREACH__TELEMETRY__FORMAT", "xml")]);
         assert_eq!(key, "telemetry.format");
-        assert_eq!(reason, "unknown value `xml`, expected `pretty` or `json`");
+        assert_eq!(
+            reason,
+            "unknown value `xml`, expected one of `auto`, `pretty`, `json`"
+        );
         let (key, reason) = refused(&[("OUTREACH__DEFAULTS__SMS__PROVIDER", "twillio")]);
         assert_eq!(key, "defaults.sms.provider");
         assert_eq!(

@@ -24,7 +24,9 @@ fn sms_payload(id: &str, tenant: &str) -> Vec<u8> {
 
 /// Messages ready in a queue.
 async fn depth(queue: &str) -> u32 {
-    let conn = broker::connect(AMQP_URL, "test-depth").await.unwrap();
+    let conn = broker::connect(&AMQP_URL.parse().unwrap(), "test-depth")
+        .await
+        .unwrap();
     let n = broker::queue_depth(&conn, queue)
         .await
         .unwrap()
@@ -35,7 +37,9 @@ async fn depth(queue: &str) -> u32 {
 
 /// Jobs waiting in all the work queues.
 async fn work_depth(t: &TestEnv) -> u32 {
-    let conn = broker::connect(AMQP_URL, "test-depth").await.unwrap();
+    let conn = broker::connect(&AMQP_URL.parse().unwrap(), "test-depth")
+        .await
+        .unwrap();
     let n = t.topology.work_depth(&conn).await.unwrap();
     let _ = conn.close(200, "bye".into()).await;
     n
@@ -44,7 +48,9 @@ async fn work_depth(t: &TestEnv) -> u32 {
 /// Put a letter in the dead-letter queue the way the worker does, with the
 /// dead-letter time given (the worker can only say "now").
 async fn dead_letter(t: &TestEnv, payload: &[u8], job_id: &str, reason: &str, at: OffsetDateTime) {
-    let conn = broker::connect(AMQP_URL, "test-dead-letter").await.unwrap();
+    let conn = broker::connect(&AMQP_URL.parse().unwrap(), "test-dead-letter")
+        .await
+        .unwrap();
     let ch = broker::confirm_channel(&conn).await.unwrap();
     t.topology.declare(&ch).await.unwrap();
     let mut h = FieldTable::default();

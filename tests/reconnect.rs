@@ -125,7 +125,7 @@ async fn a_publishing_channel_the_broker_closes_is_replaced_and_events_flow_agai
     // The events exchange vanishes under the worker: its next event publish
     // is a channel error (404), and the broker closes that channel while the
     // connection lives on.
-    let conn = outreach::broker::connect(AMQP_URL, "test-admin")
+    let conn = outreach::broker::connect(&AMQP_URL.parse().unwrap(), "test-admin")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();

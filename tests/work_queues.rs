@@ -23,7 +23,9 @@ async fn env() -> TestEnv {
 
 /// Empty every work queue: which tenants' jobs each one held.
 async fn drain_by_queue(t: &TestEnv) -> Vec<Vec<String>> {
-    let conn = broker::connect(AMQP_URL, "test-drain").await.unwrap();
+    let conn = broker::connect(&AMQP_URL.parse().unwrap(), "test-drain")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut out = vec![];
     for q in &t.topology.work_queues {
@@ -94,7 +96,9 @@ async fn a_delayed_retry_comes_back_to_its_tenant_s_work_queue() {
     let home = first.iter().position(|q| !q.is_empty()).unwrap();
 
     // As the worker republishes a retry: through the 1 s delay queue.
-    let conn = broker::connect(AMQP_URL, "test-retry").await.unwrap();
+    let conn = broker::connect(&AMQP_URL.parse().unwrap(), "test-retry")
+        .await
+        .unwrap();
     let ch = broker::confirm_channel(&conn).await.unwrap();
     let key = outreach::job::routing_key(&job);
     assert_eq!(key, "clinic-r.email");

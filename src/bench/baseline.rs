@@ -13,13 +13,13 @@ use tokio_util::task::TaskTracker;
 
 /// One baseline consumer (one connection, like one worker process).
 pub async fn consume(
-    amqp_url: String,
+    nodes: broker::Nodes,
     topology: Topology,
     prefetch: u16,
     concurrency: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let conn = broker::connect(&amqp_url, "bench-baseline").await?;
+    let conn = broker::connect(&nodes, "bench-baseline").await?;
     let publish = broker::confirm_channel(&conn).await?;
     let consume = conn.create_channel().await?;
     consume

@@ -140,11 +140,11 @@ impl Collector {
     /// Bind and start consuming; `capacity` is the number of job indices.
     /// Runs on the caller's runtime until the connection is closed.
     pub async fn start(
-        amqp_url: &str,
+        nodes: &broker::Nodes,
         topology: &Topology,
         capacity: usize,
     ) -> anyhow::Result<(Collector, lapin::Connection)> {
-        let conn = broker::connect(amqp_url, "bench-events").await?;
+        let conn = broker::connect(nodes, "bench-events").await?;
         let ch = conn.create_channel().await?;
         let q = format!("{}.bench-events", topology.events_exchange);
         // Exclusive and auto-delete: it goes away with the bench's connection.
@@ -243,7 +243,7 @@ impl Collector {
 /// jobs exchange, then read back from every queue. Run before any worker
 /// consumes.
 pub async fn work_queue_of(
-    amqp_url: &str,
+    nodes: &broker::Nodes,
     topology: &Topology,
     publisher: &JobPublisher,
     keys: &[(String, &str)],
@@ -252,7 +252,7 @@ pub async fn work_queue_of(
         let probe = serde_json::json!({ "tenant_id": tenant, "channel": channel }).to_string();
         publisher.publish_raw(probe.as_bytes(), None).await?;
     }
-    let conn = broker::connect(amqp_url, "bench-probe").await?;
+    let conn = broker::connect(nodes, "bench-probe").await?;
     let ch = conn.create_channel().await?;
     let mut found = std::collections::HashMap::new();
     for (i, q) in topology.work_queues.iter().enumerate() {
@@ -277,8 +277,12 @@ pub async fn work_queue_of(
 }
 
 /// Delete a prefix's queues (with its `held` queues) and exchanges.
-pub async fn delete_topology(amqp_url: &str, t: &Topology, held: &[String]) -> anyhow::Result<()> {
-    let conn = broker::connect(amqp_url, "bench-cleanup").await?;
+pub async fn delete_topology(
+    nodes: &broker::Nodes,
+    t: &Topology,
+    held: &[String],
+) -> anyhow::Result<()> {
+    let conn = broker::connect(nodes, "bench-cleanup").await?;
     let ch = conn.create_channel().await?;
     t.delete(&ch, held).await?;
     let _ = conn.close(200, "bye".into()).await;

@@ -8,6 +8,7 @@
 //! - [`load`]: payloads, confirmed publishing, the event collector.
 //! - [`baseline`]: consume, publish an event with confirm, ack; nothing else.
 //! - [`measure`]: `/proc` CPU and RSS; [`report`]: results, table, JSON.
+//! - [`soak`]: a long run at a fixed rate, sampled for growth.
 //!
 //! Method: the N jobs are *pre-enqueued*, then the workers start and drain
 //! them; jobs/s is the steady state (middle 80% of completions), so warm-up
@@ -23,6 +24,7 @@ mod load;
 mod measure;
 mod report;
 mod setup;
+mod soak;
 
 pub use report::Report;
 
@@ -53,6 +55,9 @@ pub enum Scenario {
     Noisy,
     /// 5% of provider calls answer 500: quick retries.
     Faults,
+    /// `--jobs` offered at `--rate` jobs/s; memory, connections and queue
+    /// depths sampled for growth.
+    Soak,
 }
 
 /// `outreach bench` options.
@@ -95,6 +100,12 @@ pub struct BenchOptions {
     /// fast as the broker takes it.
     #[arg(long, requires = "live_backlog")]
     pub backlog_per_sec: Option<f64>,
+    /// Soak: jobs offered per second (keep it below the pipeline's measured rate).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Soak: seconds between samples.
+    #[arg(long, default_value_t = 10)]
+    pub sample_secs: u64,
     /// Give up when a phase takes longer than this.
     #[arg(long, default_value_t = 1800)]
     pub timeout_secs: u64,
@@ -153,7 +164,16 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
         run_id: &run_id,
         bar: progress_bar(),
     };
-    let outcome = ctx.run(&mut settings, &db_name, &prefixes).await;
+    let outcome = if opts.scenario == Scenario::Soak {
+        ctx.bar.finish_and_clear();
+        ctx.soak(&mut settings, &db_name, &prefixes[0])
+            .await
+            .map(Outcome::Soak)
+    } else {
+        ctx.run(&mut settings, &db_name, &prefixes)
+            .await
+            .map(|r| Outcome::Report(Box::new(r)))
+    };
     ctx.bar.finish_and_clear();
 
     // Clean up whatever happened.
@@ -168,7 +188,7 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
             .filter(|q| q.starts_with(&own))
             .cloned()
             .collect();
-        if let Err(e) = load::delete_topology(&settings.amqp.url, &t, &held).await {
+        if let Err(e) = load::delete_topology(&settings.amqp.nodes(), &t, &held).await {
             eprintln!("cleanup of {p} incomplete: {e:#}");
         }
     }
@@ -177,12 +197,28 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
     }
     stop.cancel();
 
-    let report = outcome?;
-    eprintln!("\n{}", report.table());
-    if opts.json {
-        println!("{}", serde_json::to_string(&report)?);
+    match outcome? {
+        Outcome::Report(report) => {
+            eprintln!("\n{}", report.table());
+            if opts.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Outcome::Soak((samples, summary)) => {
+            eprintln!("\n{summary}");
+            if opts.json {
+                println!("{}", serde_json::to_string(&samples)?);
+            }
+        }
     }
     Ok(())
+}
+
+/// What a bench run gives.
+enum Outcome {
+    Report(Box<Report>),
+    /// The samples and their summary.
+    Soak((Vec<soak::Sample>, String)),
 }
 
 /// A current-thread runtime on its own thread (named so its CPU is not
@@ -259,15 +295,14 @@ impl Ctx<'_> {
             self.prepare(settings, n + extra).await?;
         // Noisy: which quiet (tenant, channel) routing keys share a work
         // queue with the noisy tenant's backlog.
-        let key_of = |tenant: &str, channel: &str| {
-            crate::broker::job_routing_key(Some(tenant), Some(channel))
-        };
+        let key_of =
+            |tenant: &str, channel: &str| crate::job::routing_key_of(Some(tenant), Some(channel));
         let sharing: Option<HashSet<String>> = if noisy && topology.work_queues.len() > 1 {
             let pairs: Vec<(String, &str)> = (0..=QUIET_TENANTS)
                 .flat_map(|t| load::CHANNELS.map(|c| (setup::tenant_id(t), c)))
                 .collect();
             let queue_of =
-                load::work_queue_of(&settings.amqp.url, &topology, &publisher, &pairs).await?;
+                load::work_queue_of(&settings.amqp.nodes(), &topology, &publisher, &pairs).await?;
             let queue = |(t, c): &(String, &str)| queue_of[&key_of(t, c)];
             let (backlog, quiet) = pairs.split_at(load::CHANNELS.len());
             let noisy_queues: HashSet<usize> = backlog.iter().map(queue).collect();
@@ -415,6 +450,92 @@ impl Ctx<'_> {
         })
     }
 
+    /// The soak scenario (see [`soak`]).
+    async fn soak(
+        &self,
+        settings: &mut Settings,
+        db_name: &str,
+        prefix: &str,
+    ) -> anyhow::Result<(Vec<soak::Sample>, String)> {
+        let o = self.opts;
+        let n = o.jobs.max(10);
+        let rate = o.rate.context(
+            "--scenario soak needs --rate (jobs/s): take it below the rate the pipeline \
+             scenario measures on this machine",
+        )?;
+        let tenants = o.tenants.unwrap_or(100);
+        let pool = setup::fresh_database(settings, db_name).await?;
+        setup::configure_tenants(&pool, 0..tenants).await?;
+        settings.amqp.prefix = prefix.to_owned();
+        let (topology, publisher, collector, events_conn) = self.prepare(settings, n).await?;
+        let workers = match o.processes {
+            Some(p) => setup::Workers::processes(settings, &self.fake.base_url, p)?,
+            None => setup::Workers::in_process(settings, o.workers),
+        };
+        let procs = workers
+            .pids()
+            .map_or(WorkerProcs::InProcess, WorkerProcs::Children);
+        let started = Instant::now();
+        let offer = {
+            let (p, run) = (publisher.clone(), self.run_id.to_owned());
+            tokio::spawn(async move {
+                load::enqueue_paced(
+                    &p,
+                    &run,
+                    0..n,
+                    &move |i| setup::tenant_id(i % tenants),
+                    rate,
+                )
+                .await
+            })
+        };
+        let nodes = settings.amqp.nodes();
+        let probe = soak::Probe {
+            nodes: &nodes,
+            topology: &topology,
+            pool: &pool,
+            procs: &procs,
+            started,
+            rate,
+            jobs: n,
+        };
+        let limit = Duration::from_secs(o.timeout_secs);
+        eprintln!("{}", soak::Sample::HEADER);
+        let mut samples = Vec::new();
+        let outcome = loop {
+            let finals = collector.finals_in(0..n);
+            let sample = match probe.sample(finals).await {
+                Ok(s) => s,
+                Err(e) => break Err(e),
+            };
+            eprintln!("{}", sample.line());
+            samples.push(sample);
+            if finals >= n {
+                break Ok(());
+            }
+            if started.elapsed() > limit {
+                break Err(anyhow::anyhow!(
+                    "soak: only {finals} of {n} jobs final after {limit:?} (raise --timeout-secs, or lower --rate)"
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(o.sample_secs.max(1))).await;
+        };
+        let elapsed = started.elapsed();
+        offer.abort();
+        workers.stop().await?;
+        let _ = events_conn.close(200, "bye".into()).await;
+        outcome?;
+        let final_states: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status::text, count(*) FROM outreach_logs GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        let mut summary = soak::summary(&samples, rate, elapsed);
+        summary.push_str(&format!("final states: {final_states:?}\n"));
+        Ok((samples, summary))
+    }
+
     /// Declare the prefix's topology, connect a publisher and start a
     /// collector (on the auxiliary runtime) for `capacity` job indices.
     async fn prepare(
@@ -423,13 +544,13 @@ impl Ctx<'_> {
         capacity: usize,
     ) -> anyhow::Result<(Topology, Arc<JobPublisher>, Collector, lapin::Connection)> {
         let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
-        let publisher = JobPublisher::connect(&settings.amqp.url, &topology)
+        let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology)
             .await
             .context("bench publisher")?;
-        let (url, t) = (settings.amqp.url.clone(), topology.clone());
+        let (nodes, t) = (settings.amqp.nodes(), topology.clone());
         let (collector, conn) = self
             .aux
-            .spawn(async move { Collector::start(&url, &t, capacity).await })
+            .spawn(async move { Collector::start(&nodes, &t, capacity).await })
             .await??;
         Ok((topology, Arc::new(publisher), collector, conn))
     }
@@ -536,7 +657,7 @@ impl Ctx<'_> {
         let consumers: Vec<_> = (0..self.opts.processes.unwrap_or(self.opts.workers))
             .map(|_| {
                 tokio::spawn(baseline::consume(
-                    settings.amqp.url.clone(),
+                    settings.amqp.nodes(),
                     topology.clone(),
                     settings.amqp.prefetch,
                     settings.worker.concurrency,

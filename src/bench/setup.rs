@@ -133,7 +133,7 @@ pub fn point_defaults_at(settings: &mut Settings, fake_base: &str) -> anyhow::Re
 pub fn worker_env(settings: &Settings, fake_base: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("DATABASE__URL", settings.database.url.clone()),
-        ("AMQP__URL", settings.amqp.url.clone()),
+        ("AMQP__URL", settings.amqp.url.expose_urls()),
         ("AMQP__PREFIX", settings.amqp.prefix.clone()),
         ("AMQP__PREFETCH", settings.amqp.prefetch.to_string()),
         (

@@ -94,7 +94,7 @@ pub async fn replay(
             .map_err(DlqError::Log)?;
         Some(pool)
     };
-    let conn = broker::connect(&settings.amqp.url, "dlq replay").await?;
+    let conn = broker::connect(&settings.amqp.nodes(), "dlq replay").await?;
     let publish = broker::confirm_channel(&conn).await?;
     if !opts.dry_run {
         // As `outreach enqueue` does: the work queue exists and is bound.

@@ -40,15 +40,15 @@ pub enum Applied {
 /// Publishes delivery events on a confirm channel of its own, reconnecting
 /// after a failure.
 pub struct Publisher {
-    url: String,
+    nodes: broker::Nodes,
     exchange: String,
     session: Mutex<Option<(lapin::Connection, EventPublisher)>>,
 }
 
 impl Publisher {
-    pub fn new(url: String, exchange: String) -> Self {
+    pub fn new(nodes: broker::Nodes, exchange: String) -> Self {
         Self {
-            url,
+            nodes,
             exchange,
             session: Mutex::new(None),
         }
@@ -57,7 +57,7 @@ impl Publisher {
     async fn publish(&self, event: &DeliveryEvent<'_>) -> Result<(), BrokerError> {
         let mut session = self.session.lock().await;
         if session.is_none() {
-            let conn = broker::connect(&self.url, "webhooks").await?;
+            let conn = broker::connect(&self.nodes, "webhooks").await?;
             let ch = broker::confirm_channel(&conn).await?;
             *session = Some((conn, EventPublisher::new(ch, self.exchange.clone())));
         }
@@ -211,6 +211,10 @@ fn moved_metric(row: &LogRow, provider: &str) {
         "channel" => row.channel.map_or("unknown", |c| c.as_str()),
         "provider" => provider.to_owned(), "status" => row.status.as_str())
     .increment(1);
+    // Per tenant only for tenants in metrics.tenant_labels (the bounce-rate alert).
+    if let (Some(t), Some(c)) = (row.tenant_id.as_deref(), row.channel) {
+        m::tenants::outcome(t, c, row.status.as_str());
+    }
 }
 
 /// Events that came before their send was recorded (a fast callback: the

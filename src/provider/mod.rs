@@ -40,6 +40,17 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Every kind, for metrics exported at zero.
+    pub const ALL: [ProviderKind; 7] = [
+        ProviderKind::Sandbox,
+        ProviderKind::Smtp,
+        ProviderKind::Sendgrid,
+        ProviderKind::Ses,
+        ProviderKind::Twilio,
+        ProviderKind::Meta,
+        ProviderKind::Vonage,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Sandbox => "sandbox",

@@ -38,7 +38,11 @@ pub enum Source {
 /// event and any retry / dead-letter / held-queue message confirmed) and it
 /// may be acked. Events, retries and dead letters go out on `publish`, moves
 /// to held queues on `moves` (both in confirm mode).
-#[tracing::instrument(skip_all, fields(job_id, tenant_id, channel))]
+#[tracing::instrument(
+    name = "job",
+    skip_all,
+    fields(job_id, tenant_id, channel, recipient, attempt, provider)
+)]
 pub async fn handle(
     shared: &Shared,
     publish: &lapin::Channel,
@@ -46,6 +50,7 @@ pub async fn handle(
     delivery: &Delivery,
     source: Source,
 ) -> Result<(), HandleError> {
+    let consumed_at = std::time::Instant::now();
     let job = match Job::decode(&delivery.data) {
         Ok(job) => job,
         Err(e) => return reject_invalid(shared, publish, delivery, e).await,
@@ -54,6 +59,10 @@ pub async fn handle(
     span.record("job_id", job.id.as_str());
     span.record("tenant_id", job.tenant_id.as_str());
     span.record("channel", job.channel.as_str());
+    span.record(
+        "recipient",
+        crate::telemetry::mask_recipient(&job.recipient).as_str(),
+    );
     metrics::counter!(m::JOBS_CONSUMED, "channel" => job.channel.as_str()).increment(1);
 
     // Which providers, and may the job go now? Before the claim, so a job
@@ -125,6 +134,7 @@ pub async fn handle(
     // Renewed until this function returns, i.e. after the outcome is recorded.
     let _lease = shared.leases.hold(job.tenant_id.as_str(), job.id.as_str());
     let attempt = previous + 1;
+    span.record("attempt", attempt);
     if let Some(entry) = suppressed {
         return record_suppressed(shared, publish, &job, attempt, &entry.reason).await;
     }
@@ -183,6 +193,11 @@ pub async fn handle(
             rec.provider_message_id = receipt.message_id.clone();
             rec.chain_step = Some(info.step);
             rec.fallback_used = info.step > 0;
+            span.record("provider", info.kind.as_str());
+            if rec.fallback_used {
+                metrics::counter!(m::JOBS_FALLBACK, "channel" => ch, "provider" => info.kind.as_str())
+                    .increment(1);
+            }
             if info.kind.delivers() {
                 rec.status = DeliveryStatus::Sent;
                 metrics::counter!(m::JOBS_SENT, "channel" => ch, "provider" => info.kind.as_str())
@@ -207,6 +222,9 @@ pub async fn handle(
                 .rev()
                 .find(|a| a.skipped.is_none())
                 .map(|a| a.provider);
+            if let Some(p) = rec.provider {
+                span.record("provider", p.as_str());
+            }
             metrics::counter!(m::JOBS_FAILED, "channel" => ch, "provider" => rec.provider.map_or("none", |p| p.as_str()), "error_kind" => error.kind.as_str()).increment(1);
         }
         Fate::Expired { error } => {
@@ -217,7 +235,7 @@ pub async fn handle(
     }
 
     let status = rec.status;
-    let recorded = shared.log.record(rec).await;
+    let recorded = record_patiently(shared, rec).await;
     drop(unrecorded);
     let row = match recorded {
         Ok(Some(row)) => row,
@@ -261,11 +279,18 @@ pub async fn handle(
         }
         Fate::Failed { error, reason } => {
             opted_out(shared, &job, &error, row.provider.as_deref()).await?;
+            // Kind and code only: the provider's text is in the log row and
+            // the dead letter, for whoever investigates this job.
+            tracing::warn!(reason, error_kind = error.kind.as_str(), code = ?error.code,
+                "job failed for good: dead-lettered");
             dead_letter(shared, publish, delivery, reason, &error, &row).await?
         }
         Fate::Expired { error } => {
             dead_letter(shared, publish, delivery, "expired", &error, &row).await?
         }
+    }
+    if status != DeliveryStatus::Retrying {
+        count_final(delivery, &job, status, consumed_at);
     }
     Ok(())
 }
@@ -320,6 +345,7 @@ async fn record_suppressed(
     reason: &str,
 ) -> Result<(), HandleError> {
     metrics::counter!(m::JOBS_SUPPRESSED, "channel" => job.channel.as_str()).increment(1);
+    m::job_final(job.tenant_id.as_str(), job.channel, "suppressed");
     tracing::info!(
         reason,
         "recipient suppressed: job ends without a provider call"
@@ -354,6 +380,29 @@ async fn record_suppressed(
         }
     }
     Ok(())
+}
+
+/// A job reached its final state (recorded and reported): count it and
+/// how long it took, from its publish and from this delivery's arrival.
+fn count_final(
+    delivery: &Delivery,
+    job: &Job,
+    status: DeliveryStatus,
+    consumed_at: std::time::Instant,
+) {
+    let (ch, st) = (job.channel.as_str(), status.as_str());
+    m::job_final(job.tenant_id.as_str(), job.channel, st);
+    metrics::histogram!(m::CONSUME_TO_FINAL, "channel" => ch, "status" => st)
+        .record(consumed_at.elapsed().as_secs_f64());
+    if let Some(published) = broker::published_ms(&delivery.properties) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        // A publisher's clock ahead of ours counts as zero, not negative.
+        let secs = now.saturating_sub(published) as f64 / 1000.0;
+        metrics::histogram!(m::ENQUEUE_TO_FINAL, "channel" => ch, "status" => st).record(secs);
+    }
 }
 
 enum Admit {
@@ -591,4 +640,25 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+/// Record an outcome, trying again through a database outage of up to
+/// `delivery_log.record_patience_secs`: the provider may have sent the
+/// message, and handing the job back would send it again. The delivery
+/// stays unacked meanwhile (its claim is renewed as soon as the database is
+/// back).
+async fn record_patiently(shared: &Shared, rec: Record) -> Result<Option<LogRow>, LogError> {
+    let give_up_at = tokio::time::Instant::now() + shared.record_patience;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match shared.log.record(rec.clone()).await {
+            Err(e) if e.is_outage() && tokio::time::Instant::now() + wait < give_up_at => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
+                    "cannot record the job's outcome yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }

@@ -162,7 +162,7 @@ impl Holds {
             .map_err(crate::delivery_log::LogError::from)?;
             // Only now, with the row there (so every worker consumes the
             // queue), may the broker route the tenant's jobs to it.
-            let key = broker::job_routing_key(Some(tenant.as_str()), Some(channel.as_str()));
+            let key = crate::job::routing_key_of(Some(tenant.as_str()), Some(channel.as_str()));
             self.topology
                 .route_held(publish, &queue, &key, true)
                 .await?;
@@ -186,7 +186,7 @@ impl Holds {
         Ok(rows
             .into_iter()
             .map(|(queue, tenant, channel)| HeldQueue {
-                key: broker::job_routing_key(Some(&tenant), Some(channel.as_str())),
+                key: crate::job::routing_key_of(Some(&tenant), Some(channel.as_str())),
                 queue,
             })
             .collect())

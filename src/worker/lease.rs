@@ -75,10 +75,17 @@ impl Leases {
                     continue;
                 }
                 let renewed = sqlx::query(
+                    // Rows a record batch is settling right now are
+                    // skipped (they stop needing a lease), not waited for:
+                    // waiting on them in another order than the batch
+                    // deadlocked both (seen in a soak).
                     "UPDATE outreach_logs AS l SET lease_until = now() + make_interval(secs => $3)
-                       FROM UNNEST($1::text[], $2::text[]) AS t(tenant_id, job_id)
-                      WHERE l.tenant_id = t.tenant_id AND l.job_id = t.job_id
-                        AND l.status = 'processing'",
+                      WHERE (l.tenant_id, l.job_id) IN (
+                            SELECT o.tenant_id, o.job_id FROM outreach_logs o
+                              JOIN UNNEST($1::text[], $2::text[]) AS t(tenant_id, job_id)
+                                ON o.tenant_id = t.tenant_id AND o.job_id = t.job_id
+                             WHERE o.status = 'processing'
+                             FOR UPDATE OF o SKIP LOCKED)",
                 )
                 .bind(&tenants)
                 .bind(&jobs)

@@ -5,8 +5,12 @@
 //! flight finish and are acked, the log writer flushes, channels close; what
 //! was prefetched but not started goes back to the queue when the channel
 //! closes. When the broker connection drops, jobs in flight cannot be acked;
-//! the broker redelivers them and the delivery log stops a second send.
+//! the broker redelivers them and the delivery log stops a second send. The
+//! worker does not wait for them: it reconnects at once, starting with the
+//! next node of `amqp.url`, while they record their outcomes in the
+//! background (for at most [`BROKER_LOST_GRACE`]).
 
+mod depths;
 mod handler;
 pub mod held;
 pub mod lease;
@@ -15,7 +19,7 @@ pub mod reconcile;
 pub use handler::{HandleError, Source, handle};
 pub use held::Holds;
 
-use crate::broker::{self, BrokerError, Topology};
+use crate::broker::{self, BrokerError, Nodes, Topology};
 use crate::delivery_log::DeliveryLog;
 use crate::dispatch::{Policy, RetryBudget};
 use crate::events::EventPublisher;
@@ -42,6 +46,9 @@ pub struct Shared {
     /// Jobs between their provider call and their recorded outcome
     /// (`delivery_log.max_unrecorded`): a crash can send at most these again.
     pub unrecorded: Semaphore,
+    /// How long an outcome is retried through a database outage before the
+    /// job is handed back (`delivery_log.record_patience_secs`).
+    pub record_patience: Duration,
     pub reconciler: reconcile::ReconcilerSettings,
     pub directory: Arc<Directory>,
     pub topology: Topology,
@@ -63,9 +70,12 @@ impl Shared {
 /// Consumer settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    pub amqp_url: String,
+    /// In the order this process tries them.
+    pub nodes: Nodes,
     pub prefetch: u16,
     pub shutdown_grace: Duration,
+    /// How often queue depths are sampled (`metrics.queue_sample_secs`).
+    pub queue_sample: Duration,
 }
 
 /// Consume until `shutdown` fires, reconnecting with backoff when the broker
@@ -76,14 +86,22 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    let mut delay = FIRST_DELAY;
+    // The node to try first: after losing one, the next in the list.
+    let mut next = 0;
     loop {
-        match session(&shared, &cfg, &health, &shutdown).await {
+        let mut consumed = false;
+        match session(&shared, &cfg, &health, &shutdown, &mut next, &mut consumed).await {
             Ok(()) => break,
+            Err(e) if consumed => {
+                // It was working: fail over to the next node at once.
+                delay = FIRST_DELAY;
+                tracing::error!(error = %e, "broker session ended; reconnecting");
+                continue;
+            }
             Err(e) => {
-                health.set_broker(false);
-                metrics::gauge!(m::BROKER_CONNECTED).set(0.0);
-                tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
+                tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "no broker session; retrying");
             }
         }
         tokio::select! {
@@ -96,14 +114,23 @@ pub async fn run(
     tracing::info!("worker stopped");
 }
 
-/// One connection's life. `Ok` only when shutdown was requested.
+/// One connection's life. `Ok` only when shutdown was requested. Connects
+/// to the first node that answers from `next` on, and leaves `next` at the
+/// node after it; sets `consumed` once its consumers are running.
 async fn session(
     shared: &Arc<Shared>,
     cfg: &ConsumerConfig,
     health: &Health,
     shutdown: &CancellationToken,
+    next: &mut usize,
+    consumed: &mut bool,
 ) -> Result<(), BrokerError> {
-    let conn = Arc::new(broker::connect(&cfg.amqp_url, "worker").await?);
+    let (conn, index) = cfg.nodes.connect_from(*next, "worker").await?;
+    *next = (index + 1) % cfg.nodes.len();
+    let node = cfg.nodes.node(index).addr().to_owned();
+    // Subscribed before anything can fail, so a lost connection is seen at once.
+    let lost = connection_lost(&conn);
+    let conn = Arc::new(conn);
     shared
         .topology
         .declare(&conn.create_channel().await?)
@@ -125,8 +152,11 @@ async fn session(
     let consumers = shared.topology.consume_work(&consume, &tag).await?;
     let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
     health.set_broker(true);
-    metrics::gauge!(m::BROKER_CONNECTED).set(1.0);
+    *consumed = true;
+    let connected = metrics::gauge!(m::BROKER_CONNECTED, "node" => node.clone());
+    connected.set(1.0);
     tracing::info!(
+        %node,
         queues = shared.topology.work_queues.len(),
         prefetch = cfg.prefetch,
         concurrency = shared.sends.available_permits(),
@@ -139,6 +169,12 @@ async fn session(
         shared.clone(),
         publish.clone(),
         shared.reconciler.clone(),
+        held_stop.clone(),
+    ));
+    tracker.spawn(depths::run(
+        shared.clone(),
+        conn.clone(),
+        cfg.queue_sample,
         held_stop.clone(),
     ));
     tracker.spawn(consume_held(
@@ -202,46 +238,72 @@ async fn session(
         name = first_closed(&ours) => {
             Err(BrokerError::ChannelClosed(name))
         }
+        e = lost => Err(e),
     };
     // Not ready from here on: draining for a shutdown, or the session is gone.
     health.set_broker(false);
-    metrics::gauge!(m::BROKER_CONNECTED).set(0.0);
+    connected.set(0.0);
     // Stop deliveries first, then let the jobs in flight finish.
     loops.cancel();
     while consuming.join_next().await.is_some() {}
     held_stop.cancel();
-    for tag in tags {
-        let _ = consume
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await;
-    }
     tracker.close();
-    // After losing the broker, jobs in flight can still record their
-    // outcome (so a redelivered copy is not sent again) but cannot ack: give
-    // them a short while, not the whole shutdown grace.
+    // On shutdown, jobs in flight finish within the whole grace and are acked.
+    // After losing the broker they cannot ack, but can still record their
+    // outcome (so a redelivered copy is not sent again): they get a short
+    // while to do so in the background, and the next session starts now.
     let grace = if ended.is_err() {
         cfg.shutdown_grace.min(BROKER_LOST_GRACE)
     } else {
         cfg.shutdown_grace
     };
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            grace_secs = grace.as_secs(),
-            left = tracker.len(),
-            "jobs still in flight after the grace period; giving them up (they will be redelivered)"
-        );
-        abandon.cancel();
-        tracker.wait().await;
+    let wind_down = async move {
+        for tag in tags {
+            let _ = consume
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await;
+        }
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                left = tracker.len(),
+                "jobs still in flight after the grace period; giving them up (they will be redelivered)"
+            );
+            abandon.cancel();
+            tracker.wait().await;
+        }
+        let _ = consume.close(200, "bye".into()).await;
+        let _ = publish.close(200, "bye".into()).await;
+        let _ = moves.close(200, "bye".into()).await;
+        let _ = conn.close(200, "bye".into()).await;
+    };
+    if ended.is_ok() {
+        wind_down.await;
+    } else {
+        tokio::spawn(wind_down);
     }
-    let _ = consume.close(200, "bye".into()).await;
-    let _ = publish.close(200, "bye".into()).await;
-    let _ = moves.close(200, "bye".into()).await;
-    let _ = conn.close(200, "bye".into()).await;
     ended
 }
 
-/// How long jobs in flight may finish once the broker session is lost.
+/// How long jobs in flight may still record their outcome once the broker
+/// session is lost.
 const BROKER_LOST_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves when the connection reports an error (the node went away, a
+/// missed heartbeat, a connection-level close).
+fn connection_lost(
+    conn: &lapin::Connection,
+) -> impl std::future::Future<Output = BrokerError> + Send + 'static {
+    let mut events = conn.events_listener();
+    async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                return BrokerError::Amqp(e);
+            }
+        }
+        BrokerError::ConsumerEnded
+    }
+}
 
 /// Counts a job in `outreach_jobs_in_flight` while it lives, however it ends.
 struct InFlight;
@@ -399,9 +461,16 @@ async fn settle(
                 tracing::warn!(error = %e, "ack failed; the job will be redelivered and not sent again");
             }
         }
+        Err(HandleError::Broker(e)) if !publish.status().connected() => {
+            // The session is gone (logged once when it ended): the delivery
+            // returns to its queue with the connection, and its copy finds
+            // whatever this one managed to record.
+            metrics::counter!(m::JOBS_REQUEUED).increment(1);
+            tracing::debug!(error = %e, "broker session lost before the job was acked; it will be redelivered");
+        }
         Err(e) => {
             metrics::counter!(m::JOBS_REQUEUED).increment(1);
-            tracing::error!(error = %e, "job outcome not recorded; handing it back to the broker");
+            tracing::error!(error = %e, "job outcome not made durable (row, event or retry); handing it back to the broker");
             // Do not spin on a database outage.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let _ = delivery

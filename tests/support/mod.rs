@@ -75,7 +75,7 @@ impl TestEnv {
         settings.sandbox_where_no_default();
         settings.database.url = db_url.clone();
         settings.amqp.prefix = prefix.clone();
-        settings.amqp.url = amqp_url.into();
+        settings.amqp.url = amqp_url.parse().unwrap();
         settings.http.bind = "127.0.0.1:0".into();
         settings.worker.retry_delays_secs = vec![1, 2, 5];
         // The tests' fake providers and SMTP servers listen on 127.0.0.1,
@@ -97,6 +97,11 @@ impl TestEnv {
             topology,
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// The broker's node(s), as `amqp.url` reads them.
+    pub fn nodes(&self) -> outreach::broker::Nodes {
+        self.amqp_url.parse().unwrap()
     }
 
     /// The environment variables that point the real binary at this world.
@@ -141,7 +146,7 @@ impl TestEnv {
     }
 
     pub async fn publisher(&self) -> JobPublisher {
-        JobPublisher::connect(&self.amqp_url, &self.topology)
+        JobPublisher::connect(&self.nodes(), &self.topology)
             .await
             .unwrap()
     }
@@ -149,7 +154,7 @@ impl TestEnv {
     /// A private queue (gone with its connection) bound to `exchange` with
     /// `key`, on a connection of its own, the topology declared first.
     pub async fn tap(&self, exchange: &str, key: &str) -> Tap {
-        let conn = outreach::broker::connect(&self.amqp_url, "test-tap")
+        let conn = outreach::broker::connect(&self.nodes(), "test-tap")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -208,7 +213,7 @@ impl TestEnv {
 
     /// Drain the dead-letter queue: (headers as strings, body).
     pub async fn dead_letters(&self) -> Vec<(HashMap<String, String>, Vec<u8>)> {
-        let conn = outreach::broker::connect(&self.amqp_url, "test-dlq")
+        let conn = outreach::broker::connect(&self.nodes(), "test-dlq")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -283,7 +288,7 @@ impl TestEnv {
 
     /// Remove this test's queues, exchanges and database.
     pub async fn cleanup(self) {
-        if let Ok(conn) = outreach::broker::connect(&self.amqp_url, "test-cleanup").await
+        if let Ok(conn) = outreach::broker::connect(&self.nodes(), "test-cleanup").await
             && let Ok(ch) = conn.create_channel().await
         {
             // Tenants' held queues (rate limits), if any were made.
@@ -367,6 +372,11 @@ impl Binary {
     /// `env` sets `OUTREACH__HTTP__BIND`, so workers never collide on the
     /// default port.
     pub fn worker(env: &HashMap<String, String>) -> Self {
+        Self::worker_with_stderr(env, Stdio::inherit())
+    }
+
+    /// The same, its log (stderr) going to `stderr`, e.g. a file to read back.
+    pub fn worker_with_stderr(env: &HashMap<String, String>, stderr: impl Into<Stdio>) -> Self {
         let (bind, http_port) = match env.get("OUTREACH__HTTP__BIND") {
             Some(b) => (b.clone(), b.rsplit(':').next().unwrap().parse().unwrap()),
             None => {
@@ -380,7 +390,7 @@ impl Binary {
             .env("OUTREACH__HTTP__BIND", bind)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn outreach worker");
         Self { child, http_port }

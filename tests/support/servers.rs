@@ -19,6 +19,14 @@ pub struct OwnRabbit {
 impl OwnRabbit {
     /// Start a node and wait until it accepts clients.
     pub fn start() -> Self {
+        let rabbit = Self::create(None);
+        rabbit.boot();
+        rabbit
+    }
+
+    /// A node not yet booted; with `cookie`, the Erlang cookie nodes of one
+    /// cluster share.
+    fn create(cookie: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
         let rabbit = Self {
@@ -32,8 +40,23 @@ impl OwnRabbit {
             "[rabbitmq_consistent_hash_exchange].",
         )
         .unwrap();
-        rabbit.boot();
+        if let Some(cookie) = cookie {
+            use std::os::unix::fs::PermissionsExt;
+            let path = rabbit.path(".erlang.cookie");
+            std::fs::write(&path, cookie).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
         rabbit
+    }
+
+    /// SIGKILL the node's Erlang VM: no goodbye to clients or peers.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.path("pid")).unwrap();
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -9 {pid}");
     }
 
     pub fn url(&self) -> String {
@@ -68,11 +91,15 @@ impl OwnRabbit {
 
     /// Start the node's Erlang VM (after [`Self::stop`]) and wait for it.
     pub fn boot(&self) {
+        self.launch();
+        self.await_startup();
+    }
+
+    fn launch(&self) {
         let mut cmd = Command::new(format!("{RABBIT_BIN}/rabbitmq-server"));
         self.env(&mut cmd);
         let status = cmd.arg("-detached").status().unwrap();
         assert!(status.success(), "rabbitmq-server -detached failed");
-        self.await_startup();
     }
 
     fn await_startup(&self) {
@@ -111,6 +138,47 @@ impl OwnRabbit {
 impl Drop for OwnRabbit {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A RabbitMQ cluster of the test's own: nodes on their own ports, joined
+/// to the first.
+pub struct OwnCluster {
+    pub nodes: Vec<OwnRabbit>,
+}
+
+impl OwnCluster {
+    pub fn start(size: usize) -> Self {
+        let cookie = uuid::Uuid::now_v7().simple().to_string().to_uppercase();
+        let nodes: Vec<OwnRabbit> = (0..size)
+            .map(|_| OwnRabbit::create(Some(&cookie)))
+            .collect();
+        // Boot them side by side: each takes seconds.
+        nodes.iter().for_each(OwnRabbit::launch);
+        nodes.iter().for_each(OwnRabbit::await_startup);
+        for node in &nodes[1..] {
+            for args in [
+                &["stop_app"][..],
+                &["join_cluster", &nodes[0].node],
+                &["start_app"],
+            ] {
+                let out = node.ctl(args);
+                assert!(
+                    out.status.success(),
+                    "rabbitmqctl {args:?} on {}: {}",
+                    node.node,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            node.await_startup();
+        }
+        Self { nodes }
+    }
+
+    /// Every node's URL, comma-separated, first node first (`amqp.url`).
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(OwnRabbit::url).collect();
+        urls.join(",")
     }
 }
 

@@ -30,15 +30,17 @@
 //! never enters the shared work queues, and nobody has to move it out job by
 //! job. Every other key falls through to the alternate exchange.
 
+mod nodes;
+
+pub use nodes::{Node, Nodes, NodesError};
+
 use crate::settings::{AmqpSettings, QueueType};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use std::time::Duration;
 
 /// The consistent-hash exchange type (plugin `rabbitmq_consistent_hash_exchange`).
@@ -47,25 +49,15 @@ const CONSISTENT_HASH: &str = "x-consistent-hash";
 /// queues get even shares of the key space.
 const RING_POINTS: &str = "100";
 
-/// The routing key a job is published with: `<tenant>.<channel>`
-/// (`clinic-42.email`), so all of a tenant's jobs of a channel land in the
-/// same work queue (their order is kept, a burst stays in that queue) and a
-/// held queue can be bound to exactly them. Parts that cannot be read are
-/// left out (`clinic-42`, ""): such jobs still reach a work queue.
-pub fn job_routing_key(tenant_id: Option<&str>, channel: Option<&str>) -> String {
-    match (tenant_id, channel) {
-        (Some(t), Some(c)) => format!("{t}.{c}"),
-        (Some(t), None) => t.to_owned(),
-        (None, _) => String::new(),
-    }
-}
-
 /// Header names the service sets.
 pub mod headers {
     /// Delivery rounds made so far (on retried jobs).
     pub const ATTEMPT: &str = "x-outreach-attempt";
     /// Unix seconds when the job was first consumed (for max age).
     pub const FIRST_SEEN: &str = "x-outreach-first-seen";
+    /// Unix milliseconds when the job was published (the AMQP `timestamp`
+    /// property has whole seconds only): the start of enqueue-to-final.
+    pub const PUBLISHED_MS: &str = "x-outreach-published-ms";
     /// Dead-letter reason code (`invalid_utf8`, `recipient`, `max_attempts`…).
     pub const REASON: &str = "x-outreach-reason";
     /// Dead-letter explanation for people.
@@ -84,8 +76,10 @@ pub mod headers {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot reach RabbitMQ (check amqp.url / OUTREACH__AMQP__URL): {0}")]
-    Connect(lapin::Error),
+    #[error(
+        "cannot reach RabbitMQ at any of {nodes} (check amqp.url / OUTREACH__AMQP__URL); last error: {last}"
+    )]
+    Connect { nodes: String, last: String },
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled our consumer (queue deleted or connection lost)")]
@@ -461,13 +455,10 @@ fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-/// Open a connection named after its role (shown in the management UI).
-pub async fn connect(url: &str, role: &str) -> Result<Connection, BrokerError> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(format!("outreach {role} pid {}", std::process::id()).into());
-    Connection::connect(url, props)
-        .await
-        .map_err(BrokerError::Connect)
+/// Connect to the first of `nodes` that answers, with a connection named
+/// after its role (shown in the management UI).
+pub async fn connect(nodes: &Nodes, role: &str) -> Result<Connection, BrokerError> {
+    nodes.connect_from(0, role).await.map(|(conn, _)| conn)
 }
 
 /// A channel in confirm mode: every publish is awaited until the broker has it.
@@ -482,6 +473,29 @@ pub fn persistent_json() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
+}
+
+/// Properties of a new job: persistent JSON stamped with its publish time,
+/// as the AMQP `timestamp` (seconds, which other publishers' clients can
+/// set too) and [`headers::PUBLISHED_MS`]. Retries and moves copy a
+/// delivery's properties, so the stamp stays the first publish's.
+pub fn job_properties() -> BasicProperties {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut h = FieldTable::default();
+    h.insert(
+        headers::PUBLISHED_MS.into(),
+        AMQPValue::LongLongInt(now.as_millis() as i64),
+    );
+    persistent_json()
+        .with_timestamp(now.as_secs())
+        .with_headers(h)
+}
+
+/// When a job was first published (Unix milliseconds), if its publisher said.
+pub fn published_ms(props: &BasicProperties) -> Option<u64> {
+    header_u64(props, headers::PUBLISHED_MS).or_else(|| props.timestamp().map(|s| s * 1000))
 }
 
 /// Publish and wait for the broker's confirm.
@@ -577,6 +591,23 @@ mod tests {
     fn topo(tiers: &[u64]) -> Topology {
         let s = crate::settings::Settings::load(None).unwrap();
         Topology::new(&s.amqp, tiers)
+    }
+
+    #[test]
+    fn a_job_is_stamped_in_milliseconds_and_a_bare_amqp_timestamp_still_counts() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let stamped = published_ms(&job_properties()).expect("stamped");
+        assert!(
+            stamped >= before && stamped < before + 1000,
+            "{stamped} vs {before}"
+        );
+        // Another publisher's client that sets only the AMQP timestamp (seconds).
+        let theirs = persistent_json().with_timestamp(1_772_355_600);
+        assert_eq!(published_ms(&theirs), Some(1_772_355_600_000));
+        assert_eq!(published_ms(&persistent_json()), None);
     }
 
     #[test]
