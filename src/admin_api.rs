@@ -11,12 +11,13 @@
 use crate::dispatch::{self, QuickRetry};
 use crate::job::{Channel, Content, Job, JobId, TenantId};
 use crate::settings::{AdminSettings, Settings};
+use crate::suppression::api as suppression;
 use crate::tenant::policy::TenantPolicy;
 use crate::tenant::{ChannelConfig, Directory, StoreError, TenantStore, view};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -151,6 +152,14 @@ pub fn router(state: AdminState) -> Router {
             put(set).delete(remove),
         )
         .route("/tenants/{tenant}/messaging/{channel}/test", post(test))
+        .route(
+            "/tenants/{tenant}/suppressions",
+            get(suppression::get_list).post(suppression::post_add),
+        )
+        .route(
+            "/tenants/{tenant}/suppressions/{channel}/{recipient}",
+            delete(suppression::delete_one),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -165,7 +174,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>, field: Option<&str>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>, field: Option<&str>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -233,7 +242,11 @@ fn take(s: &AdminState, key: &str) -> Result<(), ApiError> {
 }
 
 /// Authorise the caller for `tenant`; returns who it is.
-fn authorise(s: &AdminState, headers: &HeaderMap, tenant: &str) -> Result<Principal, ApiError> {
+pub(crate) fn authorise(
+    s: &AdminState,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<Principal, ApiError> {
     // Requests without a known token share one allowance.
     const ANONYMOUS: &str = "-";
     let Some(token) = bearer(headers) else {
@@ -263,12 +276,12 @@ fn authorise(s: &AdminState, headers: &HeaderMap, tenant: &str) -> Result<Princi
     }
 }
 
-fn tenant_id(tenant: &str) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_id(tenant: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(tenant)
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such tenant", None))
 }
 
-fn channel(c: &str) -> Result<Channel, ApiError> {
+pub(crate) fn channel(c: &str) -> Result<Channel, ApiError> {
     c.parse()
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such channel", None))
 }

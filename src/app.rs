@@ -85,6 +85,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         times: w.quick_retries,
         base: Duration::from_millis(w.quick_retry_base_ms),
     };
+    let webhook_store = store.clone();
     let breakers = Arc::new(Breakers::new(settings.circuit.clone()));
     let router = http::router(http::HttpState {
         metrics: handle,
@@ -99,6 +100,14 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     });
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
+    // Provider webhooks: a listener of its own (webhooks.bind), stopped with http.
+    let webhooks_task = crate::feedback::server::spawn(
+        &settings,
+        webhook_store,
+        Topology::new(&settings.amqp, &w.retry_delays_secs).events_exchange,
+        http_stop.clone(),
+    )
+    .await?;
 
     let log = DeliveryLog::new(
         pool.clone(),
@@ -157,6 +166,9 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     lease_stop.cancel();
     let _ = lease_task.await;
     let _ = http_task.await;
+    if let Some(t) = webhooks_task {
+        let _ = t.await;
+    }
     let _ = listener_task.await;
     pool.close().await;
     Ok(())

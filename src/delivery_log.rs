@@ -14,8 +14,12 @@ use sqlx::types::Json;
 use std::collections::HashSet;
 use time::OffsetDateTime;
 
-/// Where a job is. `Sent`, `Simulated`, `Failed` and `Expired` are final.
-/// `Simulated` is a message the sandbox accepted: nothing was delivered.
+/// Where a job is. Everything but `Processing` and `Retrying` is final (the
+/// job is not sent again). `Simulated` is a message the sandbox accepted:
+/// nothing was delivered. `Suppressed`: the recipient is on the tenant's
+/// suppression list, no provider was called. `Delivered` … `Unsubscribed`
+/// come after `Sent`, from the provider's status webhooks
+/// ([`crate::feedback`]), and only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "delivery_status", rename_all = "lowercase")]
@@ -26,6 +30,15 @@ pub enum DeliveryStatus {
     Simulated,
     Failed,
     Expired,
+    Suppressed,
+    Delivered,
+    Undelivered,
+    Bounced,
+    Complained,
+    Opened,
+    Clicked,
+    Read,
+    Unsubscribed,
 }
 
 impl DeliveryStatus {
@@ -37,17 +50,20 @@ impl DeliveryStatus {
             DeliveryStatus::Simulated => "simulated",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Expired => "expired",
+            DeliveryStatus::Suppressed => "suppressed",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Undelivered => "undelivered",
+            DeliveryStatus::Bounced => "bounced",
+            DeliveryStatus::Complained => "complained",
+            DeliveryStatus::Opened => "opened",
+            DeliveryStatus::Clicked => "clicked",
+            DeliveryStatus::Read => "read",
+            DeliveryStatus::Unsubscribed => "unsubscribed",
         }
     }
 
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            DeliveryStatus::Sent
-                | DeliveryStatus::Simulated
-                | DeliveryStatus::Failed
-                | DeliveryStatus::Expired
-        )
+        !matches!(self, DeliveryStatus::Processing | DeliveryStatus::Retrying)
     }
 }
 

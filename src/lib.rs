@@ -8,6 +8,8 @@
 //! - [`tenant`]: tenants' provider chains; [`provider`]: one adapter per provider.
 //! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
 //! - [`events`]: delivery events; [`metrics`], [`http`], [`health`]: observability.
+//! - [`feedback`]: provider status webhooks (verified), statuses after `sent`.
+//! - [`suppression`]: per-tenant lists of recipients not to message.
 //! - [`admin_api`]: `/admin/v1`, tenants' config over HTTP.
 //! - [`dlq`]: the dead-letter queue: list and replay.
 //! - [`app`]: wiring; [`demo`]: the one-command demonstration; [`bench`]: the benchmark.
@@ -27,6 +29,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod enqueue;
 pub mod events;
+pub mod feedback;
 pub mod health;
 pub mod http;
 pub mod job;
@@ -34,6 +37,7 @@ pub mod metrics;
 pub mod provider;
 pub mod ratelimit;
 pub mod settings;
+pub mod suppression;
 pub mod telemetry;
 pub mod tenant;
 pub mod worker;

@@ -46,6 +46,9 @@ enum Command {
     /// Admin API helpers.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Recipients a tenant must not message (bounces, complaints, opt-outs).
+    #[command(subcommand)]
+    Suppression(outreach::suppression::cli::SuppressionCommand),
     /// Inspect and replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -166,6 +169,9 @@ fn run() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Dlq(cmd) => dlq_cli::dlq(&settings, cmd).await,
+            Command::Suppression(cmd) => {
+                outreach::suppression::cli::suppression(&settings, cmd).await
+            }
             Command::Bench(opts) => bench::run(settings, *opts).await,
             Command::Health { url } => {
                 let url = url.unwrap_or_else(|| health::readyz_url(&settings.http.bind));

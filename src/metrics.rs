@@ -319,6 +319,49 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Unit::Count,
         "Build of the running worker (version, commit); value 1.",
     ),
+    // Delivery feedback (issue #15).
+    (
+        WEBHOOKS_REFUSED,
+        Kind::Counter,
+        Unit::Count,
+        "Provider webhook requests refused before being read, by provider and reason.",
+    ),
+    (
+        WEBHOOK_EVENTS,
+        Kind::Counter,
+        Unit::Count,
+        "Verified provider events received, by provider and the status they map to.",
+    ),
+    (
+        WEBHOOK_UNKNOWN_MESSAGES,
+        Kind::Counter,
+        Unit::Count,
+        "Verified provider events whose message id matches no row of the tenant, by provider.",
+    ),
+    (
+        WEBHOOK_DUPLICATES,
+        Kind::Counter,
+        Unit::Count,
+        "Provider events received again (redeliveries): nothing done, by provider.",
+    ),
+    (
+        JOBS_FEEDBACK,
+        Kind::Counter,
+        Unit::Count,
+        "Rows moved to a status after sent (delivered, bounced, complained...), by channel, provider and status.",
+    ),
+    (
+        JOBS_SUPPRESSED,
+        Kind::Counter,
+        Unit::Count,
+        "Jobs ended suppressed without a provider call (recipient on the tenant's list), by channel.",
+    ),
+    (
+        SUPPRESSIONS_ADDED,
+        Kind::Counter,
+        Unit::Count,
+        "Recipients added to a tenant's suppression list, by channel and reason.",
+    ),
 ];
 
 /// Final statuses of a job, as `status` label values.
@@ -453,3 +496,22 @@ pub fn job_final(tenant: &str, channel: Channel, status: &'static str) {
     metrics::counter!(JOBS_FINAL, "channel" => channel.as_str(), "status" => status).increment(1);
     tenants::outcome(tenant, channel, status);
 }
+
+// Delivery feedback (issue #15): provider webhooks, statuses after `sent`, suppression.
+
+/// Webhook requests refused (`provider`, `reason`: signature, stale,
+/// no_account, unverifiable, malformed).
+pub const WEBHOOKS_REFUSED: &str = "outreach_webhooks_refused_total";
+/// Verified provider events (`provider`, `status`: the status it maps to, or `none`).
+pub const WEBHOOK_EVENTS: &str = "outreach_webhook_events_total";
+/// Verified events whose message id matches no row of the tenant (`provider`).
+pub const WEBHOOK_UNKNOWN_MESSAGES: &str = "outreach_webhook_unknown_messages_total";
+/// Verified events already received (a provider's redelivery): nothing done (`provider`).
+pub const WEBHOOK_DUPLICATES: &str = "outreach_webhook_duplicates_total";
+/// Rows moved to a status after `sent` (`channel`, `provider`, `status`):
+/// delivered, bounced, complained… the bounce-rate alert's numerator and denominator.
+pub const JOBS_FEEDBACK: &str = "outreach_jobs_feedback_total";
+/// Jobs ended `suppressed`: the recipient is on the tenant's list (`channel`).
+pub const JOBS_SUPPRESSED: &str = "outreach_jobs_suppressed_total";
+/// Recipients added to a suppression list (`channel`, `reason`).
+pub const SUPPRESSIONS_ADDED: &str = "outreach_suppressions_added_total";

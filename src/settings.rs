@@ -30,6 +30,25 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     pub circuit: crate::circuit::CircuitSettings,
     pub reconciler: crate::worker::reconcile::ReconcilerSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// The provider webhook receiver (`/webhooks/{provider}/{tenant}`), on a
+/// listener of its own: providers reach it from the internet, so it must
+/// not share a port with `/metrics` or the admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Address to listen on; empty: no receiver in this process.
+    pub bind: String,
+    /// Largest request body accepted, bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Signed SendGrid events and Vonage webhooks whose timestamp is further
+    /// than this from now are refused (a replay).
+    pub max_age_secs: u64,
+    /// Origins (`scheme://host[:port]`, `*` one DNS label) SNS signing
+    /// certificates and subscription URLs are fetched from.
+    pub sns_cert_origins: Vec<String>,
 }
 
 /// Provider and system-wide sending limits (tenants' own are in their config).
@@ -614,6 +633,12 @@ impl Settings {
         if !(1..=256).contains(&self.amqp.work_queues) {
             return bad("amqp.work_queues", "must be between 1 and 256");
         }
+        if self.webhooks.max_body_bytes == 0 || self.webhooks.max_age_secs == 0 {
+            return bad(
+                "webhooks.max_body_bytes",
+                "webhooks.max_body_bytes and webhooks.max_age_secs must be above 0",
+            );
+        }
         if self.amqp.queue_type == QueueType::Classic && self.amqp.url.len() > 1 {
             return bad(
                 "amqp.queue_type",
@@ -782,12 +807,13 @@ pub const KEYS_ENV: &str = "OUTREACH_ENCRYPTION_KEYS";
 
 /// Settings given in the environment as one comma-separated variable, e.g.
 /// `OUTREACH__WORKER__RETRY_DELAYS_SECS=5,30,120`.
-const LIST_KEYS: [&str; 5] = [
+const LIST_KEYS: [&str; 6] = [
     "amqp.url",
     "worker.retry_delays_secs",
     "metrics.tenant_labels",
     "admin.operator_token_sha256",
     "providers.allowed_private_networks",
+    "webhooks.sns_cert_origins",
 ];
 
 /// `worker.retry_delays_secs` → `OUTREACH__WORKER__RETRY_DELAYS_SECS`.

@@ -115,6 +115,11 @@ pub struct SendgridSettings {
     /// API base, `https://api.sendgrid.com` by default (EU: `https://api.eu.sendgrid.com`).
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The Signed Event Webhook's verification key (base64 public key, as
+    /// SendGrid shows it under Mail Settings > Event Webhook). A public key,
+    /// not a secret; without it this account's events are refused.
+    #[serde(default)]
+    pub webhook_verification_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -129,6 +134,10 @@ pub struct SesSettings {
     pub from_name: Option<String>,
     #[serde(default)]
     pub configuration_set: Option<String>,
+    /// SNS topics (ARNs) this account's SES notifications are published to;
+    /// a notification from any other topic is refused for this tenant.
+    #[serde(default)]
+    pub sns_topic_arns: Vec<String>,
     /// Endpoint, `https://email.{region}.amazonaws.com` by default.
     #[serde(default)]
     pub base_url: Option<String>,
@@ -163,6 +172,16 @@ pub struct MetaSettings {
     /// `https://graph.facebook.com` by default.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The Meta app's secret: webhooks are signed with it
+    /// (`X-Hub-Signature-256`). Without it this account's webhooks are refused.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub app_secret: Option<SecretString>,
+    /// The verify token entered in the app's webhook subscription; the
+    /// subscription `GET` is answered only when it matches.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub webhook_verify_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -176,6 +195,27 @@ pub struct VonageSettings {
     /// `https://rest.nexmo.com` by default.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The account's signature secret (dashboard → Settings): delivery
+    /// receipts and inbound messages are signed with it (`sig`). Without it
+    /// this account's webhooks are refused.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub signature_secret: Option<SecretString>,
+    /// The signing method chosen with it in the dashboard.
+    #[serde(default, deserialize_with = "crate::settings::by_name")]
+    pub signature_method: VonageSignatureMethod,
+}
+
+/// How Vonage signs webhooks (HMAC-MD5 is not supported: choose another).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VonageSignatureMethod {
+    /// MD5 of the parameters followed by the secret (Vonage's default).
+    #[default]
+    Md5hash,
+    Sha1,
+    Sha256,
+    Sha512,
 }
 
 impl ProviderSettings {
@@ -199,8 +239,8 @@ impl ProviderSettings {
             ProviderKind::Sendgrid => &["api_key"],
             ProviderKind::Ses => &["secret_access_key"],
             ProviderKind::Twilio => &["auth_token"],
-            ProviderKind::Meta => &["access_token"],
-            ProviderKind::Vonage => &["api_secret"],
+            ProviderKind::Meta => &["access_token", "app_secret", "webhook_verify_token"],
+            ProviderKind::Vonage => &["api_secret", "signature_secret"],
         }
     }
 
@@ -212,7 +252,10 @@ impl ProviderSettings {
             (ProviderSettings::Ses(s), "secret_access_key") => Some(&s.secret_access_key),
             (ProviderSettings::Twilio(s), "auth_token") => Some(&s.auth_token),
             (ProviderSettings::Meta(s), "access_token") => Some(&s.access_token),
+            (ProviderSettings::Meta(s), "app_secret") => s.app_secret.as_ref(),
+            (ProviderSettings::Meta(s), "webhook_verify_token") => s.webhook_verify_token.as_ref(),
             (ProviderSettings::Vonage(s), "api_secret") => Some(&s.api_secret),
+            (ProviderSettings::Vonage(s), "signature_secret") => s.signature_secret.as_ref(),
             _ => None,
         }
     }
@@ -244,6 +287,14 @@ impl ProviderSettings {
                     ));
                 }
                 email("from_email", &s.from_email)?;
+                if let Some(k) = &s.webhook_verification_key
+                    && crate::feedback::verify::sendgrid_key(k).is_err()
+                {
+                    return Err(SettingsError::new(
+                        "webhook_verification_key",
+                        "expected the base64 P-256 public key SendGrid shows for the signed event webhook",
+                    ));
+                }
                 opt_url("base_url", &s.base_url)
             }
             ProviderSettings::Ses(s) => {
@@ -439,6 +490,27 @@ mod tests {
         assert_eq!(v["from_email"], "a@b.co");
         assert!(v.get("api_key").is_none());
         assert!(!v.to_string().contains("very-secret"));
+    }
+
+    #[test]
+    fn meta_webhook_secrets_are_secret_fields_kept_out_of_json_and_debug() {
+        let s = parse(serde_json::json!({"provider": "meta", "access_token": "t",
+            "phone_number_id": "1", "app_secret": "app-very-secret", "webhook_verify_token": "verify-very-secret"}));
+        let shown = format!("{s:?} {}", serde_json::to_value(&s).unwrap());
+        assert!(!shown.contains("very-secret"), "{shown}");
+        for f in ["app_secret", "webhook_verify_token"] {
+            assert!(ProviderSettings::secret_fields(ProviderKind::Meta).contains(&f));
+            assert!(s.secret(f).is_some(), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_sendgrid_verification_key_that_is_not_a_p256_key_is_refused() {
+        let s = parse(
+            serde_json::json!({"provider": "sendgrid", "api_key": "SG.x",
+            "from_email": "a@b.co", "webhook_verification_key": "bm90IGEga2V5"}),
+        );
+        assert_eq!(s.validate().unwrap_err().field, "webhook_verification_key");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum AdminCommand {
 }
 
 /// `cli:<user>`, the audit actor of CLI changes.
-fn actor() -> String {
+pub fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
         .unwrap_or_else(|_| "unknown".into());

@@ -71,7 +71,20 @@ pub async fn handle(
         job.not_after
             .is_some_and(|t| t <= OffsetDateTime::now_utc())
     };
-    let admitted = if expired() {
+    // A recipient on the tenant's suppression list is never sent to; checked
+    // before the limits are taken from. (A recipient that does not normalise
+    // was refused at validation.)
+    let suppressed = match crate::suppression::normalise(job.channel, &job.recipient) {
+        Ok(r) => {
+            crate::suppression::find(shared.log.pool(), job.tenant_id.as_str(), job.channel, &r)
+                .await
+                .map_err(LogError::from)?
+        }
+        Err(_) => None,
+    };
+    let admitted = if suppressed.is_some() {
+        Err((suppressed_error(job.channel, "listed"), vec![]))
+    } else if expired() {
         Err((not_after_passed(), vec![]))
     } else {
         match shared.directory.resolve(&job.tenant_id, job.channel).await {
@@ -122,6 +135,9 @@ pub async fn handle(
     let _lease = shared.leases.hold(job.tenant_id.as_str(), job.id.as_str());
     let attempt = previous + 1;
     span.record("attempt", attempt);
+    if let Some(entry) = suppressed {
+        return record_suppressed(shared, publish, &job, attempt, &entry.reason).await;
+    }
     let first_seen =
         broker::header_u64(&delivery.properties, headers::FIRST_SEEN).unwrap_or_else(unix_now);
     let age = Duration::from_secs(unix_now().saturating_sub(first_seen));
@@ -262,6 +278,7 @@ pub async fn handle(
             republish_delayed(shared, publish, delivery, delay_secs, attempt).await?
         }
         Fate::Failed { error, reason } => {
+            opted_out(shared, &job, &error, row.provider.as_deref()).await?;
             // Kind and code only: the provider's text is in the log row and
             // the dead letter, for whoever investigates this job.
             tracing::warn!(reason, error_kind = error.kind.as_str(), code = ?error.code,
@@ -274,6 +291,93 @@ pub async fn handle(
     }
     if status != DeliveryStatus::Retrying {
         count_final(delivery, &job, status, consumed_at);
+    }
+    Ok(())
+}
+
+/// Twilio refused the send because the recipient replied STOP (21610): put
+/// them on the tenant's list, so later jobs end `suppressed` without a call.
+async fn opted_out(
+    shared: &Shared,
+    job: &Job,
+    error: &ProviderError,
+    provider: Option<&str>,
+) -> Result<(), HandleError> {
+    if provider != Some("twilio") || error.code.as_deref() != Some("21610") {
+        return Ok(());
+    }
+    let source = "provider:twilio";
+    let tenant = job.tenant_id.as_str();
+    let reason = crate::suppression::Reason::OptOut;
+    match crate::suppression::add(
+        shared.log.pool(),
+        tenant,
+        job.channel,
+        &job.recipient,
+        reason,
+        source,
+    )
+    .await
+    {
+        Ok(_) | Err(crate::suppression::SuppressionError::InvalidRecipient(_)) => Ok(()),
+        Err(crate::suppression::SuppressionError::Db(e)) => Err(LogError::from(e).into()),
+        Err(crate::suppression::SuppressionError::UnknownReason) => Ok(()),
+    }
+}
+
+fn suppressed_error(channel: crate::job::Channel, reason: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Recipient,
+        Some("suppressed".into()),
+        format!(
+            "the recipient is on the tenant's {channel} suppression list ({reason}); no provider was called"
+        ),
+    )
+}
+
+/// End a job to a suppressed recipient: `suppressed` row and event, no
+/// provider call, nothing dead-lettered (nothing to fix but the list).
+async fn record_suppressed(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    job: &Job,
+    attempt: u32,
+    reason: &str,
+) -> Result<(), HandleError> {
+    metrics::counter!(m::JOBS_SUPPRESSED, "channel" => job.channel.as_str()).increment(1);
+    m::job_final(job.tenant_id.as_str(), job.channel, "suppressed");
+    tracing::info!(
+        reason,
+        "recipient suppressed: job ends without a provider call"
+    );
+    let rec = Record {
+        job_id: job.id.to_string(),
+        tenant_id: Some(job.tenant_id.to_string()),
+        channel: Some(job.channel),
+        status: DeliveryStatus::Suppressed,
+        provider: None,
+        provider_message_id: None,
+        chain_step: None,
+        fallback_used: false,
+        attempts: attempt,
+        new_attempts: vec![],
+        error: Some(suppressed_error(job.channel, reason)),
+        retry_at: None,
+        content: None,
+        metadata: job.metadata.clone(),
+    };
+    match shared.log.record(rec).await? {
+        Some(row) => shared.events(publish).publish_row(&row, false).await?,
+        None => {
+            // Another delivery finished this job first; report that outcome.
+            if let Some(row) = shared
+                .log
+                .get(job.tenant_id.as_str(), job.id.as_str())
+                .await?
+            {
+                shared.events(publish).publish_row(&row, true).await?;
+            }
+        }
     }
     Ok(())
 }

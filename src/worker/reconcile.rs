@@ -18,6 +18,8 @@
 //!   event is published: a worker that saw the job now would expire it too.
 //!   If the message shows up after all, its claim finds the final row and it
 //!   is not sent.
+//! - **Early provider events** (a status webhook that came before its send
+//!   was recorded) are matched to their rows now ([`crate::feedback::apply::catch_up`]).
 
 use super::Shared;
 use crate::broker::BrokerError;
@@ -62,6 +64,8 @@ enum PassError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Feedback(#[from] crate::feedback::apply::ApplyError),
 }
 
 /// One pass, if no other worker is making one.
@@ -121,6 +125,13 @@ async fn pass(
     for row in &lost {
         tracing::error!(job_id = %row.job_id, tenant_id = ?row.tenant_id, "job lost in flight: ended expired (lost)");
         shared.events(publish).publish_row(row, false).await?;
+    }
+    let caught_up = crate::feedback::apply::catch_up(&mut tx, &shared.events(publish)).await?;
+    if caught_up > 0 {
+        tracing::info!(
+            rows = caught_up,
+            "provider events that came before their send was recorded applied"
+        );
     }
     tx.commit().await?;
     if !lost.is_empty() {

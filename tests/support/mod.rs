@@ -6,6 +6,7 @@ pub mod fake_providers;
 pub mod servers;
 pub mod smtp;
 pub mod tenants;
+pub mod webhooks;
 
 use futures::StreamExt;
 use lapin::options::{

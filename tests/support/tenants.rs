@@ -82,12 +82,13 @@ pub async fn row(env: &TestEnv, job_id: &str) -> Option<Value> {
     .unwrap()
 }
 
-/// Poll until the job's row is final (panics after `within`).
+/// Poll until the job's row is final, or `suppressed` (panics after `within`).
 pub async fn wait_final(env: &TestEnv, job_id: &str, within: Duration) -> Value {
     let started = Instant::now();
     loop {
         if let Some(r) = row(env, job_id).await
-            && ["sent", "simulated", "failed", "expired"].contains(&r["status"].as_str().unwrap())
+            && ["sent", "simulated", "failed", "expired", "suppressed"]
+                .contains(&r["status"].as_str().unwrap())
         {
             return r;
         }

@@ -1,0 +1,469 @@
+//! The webhook receiver: `POST /webhooks/{provider}/{tenant}` (sendgrid,
+//! twilio, meta, vonage), Meta's subscription `GET` and Vonage's `GET`
+//! receipts. Each request is verified
+//! with the tenant's own accounts of that provider (and the system default
+//! account of that provider, for its system-default sends) before its body
+//! is parsed. Refused: 401 (403 when the tenant has no such account),
+//! counted by provider and reason, logged without body or secrets.
+//! Accepted: every event applied, then 200; a database or broker failure
+//! answers 503 so the provider retries.
+
+use super::apply::{Publisher, Recorder};
+use super::parse::{self, Parsed};
+use super::verify::{self, Refusal};
+use crate::job::{Channel, TenantId};
+use crate::metrics as m;
+use crate::provider::{ProviderKind, ProviderSettings};
+use crate::settings::Settings;
+use crate::tenant::TenantStore;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// What the receiver needs.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: TenantStore,
+    /// System default accounts (shared by every tenant).
+    pub system: Arc<Vec<ProviderSettings>>,
+    pub recorder: Arc<Recorder>,
+    /// `providers.webhook_base_url`, without a trailing `/`.
+    pub base_url: Option<String>,
+    pub max_age_secs: u64,
+    pub max_body_bytes: usize,
+    /// SES notifications' SNS signatures.
+    pub sns: Arc<super::sns::SnsVerifier>,
+}
+
+impl WebhookState {
+    pub fn new(settings: &Settings, store: TenantStore, events_exchange: String) -> Self {
+        let system = Channel::ALL
+            .iter()
+            .filter_map(|c| settings.system_default(*c).cloned())
+            .collect();
+        Self {
+            recorder: Arc::new(Recorder {
+                pool: store.pool().clone(),
+                publisher: Publisher::new(settings.amqp.url.clone(), events_exchange),
+            }),
+            store,
+            system: Arc::new(system),
+            base_url: settings
+                .providers
+                .webhook_base_url
+                .as_ref()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+            max_age_secs: settings.webhooks.max_age_secs,
+            max_body_bytes: settings.webhooks.max_body_bytes,
+            sns: Arc::new(super::sns::SnsVerifier::new(
+                settings.webhooks.sns_cert_origins.clone(),
+                settings.provider_timeout(),
+            )),
+        }
+    }
+
+    /// The tenant's accounts of `kind`, then the system default's. Entries
+    /// that cannot be opened are left out (the worker reports those).
+    async fn accounts(
+        &self,
+        tenant: &TenantId,
+        kind: ProviderKind,
+    ) -> Result<Vec<ProviderSettings>, crate::tenant::StoreError> {
+        let mut out = vec![];
+        for cfg in self.store.get_tenant(tenant).await? {
+            match self.store.open_chain(&cfg) {
+                Ok(chain) => out.extend(chain.into_iter().filter(|s| s.kind() == kind)),
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, field = %e.field(), "webhook: a stored chain cannot be opened")
+                }
+            }
+        }
+        out.extend(self.system.iter().filter(|s| s.kind() == kind).cloned());
+        Ok(out)
+    }
+}
+
+pub fn router(state: WebhookState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route(
+            "/webhooks/{provider}/{tenant}",
+            post(receive).get(subscribe),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Bind `webhooks.bind` and serve until `stop`; `None` when the receiver is off.
+pub async fn spawn(
+    settings: &Settings,
+    store: TenantStore,
+    events_exchange: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    use anyhow::Context;
+    let bind = &settings.webhooks.bind;
+    if bind.is_empty() {
+        if settings.providers.webhook_base_url.is_some() {
+            tracing::warn!(
+                "providers.webhook_base_url is set but webhooks.bind is empty: this process receives no provider webhooks"
+            );
+        }
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on webhooks.bind = {bind}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "webhooks listening (/webhooks/{{provider}}/{{tenant}})");
+    let app = router(WebhookState::new(settings, store, events_exchange));
+    Ok(Some(tokio::spawn(crate::http::serve(listener, app, stop))))
+}
+
+fn refuse(provider: &str, tenant: &str, r: Refusal) -> Response {
+    metrics::counter!(m::WEBHOOKS_REFUSED, "provider" => provider.to_owned(), "reason" => r.reason()).increment(1);
+    tracing::warn!(provider, tenant, reason = r.reason(), "webhook refused");
+    let code = match r {
+        Refusal::NoAccount => StatusCode::FORBIDDEN,
+        // Ours to retry: SNS delivers again.
+        Refusal::CertificateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    (code, r.to_string()).into_response()
+}
+
+fn unavailable(provider: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(provider, error = %e, "webhook could not be recorded; the provider will retry");
+    StatusCode::SERVICE_UNAVAILABLE.into_response()
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn receive(
+    State(s): State<WebhookState>,
+    Path((provider, tenant)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let kind = match provider.as_str() {
+        "sendgrid" => ProviderKind::Sendgrid,
+        "twilio" => ProviderKind::Twilio,
+        "meta" => ProviderKind::Meta,
+        "vonage" => ProviderKind::Vonage,
+        "ses" => ProviderKind::Ses,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let Ok(t) = TenantId::parse(&tenant) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let accounts = match s.accounts(&t, kind).await {
+        Ok(a) => a,
+        Err(e) => return unavailable(&provider, &e),
+    };
+    let verified = match kind {
+        ProviderKind::Sendgrid => check_sendgrid(&s, &accounts, &headers, &body),
+        ProviderKind::Twilio => check_twilio(&s, &accounts, &uri, &headers, &body),
+        ProviderKind::Vonage => check_vonage(&s, &accounts, &vonage_params(&headers, &body)),
+        ProviderKind::Ses => match check_ses(&s, &accounts, &body).await {
+            // A subscription confirmed (or an unsubscribe noted): nothing to apply.
+            Ok(None) => return StatusCode::OK.into_response(),
+            Ok(Some(parsed)) => Ok(parsed),
+            Err(r) => Err(r),
+        },
+        _ => check_meta(&accounts, &headers, &body),
+    };
+    finish(&s, &t, &provider, kind, verified).await
+}
+
+/// After the check: refuse, or apply what the body says and answer 200.
+async fn finish(
+    s: &WebhookState,
+    t: &TenantId,
+    provider: &str,
+    kind: ProviderKind,
+    verified: Checked,
+) -> Response {
+    let tenant = t.as_str();
+    let parsed = match verified {
+        Err(r) => return refuse(provider, tenant, r),
+        Ok(parsed) => parsed,
+    };
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            metrics::counter!(m::WEBHOOKS_REFUSED, "provider" => provider.to_owned(), "reason" => "malformed").increment(1);
+            tracing::warn!(provider, tenant, "verified webhook body is malformed");
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        }
+    };
+    for ev in &parsed.events {
+        if let Err(e) = s.recorder.event(t, ev).await {
+            return unavailable(provider, &e);
+        }
+    }
+    for msg in &parsed.inbound {
+        if let Err(e) = s.recorder.inbound(t, provider, msg).await {
+            return unavailable(provider, &e);
+        }
+    }
+    match kind {
+        // An empty TwiML answer: no auto-reply to an inbound message.
+        ProviderKind::Twilio => (
+            [(header::CONTENT_TYPE, "text/xml")],
+            "<Response></Response>",
+        )
+            .into_response(),
+        _ => StatusCode::OK.into_response(),
+    }
+}
+
+type Checked = Result<Result<Parsed, parse::Malformed>, Refusal>;
+
+fn check_sendgrid(
+    s: &WebhookState,
+    accounts: &[ProviderSettings],
+    h: &HeaderMap,
+    body: &[u8],
+) -> Checked {
+    let keys: Vec<_> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Sendgrid(g) => g.webhook_verification_key.as_deref(),
+            _ => None,
+        })
+        .filter_map(|k| verify::sendgrid_key(k).ok())
+        .collect();
+    if keys.is_empty() {
+        return Err(Refusal::NoAccount);
+    }
+    let (Some(sig), Some(ts)) = (
+        header_str(h, "x-twilio-email-event-webhook-signature"),
+        header_str(h, "x-twilio-email-event-webhook-timestamp"),
+    ) else {
+        return Err(Refusal::MissingSignature);
+    };
+    if !keys
+        .iter()
+        .any(|k| verify::verify_sendgrid(k, ts, body, sig))
+    {
+        return Err(Refusal::BadSignature);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if !verify::fresh(ts, now, s.max_age_secs) {
+        return Err(Refusal::Stale);
+    }
+    Ok(parse::sendgrid(body))
+}
+
+fn check_twilio(
+    s: &WebhookState,
+    accounts: &[ProviderSettings],
+    uri: &Uri,
+    h: &HeaderMap,
+    body: &[u8],
+) -> Checked {
+    let tokens: Vec<&SecretString> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Twilio(t) => Some(&t.auth_token),
+            _ => None,
+        })
+        .collect();
+    if tokens.is_empty() {
+        return Err(Refusal::NoAccount);
+    }
+    let Some(sig) = header_str(h, "x-twilio-signature") else {
+        return Err(Refusal::MissingSignature);
+    };
+    let Some(base) = &s.base_url else {
+        return Err(Refusal::NoBaseUrl);
+    };
+    // The URL Twilio was given (twilio.rs): the public base and this path.
+    let url = match uri.query() {
+        Some(q) => format!("{base}{}?{q}", uri.path()),
+        None => format!("{base}{}", uri.path()),
+    };
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    if !tokens
+        .iter()
+        .any(|t| verify::verify_twilio(t, &url, &params, sig))
+    {
+        return Err(Refusal::BadSignature);
+    }
+    Ok(parse::twilio(&params))
+}
+
+/// An SNS message for SES: the tenant's SES accounts name its topic, its
+/// signature verifies; a subscription confirmation is confirmed (`None`).
+async fn check_ses(
+    s: &WebhookState,
+    accounts: &[ProviderSettings],
+    body: &[u8],
+) -> Result<Option<Result<Parsed, parse::Malformed>>, Refusal> {
+    let topics: Vec<&str> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Ses(x) => Some(x.sns_topic_arns.iter().map(String::as_str)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if topics.is_empty() {
+        return Err(Refusal::NoAccount);
+    }
+    // The envelope must be read to know what was signed; nothing in it is
+    // used before the signature verifies.
+    let Ok(m) = serde_json::from_slice::<super::sns::SnsMessage>(body) else {
+        return Err(Refusal::MissingSignature);
+    };
+    s.sns.verify(&m).await?;
+    if !topics.contains(&m.topic_arn.as_str()) {
+        return Err(Refusal::UnknownTopic);
+    }
+    match m.kind.as_str() {
+        "SubscriptionConfirmation" => {
+            s.sns.confirm(&m).await?;
+            tracing::info!(topic = %m.topic_arn, "SNS subscription confirmed");
+            Ok(None)
+        }
+        "Notification" => Ok(Some(parse::ses(&m.message, &m.message_id))),
+        _ => Ok(None),
+    }
+}
+
+/// Vonage's parameters: a form or a flat JSON object (dashboard choice).
+fn vonage_params(h: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
+    let json = header_str(h, "content-type").is_some_and(|c| c.starts_with("application/json"));
+    if !json {
+        return url::form_urlencoded::parse(body).into_owned().collect();
+    }
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(body) else {
+        return vec![];
+    };
+    m.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect()
+}
+
+fn check_vonage(
+    s: &WebhookState,
+    accounts: &[ProviderSettings],
+    params: &[(String, String)],
+) -> Checked {
+    let secrets: Vec<_> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Vonage(v) => {
+                v.signature_secret.as_ref().map(|k| (k, v.signature_method))
+            }
+            _ => None,
+        })
+        .collect();
+    if secrets.is_empty() {
+        return Err(Refusal::NoAccount);
+    }
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let (Some(_), Some(ts)) = (get("sig"), get("timestamp")) else {
+        return Err(Refusal::MissingSignature);
+    };
+    if !secrets
+        .iter()
+        .any(|(k, m)| verify::verify_vonage(k, *m, params))
+    {
+        return Err(Refusal::BadSignature);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if !verify::fresh(ts, now, s.max_age_secs) {
+        return Err(Refusal::Stale);
+    }
+    Ok(parse::vonage(params))
+}
+
+fn check_meta(accounts: &[ProviderSettings], h: &HeaderMap, body: &[u8]) -> Checked {
+    let secrets: Vec<&SecretString> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Meta(m) => m.app_secret.as_ref(),
+            _ => None,
+        })
+        .collect();
+    if secrets.is_empty() {
+        return Err(Refusal::NoAccount);
+    }
+    let Some(sig) = header_str(h, "x-hub-signature-256") else {
+        return Err(Refusal::MissingSignature);
+    };
+    if !secrets.iter().any(|k| verify::verify_meta(k, body, sig)) {
+        return Err(Refusal::BadSignature);
+    }
+    Ok(parse::meta(body))
+}
+
+/// Meta's subscription check: `hub.mode=subscribe`, `hub.verify_token`
+/// matching one of the tenant's Meta accounts' `webhook_verify_token`
+/// (constant-time), answered with `hub.challenge`.
+async fn subscribe(
+    State(s): State<WebhookState>,
+    Path((provider, tenant)): Path<(String, String)>,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Ok(t) = TenantId::parse(&tenant) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if provider == "vonage" {
+        // Vonage's default: receipts and inbound messages as GET parameters.
+        let params: Vec<(String, String)> =
+            url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        let verified = match s.accounts(&t, ProviderKind::Vonage).await {
+            Ok(a) => check_vonage(&s, &a, &params),
+            Err(e) => return unavailable(&provider, &e),
+        };
+        return finish(&s, &t, &provider, ProviderKind::Vonage, verified).await;
+    }
+    if provider != "meta" {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let accounts = match s.accounts(&t, ProviderKind::Meta).await {
+        Ok(a) => a,
+        Err(e) => return unavailable(&provider, &e),
+    };
+    let tokens: Vec<&SecretString> = accounts
+        .iter()
+        .filter_map(|a| match a {
+            ProviderSettings::Meta(m) => m.webhook_verify_token.as_ref(),
+            _ => None,
+        })
+        .collect();
+    if tokens.is_empty() {
+        return refuse(&provider, &tenant, Refusal::NoAccount);
+    }
+    let presented = q
+        .get("hub.verify_token")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let matches = tokens
+        .iter()
+        .any(|t| bool::from(t.expose_secret().as_bytes().ct_eq(presented.as_bytes())));
+    match (
+        q.get("hub.mode").map(String::as_str),
+        q.get("hub.challenge"),
+    ) {
+        (Some("subscribe"), Some(challenge)) if matches => challenge.clone().into_response(),
+        _ => refuse(&provider, &tenant, Refusal::BadSignature),
+    }
+}

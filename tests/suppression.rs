@@ -1,0 +1,344 @@
+//! Suppression lists: a bounce, a complaint or a STOP puts the recipient on
+//! the tenant's list for that channel; the next job to them ends
+//! `suppressed` without any provider call, for that tenant only. People
+//! manage the lists with the CLI and the admin API, audited.
+
+mod support;
+
+use outreach::admin_api::hash_token;
+use outreach::job::Channel;
+use outreach::settings::TenantToken;
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::fake_providers::{self as fake, TWILIO_SID};
+use support::tenants::*;
+use support::webhooks::*;
+use support::{TestEnv, free_port, run_cli};
+use wiremock::MockServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn calls(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap().len()
+}
+
+fn email_to(id: &str, tenant: &str, to: &str) -> Value {
+    support::email_payload(id, tenant, to)
+}
+
+#[tokio::test]
+async fn a_hard_bounce_suppresses_the_next_email_to_that_address_for_that_tenant_only() {
+    let env = TestEnv::new().await;
+    let sendgrid = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    let mut with_key = sendgrid_at(&sendgrid);
+    with_key["webhook_verification_key"] = json!(sendgrid_public_key(&sendgrid_signing_key(1)));
+    set_tenant(
+        &env,
+        "clinic-a",
+        Channel::Email,
+        json!({"chain": [with_key]}),
+    )
+    .await;
+    set_tenant(
+        &env,
+        "clinic-b",
+        Channel::Email,
+        json!({"chain": [sendgrid_at(&sendgrid)]}),
+    )
+    .await;
+    let (s, rx) = receiver_settings(&env);
+    let mut events = env.event_queue().await;
+    let (stop, worker) = env.spawn_worker(s);
+    rx.ready().await;
+
+    publish(
+        &env,
+        &[email_to("mail-1", "clinic-a", "patient@example.com")],
+    )
+    .await;
+    assert_eq!(wait_final(&env, "mail-1", WAIT).await["status"], "sent");
+    // SendGrid writes the address as the recipient's server had it.
+    let bounce = json!([{"email": "patient@EXAMPLE.com", "event": "bounce", "type": "bounce",
+        "status": "5.1.1", "sg_event_id": "bounce-1", "timestamp": now_unix(),
+        "sg_message_id": format!("{}.filter-1", fake::SENDGRID_MESSAGE_ID), "job_id": "mail-1"}]);
+    let body = bounce.to_string().into_bytes();
+    assert_eq!(
+        rx.sendgrid("clinic-a", &body, now_unix(), &sendgrid_signing_key(1))
+            .await,
+        200
+    );
+    assert_eq!(status(&env, "clinic-a", "mail-1").await, "bounced");
+    assert_eq!(calls(&sendgrid).await, 1);
+
+    publish(
+        &env,
+        &[email_to("mail-2", "clinic-a", "patient@example.com")],
+    )
+    .await;
+    let row = wait_final(&env, "mail-2", WAIT).await;
+    assert_eq!(row["status"], "suppressed");
+    assert_eq!(row["error_code"], "suppressed");
+    assert_eq!(
+        calls(&sendgrid).await,
+        1,
+        "no provider call for a suppressed recipient"
+    );
+    let mut suppressed_event = None;
+    while let Some((key, ev)) = events.next(Duration::from_secs(5)).await {
+        if key == "suppressed.email" {
+            suppressed_event = Some(ev);
+            break;
+        }
+    }
+    assert_eq!(
+        suppressed_event.expect("a suppressed event")["job_id"],
+        "mail-2"
+    );
+
+    // Another clinic may still write to the same address.
+    publish(
+        &env,
+        &[email_to("mail-3", "clinic-b", "patient@example.com")],
+    )
+    .await;
+    assert_eq!(wait_final(&env, "mail-3", WAIT).await["status"], "sent");
+    assert_eq!(calls(&sendgrid).await, 2);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+fn inbound(body: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AccountSid", TWILIO_SID.into()),
+        ("Body", body.into()),
+        ("From", "+447700900123".into()),
+        ("MessageSid", "SMbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".into()),
+        ("SmsStatus", "received".into()),
+        ("To", "+14155550100".into()),
+    ]
+}
+
+#[tokio::test]
+async fn a_stop_reply_suppresses_sms_to_that_number_and_start_lifts_it() {
+    let env = TestEnv::new().await;
+    let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
+    set_tenant(
+        &env,
+        "clinic-a",
+        Channel::Sms,
+        json!({"chain": [twilio_at(&twilio)]}),
+    )
+    .await;
+    let (s, rx) = receiver_settings(&env);
+    let (stop, worker) = env.spawn_worker(s);
+    rx.ready().await;
+    let post = |body: &'static str| {
+        let rx = &rx;
+        async move {
+            let p = inbound(body);
+            let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            rx.twilio("clinic-a", &p, fake::TWILIO_TOKEN).await
+        }
+    };
+
+    assert_eq!(post("Stop").await, 200);
+    publish(&env, &[sms("appt-1", "clinic-a")]).await;
+    assert_eq!(
+        wait_final(&env, "appt-1", WAIT).await["status"],
+        "suppressed"
+    );
+    assert_eq!(calls(&twilio).await, 0);
+
+    assert_eq!(post("START").await, 200);
+    publish(&env, &[sms("appt-2", "clinic-a")]).await;
+    assert_eq!(wait_final(&env, "appt-2", WAIT).await["status"], "sent");
+    assert_eq!(calls(&twilio).await, 1);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_cli_adds_lists_and_removes_numbers_in_e164_and_audits_each_change() {
+    let env = TestEnv::new().await;
+    let vars = worker_env(&env);
+    let cli = |args: &[&str]| run_cli(&vars, args);
+    assert_eq!(
+        cli(&[
+            "suppression",
+            "add",
+            "clinic-a",
+            "--channel",
+            "sms",
+            "--to",
+            "0044 7700 900123"
+        ])
+        .trim(),
+        "added"
+    );
+    assert_eq!(
+        cli(&[
+            "suppression",
+            "add",
+            "clinic-a",
+            "--channel",
+            "sms",
+            "--to",
+            "+447700900123"
+        ])
+        .trim(),
+        "already suppressed"
+    );
+    let listed = cli(&["suppression", "list", "clinic-a", "--json"]);
+    let entry: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["recipient"], "+447700900123");
+    assert_eq!(entry["reason"], "manual");
+    assert!(cli(&["suppression", "list", "clinic-b"]).is_empty());
+
+    // A job to the number, written as the job format requires, is suppressed.
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+    publish(&env, &[sms("appt-1", "clinic-a")]).await;
+    assert_eq!(
+        wait_final(&env, "appt-1", WAIT).await["status"],
+        "suppressed"
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    assert_eq!(
+        cli(&[
+            "suppression",
+            "remove",
+            "clinic-a",
+            "--channel",
+            "sms",
+            "--to",
+            "+44 7700 900123"
+        ])
+        .trim(),
+        "removed"
+    );
+    assert!(cli(&["suppression", "list", "clinic-a"]).is_empty());
+    let audit: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, actor FROM config_audit WHERE tenant_id = 'clinic-a' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(actions, ["suppression_add", "suppression_remove"]);
+    assert!(audit.iter().all(|(_, actor)| actor.starts_with("cli:")));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_tenant_token_manages_only_its_own_tenants_suppressions_over_the_admin_api() {
+    let env = TestEnv::new().await;
+    let mut s = worker_settings(&env);
+    let port = free_port();
+    s.http.bind = format!("127.0.0.1:{port}");
+    s.admin.tenant_tokens = vec![TenantToken {
+        tenant: "clinic-a".into(),
+        sha256: hash_token("clinic-a-token"),
+        name: "clinic-a portal".into(),
+    }];
+    let (stop, worker) = env.spawn_worker(s);
+    let base = format!("http://127.0.0.1:{port}/admin/v1/tenants");
+    let http = reqwest::Client::new();
+    support::eventually(WAIT, "admin api up", || async {
+        http.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let auth = "Bearer clinic-a-token";
+
+    let added = http
+        .post(format!("{base}/clinic-a/suppressions"))
+        .header("authorization", auth)
+        .body(r#"{"channel": "email", "recipient": "Patient@Example.com", "reason": "complaint"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status().as_u16(), 201);
+    let list: Value = http
+        .get(format!("{base}/clinic-a/suppressions?channel=email"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["suppressions"][0]["recipient"], "patient@example.com");
+    assert_eq!(list["suppressions"][0]["source"], "api:clinic-a portal");
+
+    let other = http
+        .get(format!("{base}/clinic-b/suppressions"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 403);
+
+    let removed = http
+        .delete(format!(
+            "{base}/clinic-a/suppressions/email/patient@example.com"
+        ))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status().as_u16(), 204);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM config_audit WHERE tenant_id = 'clinic-a' AND actor = 'api:clinic-a portal' \
+         AND action IN ('suppression_add', 'suppression_remove')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn twilio_refusing_a_send_with_21610_suppresses_the_next_job_to_that_number() {
+    let env = TestEnv::new().await;
+    let twilio = fake::serve(
+        &fake::twilio_path(),
+        fake::Always(fake::twilio_error(
+            400,
+            21610,
+            "Attempt to send to unsubscribed recipient",
+        )),
+    )
+    .await;
+    set_tenant(
+        &env,
+        "clinic-a",
+        Channel::Sms,
+        json!({"fallback_to_system": false, "chain": [twilio_at(&twilio)]}),
+    )
+    .await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+    publish(&env, &[sms("appt-1", "clinic-a")]).await;
+    assert_eq!(wait_final(&env, "appt-1", WAIT).await["status"], "failed");
+    assert_eq!(calls(&twilio).await, 1);
+    publish(&env, &[sms("appt-2", "clinic-a")]).await;
+    assert_eq!(
+        wait_final(&env, "appt-2", WAIT).await["status"],
+        "suppressed"
+    );
+    assert_eq!(
+        calls(&twilio).await,
+        1,
+        "no second call to an opted-out number"
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
