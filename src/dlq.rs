@@ -7,9 +7,9 @@
 //! - `reader`: taking messages from the queue without removing them.
 //! - [`list`] below, and [`replay`]: back to the jobs exchange, the delivery
 //!   log row reset first.
-//! - [`cli`]: `outreach dlq list` and `outreach dlq replay`.
+//!
+//! `outreach dlq list` and `outreach dlq replay` are in the binary (`src/cli/dlq.rs`).
 
-pub mod cli;
 pub mod filter;
 pub mod letter;
 mod reader;

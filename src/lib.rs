@@ -12,19 +12,20 @@
 //! - [`suppression`]: per-tenant lists of recipients not to message.
 //! - [`admin_api`]: `/admin/v1`, tenants' config over HTTP.
 //! - [`dlq`]: the dead-letter queue: list and replay.
-//! - [`app`]: wiring; [`demo`]: the one-command demonstration; [`bench`]: the benchmark.
+//! - [`app`]: wiring of the worker.
+//!
+//! The commands (`tenant`, `keys`, `admin`, `dlq`, `suppression`, `enqueue`,
+//! `demo`, `bench`) live in the binary (`src/main.rs`, `src/cli/`), not here.
 #![forbid(unsafe_code)]
 
 pub mod admin_api;
 pub mod app;
 pub mod batch;
-pub mod bench;
 pub mod broker;
 pub mod circuit;
 pub mod crypto;
 pub mod db;
 pub mod delivery_log;
-pub mod demo;
 pub mod dispatch;
 pub mod dlq;
 pub mod enqueue;

@@ -1,13 +1,14 @@
 //! The `outreach` command line.
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use outreach::broker::Topology;
-use outreach::dlq::cli::{self as dlq_cli, DlqCommand};
-use outreach::enqueue::JobPublisher;
+mod cli;
+
+use clap::{Parser, Subcommand};
+use cli::dlq::{self as dlq_cli, DlqCommand};
+use cli::enqueue::EnqueueArgs;
+use cli::tenant::{self as tenant_cli, AdminCommand, KeysCommand, TenantCommand};
+use cli::{bench, demo};
 use outreach::settings::Settings;
-use outreach::tenant::cli::{self as tenant_cli, AdminCommand, KeysCommand, TenantCommand};
-use outreach::{app, bench, db, demo, health, telemetry};
+use outreach::{app, db, health, telemetry};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ enum Command {
     Admin(AdminCommand),
     /// Recipients a tenant must not message (bounces, complaints, opt-outs).
     #[command(subcommand)]
-    Suppression(outreach::suppression::cli::SuppressionCommand),
+    Suppression(cli::suppression::SuppressionCommand),
     /// Inspect and replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -71,43 +72,6 @@ enum Command {
     },
     /// Measure throughput, latency, CPU and memory against a broker-only baseline.
     Bench(Box<bench::BenchOptions>),
-}
-
-#[derive(Args)]
-struct EnqueueArgs {
-    /// A job JSON file ("-" reads stdin). Without it, the job is built from the flags.
-    #[arg(long, conflicts_with_all = ["tenant", "channel", "to"])]
-    file: Option<PathBuf>,
-    /// Publish the file's bytes as they are, without validating (to test bad input).
-    #[arg(long, requires = "file")]
-    raw: bool,
-    #[arg(long)]
-    tenant: Option<String>,
-    /// email, sms or whatsapp.
-    #[arg(long)]
-    channel: Option<String>,
-    /// Recipient: an email address or an E.164 number.
-    #[arg(long)]
-    to: Option<String>,
-    #[arg(long)]
-    subject: Option<String>,
-    #[arg(long)]
-    text: Option<String>,
-    #[arg(long)]
-    html: Option<String>,
-    /// WhatsApp template name (with --language and --param).
-    #[arg(long)]
-    template: Option<String>,
-    #[arg(long, default_value = "en_US")]
-    language: String,
-    #[arg(long = "param")]
-    params: Vec<String>,
-    /// Idempotency key; a new UUIDv7 when omitted.
-    #[arg(long)]
-    job_id: Option<String>,
-    /// JSON object echoed into the delivery events.
-    #[arg(long)]
-    metadata: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -161,7 +125,7 @@ fn run() -> anyhow::Result<()> {
                 settings.worker.migrate_on_start &= !no_migrate;
                 app::run_worker(settings, app::shutdown_on_signals()).await
             }
-            Command::Enqueue(args) => enqueue(&settings, *args).await,
+            Command::Enqueue(args) => cli::enqueue::enqueue(&settings, *args).await,
             Command::Tenant(cmd) => tenant_cli::tenant(&settings, cmd).await,
             Command::Keys(cmd) => tenant_cli::keys(&settings, cmd).await,
             Command::Admin(cmd) => {
@@ -169,9 +133,7 @@ fn run() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Dlq(cmd) => dlq_cli::dlq(&settings, cmd).await,
-            Command::Suppression(cmd) => {
-                outreach::suppression::cli::suppression(&settings, cmd).await
-            }
+            Command::Suppression(cmd) => cli::suppression::suppression(&settings, cmd).await,
             Command::Bench(opts) => bench::run(settings, *opts).await,
             Command::Health { url } => {
                 let url = url.unwrap_or_else(|| health::readyz_url(&settings.http.bind));
@@ -196,56 +158,4 @@ fn run() -> anyhow::Result<()> {
             }
         }
     })
-}
-
-async fn enqueue(settings: &Settings, a: EnqueueArgs) -> anyhow::Result<()> {
-    let payload = match &a.file {
-        Some(p) if p.as_os_str() == "-" => {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
-            buf
-        }
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
-        None => {
-            let mut content = serde_json::Map::new();
-            for (k, v) in [
-                ("subject", &a.subject),
-                ("text", &a.text),
-                ("html", &a.html),
-            ] {
-                if let Some(v) = v {
-                    content.insert(k.into(), v.clone().into());
-                }
-            }
-            if let Some(name) = &a.template {
-                content.insert("template".into(), serde_json::json!({"name": name, "language": a.language, "parameters": a.params}));
-            }
-            let metadata = a
-                .metadata
-                .as_deref()
-                .map(serde_json::from_str::<serde_json::Value>)
-                .transpose()
-                .context("--metadata must be a JSON object")?;
-            let job = serde_json::json!({
-                "version": 1,
-                "job_id": a.job_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                "tenant_id": a.tenant.as_deref().context("--tenant is required without --file")?,
-                "channel": a.channel.as_deref().context("--channel is required without --file")?,
-                "recipient": a.to.as_deref().context("--to is required without --file")?,
-                "content": content,
-                "metadata": metadata,
-            });
-            serde_json::to_vec(&job)?
-        }
-    };
-    let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
-    let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology).await?;
-    if a.raw {
-        publisher.publish_raw(&payload, None).await?;
-        println!("published {} raw bytes", payload.len());
-    } else {
-        let job = publisher.publish(&payload).await?;
-        println!("{}", job.id);
-    }
-    Ok(())
 }

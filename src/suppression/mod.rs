@@ -13,11 +13,10 @@
 //!   spaces, dashes, dots and brackets are dropped, `00` becomes `+`, and a
 //!   bare run of digits (Meta's wa_id) gets its `+`.
 //!
-//! - [`cli`]: `outreach suppression list / add / remove`; [`api`]: the same
-//!   under `/admin/v1/tenants/{tenant}/suppressions`.
+//! - [`api`]: `/admin/v1/tenants/{tenant}/suppressions`; the same as
+//!   `outreach suppression list / add / remove` (in the binary, `src/cli/suppression.rs`).
 
 pub mod api;
-pub mod cli;
 
 use crate::job::{Channel, TenantId, is_e164};
 use serde::{Deserialize, Serialize};

@@ -6,9 +6,9 @@
 //! - [`view`]: the masked form for `tenant show` and the admin API.
 //! - [`directory`]: [`Directory::resolve`], the cached chains workers send through;
 //!   [`listener`]: invalidation on every change.
-//! - [`cli`]: the `tenant`, `keys` and `admin` commands.
+//!
+//! The `tenant`, `keys` and `admin` commands are in the binary (`src/cli/tenant.rs`).
 
-pub mod cli;
 pub mod directory;
 pub mod listener;
 pub mod model;

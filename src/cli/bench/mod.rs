@@ -28,13 +28,13 @@ mod soak;
 
 pub use report::Report;
 
-use crate::broker::Topology;
-use crate::enqueue::JobPublisher;
-use crate::settings::Settings;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use load::Collector;
 use measure::{CpuSnapshot, WorkerProcs};
+use outreach::broker::Topology;
+use outreach::enqueue::JobPublisher;
+use outreach::settings::Settings;
 use report::{CpuPer1k, Latency, Phase};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -123,7 +123,7 @@ const NOISY_PER_SEC: u32 = 1000;
 
 /// Run the bench and print its report.
 pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
-    crate::app::install_crypto();
+    outreach::app::install_crypto();
     let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     if let Some(p) = opts.prefetch {
         settings.amqp.prefetch = p;
@@ -295,8 +295,9 @@ impl Ctx<'_> {
             self.prepare(settings, n + extra).await?;
         // Noisy: which quiet (tenant, channel) routing keys share a work
         // queue with the noisy tenant's backlog.
-        let key_of =
-            |tenant: &str, channel: &str| crate::job::routing_key_of(Some(tenant), Some(channel));
+        let key_of = |tenant: &str, channel: &str| {
+            outreach::job::routing_key_of(Some(tenant), Some(channel))
+        };
         let sharing: Option<HashSet<String>> = if noisy && topology.work_queues.len() > 1 {
             let pairs: Vec<(String, &str)> = (0..=QUIET_TENANTS)
                 .flat_map(|t| load::CHANNELS.map(|c| (setup::tenant_id(t), c)))

@@ -7,7 +7,7 @@
 //! end compares the first and last quarters, so growth shows.
 
 use super::measure::WorkerProcs;
-use crate::broker::{self, Nodes, Topology};
+use outreach::broker::{self, Nodes, Topology};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::fs;

@@ -3,9 +3,9 @@
 //! an event of similar size with a publisher confirm, ack. No database, no
 //! provider. Whatever the pipeline adds on top is what it costs.
 
-use crate::broker::{self, Topology};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions};
+use outreach::broker::{self, Topology};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;

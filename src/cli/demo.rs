@@ -2,12 +2,12 @@
 //! over tenants and channels (and three bad ones), run a worker until they
 //! are all final, and print what happened per provider.
 
-use crate::broker::Topology;
-use crate::enqueue::JobPublisher;
-use crate::settings::Settings;
-use crate::{app, db};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use outreach::broker::Topology;
+use outreach::enqueue::JobPublisher;
+use outreach::settings::Settings;
+use outreach::{app, db};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 

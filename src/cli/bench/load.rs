@@ -2,11 +2,11 @@
 //! in `metadata`), confirmed publishing (all at once or paced), the event
 //! collector that sees every delivery event, and clean-up of a prefix.
 
-use crate::broker::{self, Topology};
-use crate::enqueue::JobPublisher;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use outreach::broker::{self, Topology};
+use outreach::enqueue::JobPublisher;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -263,7 +263,7 @@ pub async fn work_queue_of(
             )
             .await?
         {
-            found.insert(crate::job::routing_key(&m.delivery.data), i);
+            found.insert(outreach::job::routing_key(&m.delivery.data), i);
         }
     }
     let _ = conn.close(200, "bye".into()).await;

@@ -1,13 +1,13 @@
 //! The `tenant`, `keys` and `admin` commands (glue: errors are `anyhow`).
 
-use super::{ChannelConfig, Directory, TenantStore, rotate, view};
-use crate::admin_api;
-use crate::dispatch::QuickRetry;
-use crate::job::{Channel, TenantId};
-use crate::settings::Settings;
-use crate::{app, crypto, db};
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use outreach::admin_api;
+use outreach::dispatch::QuickRetry;
+use outreach::job::{Channel, TenantId};
+use outreach::settings::Settings;
+use outreach::tenant::{ChannelConfig, Directory, TenantStore, rotate, view};
+use outreach::{app, crypto, db};
 use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::sync::Arc;

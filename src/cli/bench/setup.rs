@@ -2,10 +2,10 @@
 //! default providers pointed at the fake, and the workers under test (tasks
 //! in this process, or `outreach worker` child processes).
 
-use crate::provider::ProviderSettings;
-use crate::settings::Settings;
-use crate::{app, db};
 use anyhow::Context;
+use outreach::provider::ProviderSettings;
+use outreach::settings::Settings;
+use outreach::{app, db};
 use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};
 use tokio::task::JoinHandle;
@@ -87,13 +87,13 @@ pub async fn configure_tenants(pool: &PgPool, range: std::ops::Range<usize>) -> 
 /// Give tenant `i` a limit of `per_second` on every channel (system default
 /// providers, no chain of its own).
 pub async fn limit_tenant(pool: &PgPool, i: usize, per_second: u32) -> anyhow::Result<()> {
-    let store = crate::tenant::TenantStore::new(
+    let store = outreach::tenant::TenantStore::new(
         pool.clone(),
-        std::sync::Arc::new(crate::crypto::KeyRing::new(&[], None)?),
+        std::sync::Arc::new(outreach::crypto::KeyRing::new(&[], None)?),
     );
-    let tenant = crate::job::TenantId::parse(&tenant_id(i))?;
-    for channel in crate::job::Channel::ALL {
-        let cfg = crate::tenant::ChannelConfig::from_json(
+    let tenant = outreach::job::TenantId::parse(&tenant_id(i))?;
+    for channel in outreach::job::Channel::ALL {
+        let cfg = outreach::tenant::ChannelConfig::from_json(
             serde_json::json!({"chain": [], "fallback_to_system": true,
                 "rate_limits": {"per_second": per_second}}),
             channel,

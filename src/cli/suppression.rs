@@ -1,11 +1,11 @@
 //! `outreach suppression list / add / remove` (glue: errors are `anyhow`).
 //! Changes are audited as `cli:<user>`, like tenant config changes.
 
-use super::{Reason, change_audited, list};
-use crate::job::{Channel, TenantId};
-use crate::settings::Settings;
-use crate::{db, tenant};
 use clap::Subcommand;
+use outreach::db;
+use outreach::job::{Channel, TenantId};
+use outreach::settings::Settings;
+use outreach::suppression::{Reason, change_audited, list};
 
 #[derive(Subcommand)]
 pub enum SuppressionCommand {
@@ -75,9 +75,15 @@ pub async fn suppression(settings: &Settings, cmd: SuppressionCommand) -> anyhow
         } => {
             let reason: Reason = reason.parse()?;
             let t = tenant_id(&tenant)?;
-            let added =
-                change_audited(&pool, &tenant::cli::actor(), &t, channel, &to, Some(reason))
-                    .await?;
+            let added = change_audited(
+                &pool,
+                &super::tenant::actor(),
+                &t,
+                channel,
+                &to,
+                Some(reason),
+            )
+            .await?;
             println!("{}", if added { "added" } else { "already suppressed" });
         }
         SuppressionCommand::Remove {
@@ -87,7 +93,7 @@ pub async fn suppression(settings: &Settings, cmd: SuppressionCommand) -> anyhow
         } => {
             let t = tenant_id(&tenant)?;
             let removed =
-                change_audited(&pool, &tenant::cli::actor(), &t, channel, &to, None).await?;
+                change_audited(&pool, &super::tenant::actor(), &t, channel, &to, None).await?;
             println!("{}", if removed { "removed" } else { "not suppressed" });
         }
     }

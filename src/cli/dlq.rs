@@ -1,8 +1,8 @@
 //! The `dlq list` and `dlq replay` commands (glue: errors are `anyhow`).
 
-use super::{DeadLetter, Filter, Listing, ReplayOptions, ReplayOutcome, parse_since};
-use crate::settings::Settings;
 use clap::{Args, Subcommand};
+use outreach::dlq::{self, DeadLetter, Filter, Listing, ReplayOptions, ReplayOutcome, parse_since};
+use outreach::settings::Settings;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -70,7 +70,7 @@ pub async fn dlq(settings: &Settings, cmd: DlqCommand) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let listing = super::list(settings, &filter.into(), limit.map(|n| n as usize)).await?;
+            let listing = dlq::list(settings, &filter.into(), limit.map(|n| n as usize)).await?;
             if json {
                 for l in &listing.letters {
                     println!("{}", serde_json::to_string(l)?);
@@ -92,7 +92,7 @@ pub async fn dlq(settings: &Settings, cmd: DlqCommand) -> anyhow::Result<()> {
                 dry_run,
             };
             let reason_flag = opts.filter.reason.is_some();
-            let s = super::replay(settings, &opts, |l, outcome| {
+            let s = dlq::replay(settings, &opts, |l, outcome| {
                 let (verb, note) = match outcome {
                     ReplayOutcome::Replayed => ("replayed", String::new()),
                     ReplayOutcome::ReplayedAlreadySent => (
