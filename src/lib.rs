@@ -29,6 +29,7 @@ pub mod delivery_log;
 pub mod dispatch;
 pub mod dlq;
 pub mod enqueue;
+pub mod enum_names;
 pub mod events;
 pub mod feedback;
 pub mod health;

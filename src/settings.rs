@@ -2,7 +2,9 @@
 //! then `OUTREACH__SECTION__KEY` environment variables. Each field is
 //! documented in `config/default.toml`.
 
+pub use crate::broker::{AmqpSettings, QueueType};
 use crate::crypto::KeyConfig;
+use crate::enum_names::{by_name, parse_name};
 use crate::provider::ProviderSettings;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -217,44 +219,6 @@ pub struct DatabaseSettings {
     pub acquire_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueType {
-    Quorum,
-    Classic,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpSettings {
-    /// One node or several (a cluster); see [`crate::broker::Nodes`].
-    pub url: crate::broker::Nodes,
-    /// Try the nodes in a random order per process (workers spread over the
-    /// cluster) rather than as listed.
-    pub shuffle_nodes: bool,
-    /// How long one node may take to accept a connection before the next is tried.
-    pub connect_timeout_ms: u64,
-    pub prefix: String,
-    #[serde(deserialize_with = "by_name")]
-    pub queue_type: QueueType,
-    pub prefetch: u16,
-    pub work_queues: u16,
-    pub delivery_limit: u32,
-}
-
-impl AmqpSettings {
-    /// The nodes in the order this process tries them (shuffled once per
-    /// call when `shuffle_nodes` is on), with the connect timeout applied.
-    pub fn nodes(&self) -> crate::broker::Nodes {
-        let mut nodes = self.url.clone();
-        nodes.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
-        if self.shuffle_nodes {
-            nodes = nodes.shuffled();
-        }
-        nodes
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
@@ -400,30 +364,6 @@ pub struct SystemDefaults {
     pub sms: Option<ProviderSettings>,
     #[serde(default, deserialize_with = "provider_settings")]
     pub whatsapp: Option<ProviderSettings>,
-}
-
-/// Read a unit enum (`QueueType`, `LogFormat`, `SmtpSecurity`) by its name
-/// through serde's own string deserializer, so that a wrong name lists the
-/// right ones ("unknown value `quorom`, expected `quorum` or `classic`"): the
-/// `config` crate's own enum support says "enum QueueType does not have
-/// variant constructor quorom" instead.
-pub(crate) fn by_name<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    let name = String::deserialize(d)?;
-    parse_name(&name).map_err(serde::de::Error::custom)
-}
-
-fn parse_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
-    use serde::de::IntoDeserializer;
-    let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
-        name.into_deserializer();
-    T::deserialize(d).map_err(|e| {
-        e.to_string()
-            .replacen("unknown variant", "unknown value", 1)
-    })
 }
 
 /// Read a system default provider so that environment strings still become

@@ -31,16 +31,16 @@
 //! job. Every other key falls through to the alternate exchange.
 
 mod nodes;
+mod settings;
 
-pub use nodes::{Node, Nodes, NodesError};
-
-use crate::settings::{AmqpSettings, QueueType};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
+pub use nodes::{Node, Nodes, NodesError};
+pub use settings::{AmqpSettings, QueueType};
 use std::time::Duration;
 
 /// The consistent-hash exchange type (plugin `rabbitmq_consistent_hash_exchange`).
@@ -589,8 +589,17 @@ mod tests {
     use super::*;
 
     fn topo(tiers: &[u64]) -> Topology {
-        let s = crate::settings::Settings::load(None).unwrap();
-        Topology::new(&s.amqp, tiers)
+        let s = AmqpSettings {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".parse().unwrap(),
+            shuffle_nodes: false,
+            connect_timeout_ms: 1000,
+            prefix: "outreach".into(),
+            queue_type: QueueType::Quorum,
+            prefetch: 10,
+            work_queues: 1,
+            delivery_limit: 20,
+        };
+        Topology::new(&s, tiers)
     }
 
     #[test]

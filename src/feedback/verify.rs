@@ -22,7 +22,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Why a webhook request was refused. Carries no part of the request.
@@ -126,10 +125,10 @@ fn url_variants(url: &str) -> Vec<String> {
     out
 }
 
-/// Parse a SendGrid verification key (base64 DER SubjectPublicKeyInfo, P-256).
+/// Parse a SendGrid verification key (see
+/// [`crate::provider::sendgrid::webhook_verification_key`]).
 pub fn sendgrid_key(b64: &str) -> Result<VerifyingKey, Refusal> {
-    let der = B64.decode(b64.trim()).map_err(|_| Refusal::NoAccount)?;
-    VerifyingKey::from_public_key_der(&der).map_err(|_| Refusal::NoAccount)
+    crate::provider::sendgrid::webhook_verification_key(b64).ok_or(Refusal::NoAccount)
 }
 
 /// Check a SendGrid signed event: signature over `timestamp` + raw `body`.

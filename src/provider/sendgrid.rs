@@ -220,6 +220,17 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
     }
 }
 
+/// The account's Event Webhook verification key (base64 DER
+/// SubjectPublicKeyInfo, P-256), as SendGrid shows it; `None` if it is not one.
+pub fn webhook_verification_key(b64: &str) -> Option<p256::ecdsa::VerifyingKey> {
+    use base64::Engine;
+    use p256::pkcs8::DecodePublicKey;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    p256::ecdsa::VerifyingKey::from_public_key_der(&der).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,7 +70,7 @@ pub struct SmtpSettings {
     /// Defaults to 25 (none), 587 (starttls) or 465 (tls).
     #[serde(default)]
     pub port: Option<u16>,
-    #[serde(default, deserialize_with = "crate::settings::by_name")]
+    #[serde(default, deserialize_with = "crate::enum_names::by_name")]
     pub security: SmtpSecurity,
     #[serde(default)]
     pub username: Option<String>,
@@ -202,7 +202,7 @@ pub struct VonageSettings {
     #[serde(skip_serializing)]
     pub signature_secret: Option<SecretString>,
     /// The signing method chosen with it in the dashboard.
-    #[serde(default, deserialize_with = "crate::settings::by_name")]
+    #[serde(default, deserialize_with = "crate::enum_names::by_name")]
     pub signature_method: VonageSignatureMethod,
 }
 
@@ -288,7 +288,7 @@ impl ProviderSettings {
                 }
                 email("from_email", &s.from_email)?;
                 if let Some(k) = &s.webhook_verification_key
-                    && crate::feedback::verify::sendgrid_key(k).is_err()
+                    && super::sendgrid::webhook_verification_key(k).is_none()
                 {
                     return Err(SettingsError::new(
                         "webhook_verification_key",
