@@ -246,17 +246,31 @@ impl ProviderSettings {
 
     /// The secret stored in field `name` (one of [`Self::secret_fields`]), if set.
     pub fn secret(&self, name: &str) -> Option<&SecretString> {
-        match (self, name) {
-            (ProviderSettings::Smtp(s), "password") => s.password.as_ref(),
-            (ProviderSettings::Sendgrid(s), "api_key") => Some(&s.api_key),
-            (ProviderSettings::Ses(s), "secret_access_key") => Some(&s.secret_access_key),
-            (ProviderSettings::Twilio(s), "auth_token") => Some(&s.auth_token),
-            (ProviderSettings::Meta(s), "access_token") => Some(&s.access_token),
-            (ProviderSettings::Meta(s), "app_secret") => s.app_secret.as_ref(),
-            (ProviderSettings::Meta(s), "webhook_verify_token") => s.webhook_verify_token.as_ref(),
-            (ProviderSettings::Vonage(s), "api_secret") => Some(&s.api_secret),
-            (ProviderSettings::Vonage(s), "signature_secret") => s.signature_secret.as_ref(),
-            _ => None,
+        self.secrets()
+            .into_iter()
+            .find(|(field, _)| *field == name)
+            .and_then(|(_, secret)| secret)
+    }
+
+    /// Every secret field of this entry, set or not. An exhaustive match (no
+    /// catch-all), so a new provider cannot compile without naming its
+    /// secrets; a test checks the names against [`Self::secret_fields`].
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        match self {
+            ProviderSettings::Sandbox(_) => vec![],
+            ProviderSettings::Smtp(s) => vec![("password", s.password.as_ref())],
+            ProviderSettings::Sendgrid(s) => vec![("api_key", Some(&s.api_key))],
+            ProviderSettings::Ses(s) => vec![("secret_access_key", Some(&s.secret_access_key))],
+            ProviderSettings::Twilio(s) => vec![("auth_token", Some(&s.auth_token))],
+            ProviderSettings::Meta(s) => vec![
+                ("access_token", Some(&s.access_token)),
+                ("app_secret", s.app_secret.as_ref()),
+                ("webhook_verify_token", s.webhook_verify_token.as_ref()),
+            ],
+            ProviderSettings::Vonage(s) => vec![
+                ("api_secret", Some(&s.api_secret)),
+                ("signature_secret", s.signature_secret.as_ref()),
+            ],
         }
     }
 
@@ -428,6 +442,34 @@ mod tests {
 
     fn parse(v: serde_json::Value) -> ProviderSettings {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn every_provider_names_the_same_secret_fields_in_both_lists() {
+        use serde_json::json;
+        // One minimal entry per provider (validity does not matter here).
+        let entries = [
+            json!({"provider": "sandbox"}),
+            json!({"provider": "smtp", "host": "mail", "from_email": "a@b.co"}),
+            json!({"provider": "sendgrid", "api_key": "SG.x", "from_email": "a@b.co"}),
+            json!({"provider": "ses", "region": "eu-west-1", "access_key_id": "AKIA", "secret_access_key": "s", "from_email": "a@b.co"}),
+            json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+14155550100"}),
+            json!({"provider": "meta", "phone_number_id": "1", "access_token": "t"}),
+            json!({"provider": "vonage", "api_key": "k", "api_secret": "s", "from": "Clinic"}),
+        ];
+        let mut kinds = std::collections::HashSet::new();
+        for v in entries {
+            let e = parse(v);
+            kinds.insert(e.kind());
+            let names: Vec<&str> = e.secrets().into_iter().map(|(n, _)| n).collect();
+            assert_eq!(
+                names,
+                ProviderSettings::secret_fields(e.kind()),
+                "{:?}",
+                e.kind()
+            );
+        }
+        assert_eq!(kinds.len(), 7, "one entry per provider kind");
     }
 
     #[test]
