@@ -380,6 +380,46 @@ async fn a_signed_sendgrid_delivered_event_moves_the_row_and_publishes_delivered
     w.stop().await;
 }
 
+/// Two tenants without chains of their own, sending through the system
+/// default SendGrid account (its key from seed 9).
+async fn system_sendgrid_world() -> World {
+    let sendgrid = fake::serve("/v3/mail/send", fake::Sendgrid).await;
+    let system: outreach::provider::ProviderSettings =
+        serde_json::from_value(sendgrid_with_key(&sendgrid, 9)).unwrap();
+    World::start_with(TestEnv::new().await, vec![], move |s| {
+        s.defaults.email = Some(system)
+    })
+    .await
+    .with(sendgrid)
+}
+
+#[tokio::test]
+async fn events_of_the_shared_system_account_reach_each_tenants_row_through_the_system_route() {
+    let w = system_sendgrid_world().await;
+    assert_eq!(w.send(email("sys-a", "clinic-a")).await["status"], "sent");
+    assert_eq!(w.send(email("sys-b", "clinic-b")).await["status"], "sent");
+    // One signed request from the shared account, about both tenants' mail.
+    let mut events: Vec<Value> =
+        serde_json::from_slice(&sendgrid_events("delivered", "sys-a", "a@example.com")).unwrap();
+    let mut b: Vec<Value> =
+        serde_json::from_slice(&sendgrid_events("bounce", "sys-b", "b@example.com")).unwrap();
+    b[0]["tenant_id"] = json!("clinic-b");
+    events.append(&mut b);
+    let body = serde_json::to_vec(&events).unwrap();
+    let system_key = sendgrid_signing_key(9);
+    assert_eq!(w.rx.sendgrid("", &body, now_unix(), &system_key).await, 200);
+
+    assert_eq!(status(&w.env, "clinic-a", "sys-a").await, "delivered");
+    assert_eq!(status(&w.env, "clinic-b", "sys-b").await, "bounced");
+    // A tenant's own key is not the system account's.
+    assert_eq!(
+        w.rx.sendgrid("", &body, now_unix(), &sendgrid_signing_key(1))
+            .await,
+        401
+    );
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn a_sendgrid_event_with_one_flipped_byte_is_refused_with_401() {
     let w = sendgrid_world().await;

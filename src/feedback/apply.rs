@@ -143,6 +143,45 @@ impl Recorder {
         Ok(applied)
     }
 
+    /// The tenant whose row holds this event's provider message id (an event
+    /// of a system default account, shared by tenants). Message ids are the
+    /// provider's own and unique; a job id alone is not (tenants choose
+    /// them), so it is used only when exactly one row of that provider has it.
+    pub async fn owner_of(&self, ev: &ProviderEvent) -> Result<Option<TenantId>, ApplyError> {
+        let provider = ev.provider.as_str();
+        let mut owners: Vec<String> = match &ev.message_id {
+            Some(id) => {
+                // The job id narrows it further where the provider echoes it.
+                sqlx::query_scalar(
+                    "SELECT tenant_id FROM outreach_logs \
+                      WHERE provider = $1 AND provider_message_id = $2 \
+                        AND ($3::text IS NULL OR job_id = $3) LIMIT 2",
+                )
+                .bind(provider)
+                .bind(id)
+                .bind(&ev.job_id)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => vec![],
+        };
+        if owners.is_empty()
+            && let Some(job) = &ev.job_id
+        {
+            owners = sqlx::query_scalar(
+                "SELECT tenant_id FROM outreach_logs WHERE provider = $1 AND job_id = $2 LIMIT 2",
+            )
+            .bind(provider)
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?;
+        }
+        Ok(match owners.as_slice() {
+            [one] => TenantId::parse(one).ok(),
+            _ => None,
+        })
+    }
+
     /// An inbound STOP (listed) or START (an opt-out lifted).
     pub async fn inbound(
         &self,

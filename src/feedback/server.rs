@@ -7,6 +7,13 @@
 //! counted by provider and reason, logged without body or secrets.
 //! Accepted: every event applied, then 200; a database or broker failure
 //! answers 503 so the provider retries.
+//!
+//! `POST /webhooks/{provider}` (no tenant) is for the system default
+//! accounts, which many tenants share while SendGrid, SES, Meta and Vonage
+//! take one webhook URL per account: verified with the system accounts only,
+//! each event is then applied to the tenant whose row holds its provider
+//! message id. Inbound messages (STOP) there cannot be told apart by tenant
+//! and are counted and logged, not applied.
 
 use super::apply::{Publisher, Recorder};
 use super::parse::{self, Parsed};
@@ -69,14 +76,19 @@ impl WebhookState {
         }
     }
 
-    /// The tenant's accounts of `kind`, then the system default's. Entries
-    /// that cannot be opened are left out (the worker reports those).
+    /// The tenant's accounts of `kind`, then the system default's (only the
+    /// latter for [`Addressee::System`]). Entries that cannot be opened are
+    /// left out (the worker reports those).
     async fn accounts(
         &self,
-        tenant: &TenantId,
+        who: &Addressee,
         kind: ProviderKind,
     ) -> Result<Vec<ProviderSettings>, crate::tenant::StoreError> {
         let mut out = vec![];
+        let Addressee::Tenant(tenant) = who else {
+            out.extend(self.system.iter().filter(|s| s.kind() == kind).cloned());
+            return Ok(out);
+        };
         for cfg in self.store.get_tenant(tenant).await? {
             match self.store.open_chain(&cfg) {
                 Ok(chain) => out.extend(chain.into_iter().filter(|s| s.kind() == kind)),
@@ -96,6 +108,10 @@ pub fn router(state: WebhookState) -> Router {
         .route(
             "/webhooks/{provider}/{tenant}",
             post(receive).get(subscribe),
+        )
+        .route(
+            "/webhooks/{provider}",
+            post(receive_system).get(subscribe_system),
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -147,9 +163,51 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Whom a webhook request is for.
+#[derive(Debug, Clone)]
+enum Addressee {
+    /// `/webhooks/{provider}/{tenant}`: the tenant's accounts and the system's.
+    Tenant(TenantId),
+    /// `/webhooks/{provider}`: the system default accounts only.
+    System,
+}
+
+impl Addressee {
+    fn name(&self) -> &str {
+        match self {
+            Addressee::Tenant(t) => t.as_str(),
+            Addressee::System => "(system accounts)",
+        }
+    }
+}
+
 async fn receive(
     State(s): State<WebhookState>,
     Path((provider, tenant)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(t) = TenantId::parse(&tenant) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    handle(s, Addressee::Tenant(t), provider, uri, headers, body).await
+}
+
+async fn receive_system(
+    State(s): State<WebhookState>,
+    Path(provider): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(s, Addressee::System, provider, uri, headers, body).await
+}
+
+async fn handle(
+    s: WebhookState,
+    t: Addressee,
+    provider: String,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -161,9 +219,6 @@ async fn receive(
         "vonage" => ProviderKind::Vonage,
         "ses" => ProviderKind::Ses,
         _ => return StatusCode::NOT_FOUND.into_response(),
-    };
-    let Ok(t) = TenantId::parse(&tenant) else {
-        return StatusCode::NOT_FOUND.into_response();
     };
     let accounts = match s.accounts(&t, kind).await {
         Ok(a) => a,
@@ -187,12 +242,12 @@ async fn receive(
 /// After the check: refuse, or apply what the body says and answer 200.
 async fn finish(
     s: &WebhookState,
-    t: &TenantId,
+    who: &Addressee,
     provider: &str,
     kind: ProviderKind,
     verified: Checked,
 ) -> Response {
-    let tenant = t.as_str();
+    let tenant = who.name();
     let parsed = match verified {
         Err(r) => return refuse(provider, tenant, r),
         Ok(parsed) => parsed,
@@ -206,11 +261,34 @@ async fn finish(
         }
     };
     for ev in &parsed.events {
-        if let Err(e) = s.recorder.event(t, ev).await {
+        let owner = match who {
+            Addressee::Tenant(t) => Some(t.clone()),
+            Addressee::System => match s.recorder.owner_of(ev).await {
+                Ok(owner) => owner,
+                Err(e) => return unavailable(provider, &e),
+            },
+        };
+        let Some(owner) = owner else {
+            // No row holds its message id: accepted (the provider would
+            // retry), counted like any unknown message.
+            metrics::counter!(m::WEBHOOK_UNKNOWN_MESSAGES, "provider" => provider.to_owned())
+                .increment(1);
+            continue;
+        };
+        if let Err(e) = s.recorder.event(&owner, ev).await {
             return unavailable(provider, &e);
         }
     }
     for msg in &parsed.inbound {
+        let Addressee::Tenant(t) = who else {
+            metrics::counter!(m::WEBHOOK_UNKNOWN_MESSAGES, "provider" => provider.to_owned())
+                .increment(1);
+            tracing::warn!(
+                provider,
+                "inbound message on a system account's number: not attributed to a tenant, not applied"
+            );
+            continue;
+        };
         if let Err(e) = s.recorder.inbound(t, provider, msg).await {
             return unavailable(provider, &e);
         }
@@ -418,11 +496,31 @@ async fn subscribe(
     State(s): State<WebhookState>,
     Path((provider, tenant)): Path<(String, String)>,
     uri: Uri,
-    Query(q): Query<HashMap<String, String>>,
+    query: Query<HashMap<String, String>>,
 ) -> Response {
     let Ok(t) = TenantId::parse(&tenant) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    answer_get(s, Addressee::Tenant(t), provider, uri, query).await
+}
+
+async fn subscribe_system(
+    State(s): State<WebhookState>,
+    Path(provider): Path<String>,
+    uri: Uri,
+    query: Query<HashMap<String, String>>,
+) -> Response {
+    answer_get(s, Addressee::System, provider, uri, query).await
+}
+
+async fn answer_get(
+    s: WebhookState,
+    t: Addressee,
+    provider: String,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let tenant = t.name().to_owned();
     if provider == "vonage" {
         // Vonage's default: receipts and inbound messages as GET parameters.
         let params: Vec<(String, String)> =

@@ -131,7 +131,11 @@ impl Receiver {
         sig: &str,
     ) -> u16 {
         self.client
-            .post(format!("{}/webhooks/sendgrid/{tenant}", self.local))
+            .post(match tenant {
+                // The system accounts' route.
+                "" => format!("{}/webhooks/sendgrid", self.local),
+                t => format!("{}/webhooks/sendgrid/{t}", self.local),
+            })
             .header("content-type", "application/json")
             .header("x-twilio-email-event-webhook-signature", sig)
             .header(
