@@ -56,10 +56,10 @@ fn sandbox_sends(record: &str) -> HashMap<String, usize> {
     sends
 }
 
-async fn jobs_in_a_retry_tier_survive(outage: Outage) {
-    let rabbit = OwnRabbit::start();
-    let env = TestEnv::on_broker(&rabbit.url()).await;
-    // Every job's first call fails, so all of them wait in the delay tier.
+/// Tenant `clinic-r`'s SendGrid answers each job's first call 500, so every
+/// job waits in the 5 s delay tier (the only one; no quick retries, no
+/// circuit opening). The fake and the worker's settings.
+async fn first_call_fails(env: &TestEnv) -> (MockServer, outreach::settings::Settings) {
     let (script, _) = Scripted::new(
         (0..JOBS)
             .map(|_| sendgrid_error(500, "Internal Server Error"))
@@ -68,28 +68,86 @@ async fn jobs_in_a_retry_tier_survive(outage: Outage) {
     );
     let provider = fake::serve("/v3/mail/send", script).await;
     set_tenant(
-        &env,
+        env,
         "clinic-r",
         outreach::job::Channel::Email,
         serde_json::json!({"fallback_to_system": false, "chain": [sendgrid_at(&provider)]}),
     )
     .await;
-    let mut s = worker_settings(&env);
+    let mut s = worker_settings(env);
     s.worker.quick_retries = 0;
     s.worker.retry_delays_secs = vec![5];
     s.circuit.min_calls = 100_000;
-    let (stop, worker) = env.spawn_worker(s);
+    (provider, s)
+}
 
+/// Publish `JOBS` jobs of `clinic-r` and wait until all wait in the tier.
+async fn park_in_the_tier(env: &TestEnv) {
     let jobs: Vec<Value> = (0..JOBS)
         .map(|i| email(&format!("r-{i}"), "clinic-r"))
         .collect();
-    publish(&env, &jobs).await;
+    publish(env, &jobs).await;
     eventually(
         Duration::from_secs(60),
         "every job to wait in the 5 s tier",
-        || async { count_status(&env, "retrying").await == JOBS as i64 },
+        || async { count_status(env, "retrying").await == JOBS as i64 },
     )
     .await;
+}
+
+/// Each job: its first call (answered 500), then the one that sent it.
+async fn each_called_twice(provider: &MockServer) {
+    let calls = requests_by_job(provider).await;
+    assert_eq!(calls.len(), JOBS, "every job reached the provider");
+    let odd: Vec<_> = calls.iter().filter(|(_, n)| **n != 2).collect();
+    assert!(odd.is_empty(), "jobs not called exactly twice: {odd:?}");
+}
+
+/// `n` email jobs `{prefix}-{i}` spread over 20 tenants, as payloads.
+fn email_payloads(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            email(&format!("{prefix}-{i}"), &format!("clinic-{}", i % 20))
+                .to_string()
+                .into_bytes()
+        })
+        .collect()
+}
+
+/// Wait until all `jobs` are final, then stop the `workers` (SIGTERM, exit 0).
+async fn finish_all(env: &TestEnv, jobs: usize, workers: Vec<Binary>, within: Duration) {
+    eventually(within, "every job to be final", || async {
+        env.count_final().await == jobs as i64
+    })
+    .await;
+    for w in workers {
+        assert!(w.terminate().success());
+    }
+}
+
+/// Each of the `jobs` has exactly one row, sent through the sandbox
+/// (`simulated`), and reached it: the sandbox's sends per job.
+async fn one_row_each_all_sent(env: &TestEnv, record: &str, jobs: usize) -> HashMap<String, usize> {
+    let rows = env.log_rows().await;
+    assert_eq!(rows.len(), jobs, "exactly one row per job");
+    let unsent: Vec<_> = rows.iter().filter(|(_, s, _)| s != "simulated").collect();
+    assert!(
+        unsent.is_empty(),
+        "jobs not sent: {:?}",
+        &unsent[..unsent.len().min(5)]
+    );
+    let sends = sandbox_sends(record);
+    assert_eq!(sends.len(), jobs, "every job reached the provider");
+    sends
+}
+
+async fn jobs_in_a_retry_tier_survive(outage: Outage) {
+    let rabbit = OwnRabbit::start();
+    let env = TestEnv::on_broker(&rabbit.url()).await;
+    let (provider, s) = first_call_fails(&env).await;
+    let (stop, worker) = env.spawn_worker(s);
+
+    park_in_the_tier(&env).await;
     // Down for longer than the delay: the tier's messages expire while the
     // work queue they return to is not there.
     match outage {
@@ -109,11 +167,7 @@ async fn jobs_in_a_retry_tier_survive(outage: Outage) {
     })
     .await;
 
-    // Each job: its first call (answered 500), then the one that sent it.
-    let calls = requests_by_job(&provider).await;
-    assert_eq!(calls.len(), JOBS, "every job reached the provider");
-    let odd: Vec<_> = calls.iter().filter(|(_, n)| **n != 2).collect();
-    assert!(odd.is_empty(), "jobs not called exactly twice: {odd:?}");
+    each_called_twice(&provider).await;
     assert_eq!(count_status(&env, "retrying").await, 0);
 
     stop.cancel();
@@ -210,13 +264,7 @@ async fn sigkills_under_load_lose_nothing_and_resend_at_most_the_unrecorded_boun
     let mut vars = worker_env(&env);
     let record = env.record_emails(&mut vars);
     let bound: usize = 512; // delivery_log.max_unrecorded, the shipped default
-    let payloads: Vec<Vec<u8>> = (0..jobs)
-        .map(|i| {
-            email(&format!("k-{i}"), &format!("clinic-{}", i % 20))
-                .to_string()
-                .into_bytes()
-        })
-        .collect();
+    let payloads = email_payloads("k", jobs);
     env.publisher().await.publish_many(&payloads).await.unwrap();
     let mut workers: Vec<Binary> = (0..WORKERS).map(|_| Binary::worker(&vars)).collect();
 
@@ -228,25 +276,9 @@ async fn sigkills_under_load_lose_nothing_and_resend_at_most_the_unrecorded_boun
         dead.kill();
     }
     let killed_at = std::time::Instant::now();
-    eventually(
-        Duration::from_secs(600),
-        "every job to be final",
-        || async { env.count_final().await == jobs as i64 },
-    )
-    .await;
+    finish_all(&env, jobs, workers, Duration::from_secs(600)).await;
     let recovered_in = killed_at.elapsed();
-    for w in workers {
-        assert!(w.terminate().success());
-    }
-
-    let rows = env.log_rows().await;
-    assert_eq!(rows.len(), jobs, "exactly one row per job");
-    assert!(
-        rows.iter().all(|(_, s, _)| s == "simulated"),
-        "every job sent"
-    );
-    let sends = sandbox_sends(&record);
-    assert_eq!(sends.len(), jobs, "every job reached the provider");
+    let sends = one_row_each_all_sent(&env, &record, jobs).await;
     let duplicates: usize = sends.values().map(|n| n - 1).sum();
     println!(
         "{jobs} jobs, {WORKERS} workers, {KILLS} SIGKILLs: {duplicates} duplicate sends \
@@ -436,13 +468,7 @@ async fn workers_fail_over_to_another_node_when_theirs_is_killed_and_send_every_
     // All three addresses, tried as listed: every worker starts on node 1.
     vars.insert("OUTREACH__AMQP__SHUFFLE_NODES".into(), "false".into());
     let record = env.record_emails(&mut vars);
-    let payloads: Vec<Vec<u8>> = (0..jobs)
-        .map(|i| {
-            email(&format!("c-{i}"), &format!("clinic-{}", i % 20))
-                .to_string()
-                .into_bytes()
-        })
-        .collect();
+    let payloads = email_payloads("c", jobs);
     env.publisher().await.publish_many(&payloads).await.unwrap();
     let workers: Vec<Binary> = (0..WORKERS).map(|_| Binary::worker(&vars)).collect();
     for w in &workers {
@@ -472,27 +498,9 @@ async fn workers_fail_over_to_another_node_when_theirs_is_killed_and_send_every_
         .await;
         reconnected.push(killed.elapsed());
     }
-    eventually(
-        Duration::from_secs(300),
-        "every job to be final",
-        || async { env.count_final().await == jobs as i64 },
-    )
-    .await;
+    finish_all(&env, jobs, workers, Duration::from_secs(300)).await;
     let all_final = killed.elapsed();
-    for w in workers {
-        assert!(w.terminate().success());
-    }
-
-    let rows = env.log_rows().await;
-    assert_eq!(rows.len(), jobs, "exactly one row per job");
-    let stuck: Vec<_> = rows.iter().filter(|(_, s, _)| s != "simulated").collect();
-    assert!(
-        stuck.is_empty(),
-        "jobs not sent: {:?}",
-        &stuck[..stuck.len().min(5)]
-    );
-    let sends = sandbox_sends(&record);
-    assert_eq!(sends.len(), jobs, "every job reached the provider");
+    let sends = one_row_each_all_sent(&env, &record, jobs).await;
     let twice: Vec<_> = sends.iter().filter(|(_, n)| **n > 1).collect();
     println!(
         "{jobs} jobs, {WORKERS} workers, node 1 killed: consuming on another node after {:?}, \
@@ -516,38 +524,11 @@ async fn workers_fail_over_to_another_node_when_theirs_is_killed_and_send_every_
 async fn retries_due_while_their_leader_node_is_dead_are_kept_and_a_worker_started_then_consumes() {
     let cluster = OwnCluster::start(3);
     let env = TestEnv::on_broker(&cluster.urls()).await;
-    // Every job's first call fails, so all of them wait in the delay tier.
-    let (script, _) = Scripted::new(
-        (0..JOBS)
-            .map(|_| sendgrid_error(500, "Internal Server Error"))
-            .collect(),
-        fake::Sendgrid,
-    );
-    let provider = fake::serve("/v3/mail/send", script).await;
-    set_tenant(
-        &env,
-        "clinic-r",
-        outreach::job::Channel::Email,
-        serde_json::json!({"fallback_to_system": false, "chain": [sendgrid_at(&provider)]}),
-    )
-    .await;
-    let mut s = worker_settings(&env);
+    let (provider, mut s) = first_call_fails(&env).await;
     // Node 1 first: every queue's leader is there (declared through it).
     s.amqp.shuffle_nodes = false;
-    s.worker.quick_retries = 0;
-    s.worker.retry_delays_secs = vec![5];
-    s.circuit.min_calls = 100_000;
     let (stop, worker) = env.spawn_worker(s.clone());
-    let jobs: Vec<Value> = (0..JOBS)
-        .map(|i| email(&format!("r-{i}"), "clinic-r"))
-        .collect();
-    publish(&env, &jobs).await;
-    eventually(
-        Duration::from_secs(60),
-        "every job to wait in the 5 s tier",
-        || async { count_status(&env, "retrying").await == JOBS as i64 },
-    )
-    .await;
+    park_in_the_tier(&env).await;
     stop.cancel();
     worker.await.unwrap().unwrap();
 
@@ -562,10 +543,7 @@ async fn retries_due_while_their_leader_node_is_dead_are_kept_and_a_worker_start
     })
     .await;
 
-    let calls = requests_by_job(&provider).await;
-    assert_eq!(calls.len(), JOBS, "every job reached the provider");
-    let odd: Vec<_> = calls.iter().filter(|(_, n)| **n != 2).collect();
-    assert!(odd.is_empty(), "jobs not called exactly twice: {odd:?}");
+    each_called_twice(&provider).await;
     stop.cancel();
     worker.await.unwrap().unwrap();
     env.cleanup().await;
@@ -581,13 +559,7 @@ async fn postgresql_fast_restarts_under_load_lose_nothing_and_send_nothing_twice
     let env = TestEnv::on_servers(support::AMQP_URL, &pg.url()).await;
     let mut vars = worker_env(&env);
     let record = env.record_emails(&mut vars);
-    let payloads: Vec<Vec<u8>> = (0..jobs)
-        .map(|i| {
-            email(&format!("pr-{i}"), &format!("clinic-{}", i % 20))
-                .to_string()
-                .into_bytes()
-        })
-        .collect();
+    let payloads = email_payloads("pr", jobs);
     env.publisher().await.publish_many(&payloads).await.unwrap();
     let workers: Vec<Binary> = (0..WORKERS).map(|_| Binary::worker(&vars)).collect();
     let final_now = || async {

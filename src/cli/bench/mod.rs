@@ -321,13 +321,7 @@ impl Ctx<'_> {
         if !live {
             self.enqueue(&publisher, 0..n, &*tenant_of).await?;
         }
-        let workers = match o.processes {
-            Some(p) => setup::Workers::processes(settings, &self.fake.base_url, p)?,
-            None => setup::Workers::in_process(settings, o.workers),
-        };
-        let procs = workers
-            .pids()
-            .map_or(WorkerProcs::InProcess, WorkerProcs::Children);
+        let (workers, procs) = self.start_workers(settings)?;
         // A live backlog is published as fast as the broker takes it, while
         // the workers run and the quiet tenants' jobs trickle in.
         let backlog = live.then(|| {
@@ -451,6 +445,18 @@ impl Ctx<'_> {
         })
     }
 
+    /// The workers under test (`--processes` or `--workers`), and what to sample.
+    fn start_workers(&self, settings: &Settings) -> anyhow::Result<(setup::Workers, WorkerProcs)> {
+        let workers = match self.opts.processes {
+            Some(p) => setup::Workers::processes(settings, &self.fake.base_url, p)?,
+            None => setup::Workers::in_process(settings, self.opts.workers),
+        };
+        let procs = workers
+            .pids()
+            .map_or(WorkerProcs::InProcess, WorkerProcs::Children);
+        Ok((workers, procs))
+    }
+
     /// The soak scenario (see [`soak`]).
     async fn soak(
         &self,
@@ -469,13 +475,7 @@ impl Ctx<'_> {
         setup::configure_tenants(&pool, 0..tenants).await?;
         settings.amqp.prefix = prefix.to_owned();
         let (topology, publisher, collector, events_conn) = self.prepare(settings, n).await?;
-        let workers = match o.processes {
-            Some(p) => setup::Workers::processes(settings, &self.fake.base_url, p)?,
-            None => setup::Workers::in_process(settings, o.workers),
-        };
-        let procs = workers
-            .pids()
-            .map_or(WorkerProcs::InProcess, WorkerProcs::Children);
+        let (workers, procs) = self.start_workers(settings)?;
         let started = Instant::now();
         let offer = {
             let (p, run) = (publisher.clone(), self.run_id.to_owned());
