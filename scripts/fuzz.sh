@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
 # Run every fuzz target (fuzz/fuzz_targets/*.rs) with cargo-fuzz (libFuzzer,
-# nightly) for SECONDS each (default 30), starting from fuzz/corpus/<target>.
+# nightly), starting from fuzz/corpus/<target>:
+#
+#   scripts/fuzz.sh [SECONDS]     SECONDS per target (default 30), by hand
+#   scripts/fuzz.sh --runs N      exactly N inputs per target from seed 1:
+#                                 repeatable, for CI (.ci/run)
+#
 # Installs cargo-fuzz if it is missing. Prints per target the executions and
 # whether it crashed; exits non-zero if any target crashed (the input is in
 # fuzz/artifacts/<target>/, replay it with
 # `cargo +nightly fuzz run -a <target> <file>`).
-#
-#   scripts/fuzz.sh [SECONDS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-secs="${1:-30}"
-case "$secs" in
+if [ "${1:-}" = "--runs" ]; then
+    runs="${2:-}"
+    bound=(-runs="$runs" -seed=1)
+    what="$runs runs"
+    check="$runs"
+else
+    secs="${1:-30}"
+    bound=(-max_total_time="$secs")
+    what="${secs}s"
+    check="$secs"
+fi
+case "$check" in
 '' | *[!0-9]*)
-    echo "usage: $0 [seconds per target]" >&2
+    echo "usage: $0 [seconds per target] | --runs N" >&2
     exit 2
     ;;
 esac
@@ -39,9 +52,9 @@ summary=()
 for path in fuzz/fuzz_targets/*.rs; do
     target="$(basename "$path" .rs)"
     mkdir -p "fuzz/corpus/$target"
-    echo "== $target: ${secs}s"
+    echo "== $target: $what"
     cargo "${flags[@]}" run "${build_flags[@]}" "$target" -- \
-        -max_total_time="$secs" -print_final_stats=1 -timeout=10 \
+        "${bound[@]}" -print_final_stats=1 -timeout=10 \
         >"$logs/$target.log" 2>&1
     rc=$?
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$target.log" | tail -1)"
@@ -63,6 +76,6 @@ for path in fuzz/fuzz_targets/*.rs; do
 done
 
 echo
-echo "fuzzing summary (${secs}s per target):"
+echo "fuzzing summary ($what per target):"
 printf '  %s\n' "${summary[@]}"
 exit "$failed"
