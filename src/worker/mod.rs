@@ -92,9 +92,10 @@ pub async fn run(
     let mut next = 0;
     loop {
         let mut consumed = false;
+        let began = std::time::Instant::now();
         match session(&shared, &cfg, &health, &shutdown, &mut next, &mut consumed).await {
             Ok(()) => break,
-            Err(e) if consumed => {
+            Err(e) if consumed && began.elapsed() >= STEADY => {
                 // It was working: fail over to the next node at once.
                 delay = FIRST_DELAY;
                 tracing::error!(error = %e, "broker session ended; reconnecting");
@@ -284,6 +285,11 @@ async fn session(
     }
     ended
 }
+
+/// A session that consumed at least this long was working: when it ends,
+/// the worker reconnects at once; a shorter one (a node that accepts and
+/// drops us) goes through the backoff, so a flapping node is not hammered.
+const STEADY: Duration = Duration::from_secs(5);
 
 /// How long jobs in flight may still record their outcome once the broker
 /// session is lost.
