@@ -110,7 +110,8 @@ fn aux_threads_cpu() -> f64 {
         .sum()
 }
 
-fn all_processes() -> Vec<(String, f64)> {
+/// `/proc/<pid>` of every process.
+fn process_dirs() -> Vec<std::path::PathBuf> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return vec![];
     };
@@ -121,9 +122,30 @@ fn all_processes() -> Vec<(String, f64)> {
                 .bytes()
                 .all(|b| b.is_ascii_digit())
         })
-        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .map(|e| e.path())
+        .collect()
+}
+
+fn all_processes() -> Vec<(String, f64)> {
+    process_dirs()
+        .into_iter()
+        .filter_map(|d| fs::read_to_string(d.join("stat")).ok())
         .filter_map(|t| parse_stat(&t))
         .collect()
+}
+
+/// Resident set size in bytes of every process named `comm` (`beam.smp`).
+pub fn rss_of_command(comm: &str) -> u64 {
+    process_dirs()
+        .into_iter()
+        .filter(|d| {
+            fs::read_to_string(d.join("stat"))
+                .ok()
+                .and_then(|t| parse_stat(&t))
+                .is_some_and(|(c, _)| c == comm)
+        })
+        .map(|d| status_kb(&d.join("status").to_string_lossy(), "VmRSS:") * 1024)
+        .sum()
 }
 
 fn status_kb(path: &str, key: &str) -> u64 {
@@ -149,6 +171,14 @@ mod tests {
         let (comm, cpu) = parse_stat(line).unwrap();
         assert_eq!(comm, "tokio runtime w");
         assert!((cpu - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_rss_of_a_command_counts_its_processes() {
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        let (comm, _) = parse_stat(&own).unwrap();
+        assert!(rss_of_command(&comm) >= worker_rss(&WorkerProcs::InProcess) / 2);
+        assert_eq!(rss_of_command("no-such-command-here"), 0);
     }
 
     #[test]

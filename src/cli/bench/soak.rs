@@ -82,7 +82,8 @@ impl Probe<'_> {
             worker_fds: worker_fds(self.procs),
             // Less the sampler's own session.
             postgres_sessions: postgres_sessions - 1,
-            rabbitmq_rss_mb: rabbitmq_rss() as f64 / 1_048_576.0,
+            // The RabbitMQ node(s) on this machine.
+            rabbitmq_rss_mb: super::measure::rss_of_command("beam.smp") as f64 / 1_048_576.0,
         })
     }
 }
@@ -99,24 +100,6 @@ fn worker_fds(procs: &WorkerProcs) -> usize {
         WorkerProcs::InProcess => count("self"),
         WorkerProcs::Children(pids) => pids.iter().map(|p| count(&p.to_string())).sum(),
     }
-}
-
-/// Resident memory of the RabbitMQ node(s) on this machine (`beam.smp`).
-fn rabbitmq_rss() -> u64 {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.filter_map(|e| e.ok())
-        .filter(|e| fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "beam.smp"))
-        .filter_map(|e| fs::read_to_string(e.path().join("status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum::<u64>()
-        * 1024
 }
 
 /// First-quarter and last-quarter averages of a measure, and its peak.
