@@ -28,54 +28,39 @@ fn email_to(id: &str, tenant: &str, to: &str) -> Value {
 
 #[tokio::test]
 async fn a_hard_bounce_suppresses_the_next_email_to_that_address_for_that_tenant_only() {
-    let env = TestEnv::new().await;
     let sendgrid = fake::serve("/v3/mail/send", fake::Sendgrid).await;
     let mut with_key = sendgrid_at(&sendgrid);
     with_key["webhook_verification_key"] = json!(sendgrid_public_key(&sendgrid_signing_key(1)));
-    set_tenant(
-        &env,
-        "clinic-a",
-        Channel::Email,
-        json!({"chain": [with_key]}),
+    let mut w = World::start(
+        TestEnv::new().await,
+        vec![
+            ("clinic-a", Channel::Email, with_key),
+            ("clinic-b", Channel::Email, sendgrid_at(&sendgrid)),
+        ],
     )
     .await;
-    set_tenant(
-        &env,
-        "clinic-b",
-        Channel::Email,
-        json!({"chain": [sendgrid_at(&sendgrid)]}),
-    )
-    .await;
-    let (s, rx) = receiver_settings(&env);
-    let mut events = env.event_queue().await;
-    let (stop, worker) = env.spawn_worker(s);
-    rx.ready().await;
 
-    publish(
-        &env,
-        &[email_to("mail-1", "clinic-a", "patient@example.com")],
-    )
-    .await;
-    assert_eq!(wait_final(&env, "mail-1", WAIT).await["status"], "sent");
+    assert_eq!(
+        w.send(email_to("mail-1", "clinic-a", "patient@example.com"))
+            .await["status"],
+        "sent"
+    );
     // SendGrid writes the address as the recipient's server had it.
     let bounce = json!([{"email": "patient@EXAMPLE.com", "event": "bounce", "type": "bounce",
         "status": "5.1.1", "sg_event_id": "bounce-1", "timestamp": now_unix(),
         "sg_message_id": format!("{}.filter-1", fake::SENDGRID_MESSAGE_ID), "job_id": "mail-1"}]);
     let body = bounce.to_string().into_bytes();
     assert_eq!(
-        rx.sendgrid("clinic-a", &body, now_unix(), &sendgrid_signing_key(1))
+        w.rx.sendgrid("clinic-a", &body, now_unix(), &sendgrid_signing_key(1))
             .await,
         200
     );
-    assert_eq!(status(&env, "clinic-a", "mail-1").await, "bounced");
+    assert_eq!(status(&w.env, "clinic-a", "mail-1").await, "bounced");
     assert_eq!(calls(&sendgrid).await, 1);
 
-    publish(
-        &env,
-        &[email_to("mail-2", "clinic-a", "patient@example.com")],
-    )
-    .await;
-    let row = wait_final(&env, "mail-2", WAIT).await;
+    let row = w
+        .send(email_to("mail-2", "clinic-a", "patient@example.com"))
+        .await;
     assert_eq!(row["status"], "suppressed");
     assert_eq!(row["error_code"], "suppressed");
     assert_eq!(
@@ -83,29 +68,21 @@ async fn a_hard_bounce_suppresses_the_next_email_to_that_address_for_that_tenant
         1,
         "no provider call for a suppressed recipient"
     );
-    let mut suppressed_event = None;
-    while let Some((key, ev)) = events.next(Duration::from_secs(5)).await {
-        if key == "suppressed.email" {
-            suppressed_event = Some(ev);
-            break;
-        }
-    }
     assert_eq!(
-        suppressed_event.expect("a suppressed event")["job_id"],
+        w.event("suppressed.email")
+            .await
+            .expect("a suppressed event")["job_id"],
         "mail-2"
     );
 
     // Another clinic may still write to the same address.
-    publish(
-        &env,
-        &[email_to("mail-3", "clinic-b", "patient@example.com")],
-    )
-    .await;
-    assert_eq!(wait_final(&env, "mail-3", WAIT).await["status"], "sent");
+    assert_eq!(
+        w.send(email_to("mail-3", "clinic-b", "patient@example.com"))
+            .await["status"],
+        "sent"
+    );
     assert_eq!(calls(&sendgrid).await, 2);
-    stop.cancel();
-    worker.await.unwrap().unwrap();
-    env.cleanup().await;
+    w.with(sendgrid).stop().await;
 }
 
 fn inbound(body: &str) -> Vec<(&'static str, String)> {
@@ -121,20 +98,14 @@ fn inbound(body: &str) -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn a_stop_reply_suppresses_sms_to_that_number_and_start_lifts_it() {
-    let env = TestEnv::new().await;
     let twilio = fake::serve(&fake::twilio_path(), fake::Twilio).await;
-    set_tenant(
-        &env,
-        "clinic-a",
-        Channel::Sms,
-        json!({"chain": [twilio_at(&twilio)]}),
+    let w = World::start(
+        TestEnv::new().await,
+        vec![("clinic-a", Channel::Sms, twilio_at(&twilio))],
     )
     .await;
-    let (s, rx) = receiver_settings(&env);
-    let (stop, worker) = env.spawn_worker(s);
-    rx.ready().await;
     let post = |body: &'static str| {
-        let rx = &rx;
+        let rx = &w.rx;
         async move {
             let p = inbound(body);
             let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -143,20 +114,16 @@ async fn a_stop_reply_suppresses_sms_to_that_number_and_start_lifts_it() {
     };
 
     assert_eq!(post("Stop").await, 200);
-    publish(&env, &[sms("appt-1", "clinic-a")]).await;
     assert_eq!(
-        wait_final(&env, "appt-1", WAIT).await["status"],
+        w.send(sms("appt-1", "clinic-a")).await["status"],
         "suppressed"
     );
     assert_eq!(calls(&twilio).await, 0);
 
     assert_eq!(post("START").await, 200);
-    publish(&env, &[sms("appt-2", "clinic-a")]).await;
-    assert_eq!(wait_final(&env, "appt-2", WAIT).await["status"], "sent");
+    assert_eq!(w.send(sms("appt-2", "clinic-a")).await["status"], "sent");
     assert_eq!(calls(&twilio).await, 1);
-    stop.cancel();
-    worker.await.unwrap().unwrap();
-    env.cleanup().await;
+    w.with(twilio).stop().await;
 }
 
 #[tokio::test]

@@ -8,92 +8,17 @@ mod support;
 
 use outreach::job::Channel;
 use serde_json::{Value, json};
-use std::time::Duration;
+use support::TestEnv;
 use support::fake_providers::{
     self as fake, META_PHONE_ID, META_TOKEN, META_WAMID, SENDGRID_MESSAGE_ID, TWILIO_MESSAGE_SID,
     TWILIO_SID, TWILIO_TOKEN, VONAGE_KEY, VONAGE_MESSAGE_ID, VONAGE_SECRET,
 };
 use support::tenants::*;
 use support::webhooks::*;
-use support::{EventTap, TestEnv};
-use tokio_util::sync::CancellationToken;
 use wiremock::MockServer;
 
-const WAIT: Duration = Duration::from_secs(20);
 const META_SECRET_A: &str = "meta-app-secret-clinic-a";
 const META_VERIFY_A: &str = "verify-token-clinic-a";
-
-/// A running worker with the receiver on; stopped by [`World::stop`].
-struct World {
-    env: TestEnv,
-    rx: Receiver,
-    events: EventTap,
-    stop: CancellationToken,
-    worker: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// The fake providers it sends to, kept alive as long as it runs
-    /// (a dropped MockServer goes back to wiremock's pool, reset).
-    fakes: Vec<MockServer>,
-}
-
-impl World {
-    /// `tenants` configured first: (tenant, channel, chain entry).
-    async fn start(env: TestEnv, tenants: Vec<(&str, Channel, Value)>) -> Self {
-        Self::start_with(env, tenants, |_| {}).await
-    }
-
-    /// The same with the worker's settings changed by `adjust`.
-    async fn start_with(
-        env: TestEnv,
-        tenants: Vec<(&str, Channel, Value)>,
-        adjust: impl FnOnce(&mut outreach::settings::Settings),
-    ) -> Self {
-        for (t, c, entry) in tenants {
-            set_tenant(&env, t, c, json!({"chain": [entry]})).await;
-        }
-        let (mut s, rx) = receiver_settings(&env);
-        adjust(&mut s);
-        let events = env.event_queue().await;
-        let (stop, worker) = env.spawn_worker(s);
-        rx.ready().await;
-        Self {
-            env,
-            rx,
-            events,
-            stop,
-            worker,
-            fakes: vec![],
-        }
-    }
-
-    /// Keep `fake` alive with the world.
-    fn with(mut self, fake: MockServer) -> Self {
-        self.fakes.push(fake);
-        self
-    }
-
-    /// Publish a job and wait for its row to be final.
-    async fn send(&self, job: Value) -> Value {
-        let id = job["job_id"].as_str().unwrap().to_owned();
-        publish(&self.env, &[job]).await;
-        wait_final(&self.env, &id, WAIT).await
-    }
-
-    /// The next delivery event with routing key `key`, skipping others.
-    async fn event(&mut self, key: &str) -> Option<Value> {
-        while let Some((k, ev)) = self.events.next(Duration::from_secs(5)).await {
-            if k == key {
-                return Some(ev);
-            }
-        }
-        None
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.worker.await.unwrap().unwrap();
-        self.env.cleanup().await;
-    }
-}
 
 fn twilio_status(status: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -316,7 +241,7 @@ async fn a_status_that_comes_before_its_send_is_recorded_is_applied_by_the_recon
     );
     assert_eq!(w.send(sms("appt-1", "clinic-a")).await["status"], "sent");
 
-    support::eventually(WAIT, "the early status applied", || async {
+    support::eventually(FINAL_WITHIN, "the early status applied", || async {
         status(&w.env, "clinic-a", "appt-1").await == "delivered"
     })
     .await;

@@ -2,19 +2,98 @@
 //! is a free port and whose public base URL is `PUBLIC_BASE`, and requests
 //! signed the way each provider signs them.
 
-use super::tenants::worker_settings;
-use super::{TestEnv, free_port};
+use super::tenants::{publish, set_tenant, wait_final, worker_settings};
+use super::{EventTap, TestEnv, free_port};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use outreach::feedback::verify;
+use outreach::job::Channel;
 use outreach::settings::Settings;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use secrecy::SecretString;
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wiremock::MockServer;
 
 /// What Twilio is told the receiver's address is (TLS ends at a proxy).
 pub const PUBLIC_BASE: &str = "https://hooks.clinic-outreach.example";
+
+/// How long a job may take to reach its final row.
+pub const FINAL_WITHIN: Duration = Duration::from_secs(20);
+
+/// A running worker with the receiver on; stopped by [`World::stop`].
+pub struct World {
+    pub env: TestEnv,
+    pub rx: Receiver,
+    pub events: EventTap,
+    pub stop: CancellationToken,
+    pub worker: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The fake providers it sends to, kept alive as long as it runs
+    /// (a dropped MockServer goes back to wiremock's pool, reset).
+    pub fakes: Vec<MockServer>,
+}
+
+impl World {
+    /// `tenants` configured first: (tenant, channel, chain entry).
+    pub async fn start(env: TestEnv, tenants: Vec<(&str, Channel, Value)>) -> Self {
+        Self::start_with(env, tenants, |_| {}).await
+    }
+
+    /// The same with the worker's settings changed by `adjust`.
+    pub async fn start_with(
+        env: TestEnv,
+        tenants: Vec<(&str, Channel, Value)>,
+        adjust: impl FnOnce(&mut outreach::settings::Settings),
+    ) -> Self {
+        for (t, c, entry) in tenants {
+            set_tenant(&env, t, c, json!({"chain": [entry]})).await;
+        }
+        let (mut s, rx) = receiver_settings(&env);
+        adjust(&mut s);
+        let events = env.event_queue().await;
+        let (stop, worker) = env.spawn_worker(s);
+        rx.ready().await;
+        Self {
+            env,
+            rx,
+            events,
+            stop,
+            worker,
+            fakes: vec![],
+        }
+    }
+
+    /// Keep `fake` alive with the world.
+    pub fn with(mut self, fake: MockServer) -> Self {
+        self.fakes.push(fake);
+        self
+    }
+
+    /// Publish a job and wait for its row to be final.
+    pub async fn send(&self, job: Value) -> Value {
+        let id = job["job_id"].as_str().unwrap().to_owned();
+        publish(&self.env, &[job]).await;
+        wait_final(&self.env, &id, FINAL_WITHIN).await
+    }
+
+    /// The next delivery event with routing key `key`, skipping others.
+    pub async fn event(&mut self, key: &str) -> Option<Value> {
+        while let Some((k, ev)) = self.events.next(Duration::from_secs(5)).await {
+            if k == key {
+                return Some(ev);
+            }
+        }
+        None
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.worker.await.unwrap().unwrap();
+        self.env.cleanup().await;
+    }
+}
 
 /// Worker settings with the webhook receiver on, and its local address.
 pub fn receiver_settings(env: &TestEnv) -> (Settings, Receiver) {
