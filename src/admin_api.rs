@@ -8,8 +8,8 @@
 //! token per minute (`admin.requests_per_minute`, 429 with Retry-After),
 //! chain length (`tenant_config.max_chain_len`, 422).
 
-use crate::dispatch::{self, QuickRetry};
 use crate::job::{Channel, Content, Job, JobId, TenantId};
+use crate::pipeline::{QuickRetry, chain};
 use crate::settings::{AdminSettings, Settings};
 use crate::suppression::api as suppression;
 use crate::tenant::policy::TenantPolicy;
@@ -412,7 +412,7 @@ pub async fn send_test(directory: &Directory, job: &Job, quick: &QuickRetry) -> 
         Ok(c) => c,
         Err(e) => return json!({"sent": false, "error": e.to_string()}),
     };
-    let report = dispatch::dispatch(job, &chain, quick).await;
+    let report = chain::walk_without_limits(job, &chain, quick).await;
     match report.outcome {
         Ok((info, receipt)) => json!({
             "sent": info.kind.delivers(),
@@ -427,8 +427,8 @@ pub async fn send_test(directory: &Directory, job: &Job, quick: &QuickRetry) -> 
             "sent": false,
             "simulated": false,
             "error": e.to_string(),
-            "kind": e.kind.as_str(),
-            "code": e.code,
+            "kind": e.kind().as_str(),
+            "code": e.code(),
             "attempts": report.attempts,
         }),
     }

@@ -4,13 +4,13 @@ use crate::admin_api::AdminState;
 use crate::broker::Topology;
 use crate::circuit::Breakers;
 use crate::delivery_log::DeliveryLog;
-use crate::dispatch::{Policy, QuickRetry, RetryBudget};
 use crate::health::Health;
+use crate::pipeline::{Holds, Policy, QuickRetry, RetryBudget, Shared};
 use crate::provider::ProviderContext;
 use crate::ratelimit::RateLimiter;
 use crate::settings::Settings;
 use crate::tenant::{self, Directory, TenantStore};
-use crate::worker::{self, ConsumerConfig, Holds, Shared};
+use crate::worker::{self, ConsumerConfig};
 use crate::{db, http, metrics};
 use anyhow::Context;
 use std::sync::Arc;
@@ -117,7 +117,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     );
     let topology = Topology::new(&settings.amqp, &w.retry_delays_secs);
     let rl = &settings.rate_limits;
-    let leases = Arc::new(crate::worker::lease::Leases::default());
+    let leases = Arc::new(crate::pipeline::lease::Leases::default());
     let lease_stop = CancellationToken::new();
     let lease_task = leases.spawn_renewal(
         pool.clone(),
@@ -129,7 +129,6 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         leases,
         unrecorded: tokio::sync::Semaphore::new(settings.delivery_log.max_unrecorded),
         record_patience: Duration::from_secs(settings.delivery_log.record_patience_secs),
-        reconciler: settings.reconciler.clone(),
         directory,
         policy: Policy {
             quick: quick_retry,
@@ -157,6 +156,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         prefetch: settings.amqp.prefetch,
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
         queue_sample: Duration::from_secs(settings.metrics.queue_sample_secs),
+        reconciler: settings.reconciler.clone(),
     };
     worker::run(shared, cfg, health, shutdown).await;
     http_stop.cancel();

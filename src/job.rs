@@ -205,18 +205,70 @@ pub enum JobError {
 impl JobError {
     /// Stable machine-readable reason code.
     pub fn reason(&self) -> &'static str {
+        self.code().as_str()
+    }
+
+    pub fn code(&self) -> Invalid {
         match self {
-            JobError::InvalidUtf8(_) => "invalid_utf8",
-            JobError::MalformedJson(_) => "malformed_json",
-            JobError::TooLarge { .. } => "too_large",
-            JobError::UnsupportedVersion(_) => "unsupported_version",
-            JobError::MissingField(_) => "missing_field",
-            JobError::UnknownChannel(_) => "unknown_channel",
-            JobError::InvalidRecipient { .. } => "invalid_recipient",
-            JobError::InvalidField { .. } => "invalid_field",
-            JobError::FieldTooLong { .. } => "field_too_long",
-            JobError::WrongContent { .. } => "wrong_content",
-            JobError::UnknownField(_) => "unknown_field",
+            JobError::InvalidUtf8(_) => Invalid::InvalidUtf8,
+            JobError::MalformedJson(_) => Invalid::MalformedJson,
+            JobError::TooLarge { .. } => Invalid::TooLarge,
+            JobError::UnsupportedVersion(_) => Invalid::UnsupportedVersion,
+            JobError::MissingField(_) => Invalid::MissingField,
+            JobError::UnknownChannel(_) => Invalid::UnknownChannel,
+            JobError::InvalidRecipient { .. } => Invalid::InvalidRecipient,
+            JobError::InvalidField { .. } => Invalid::InvalidField,
+            JobError::FieldTooLong { .. } => Invalid::FieldTooLong,
+            JobError::WrongContent { .. } => Invalid::WrongContent,
+            JobError::UnknownField(_) => Invalid::UnknownField,
+        }
+    }
+}
+
+/// The reason codes of [`JobError`], one per variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Invalid {
+    InvalidUtf8,
+    MalformedJson,
+    TooLarge,
+    UnsupportedVersion,
+    MissingField,
+    UnknownChannel,
+    InvalidRecipient,
+    InvalidField,
+    FieldTooLong,
+    WrongContent,
+    UnknownField,
+}
+
+impl Invalid {
+    pub const ALL: [Invalid; 11] = [
+        Invalid::InvalidUtf8,
+        Invalid::MalformedJson,
+        Invalid::TooLarge,
+        Invalid::UnsupportedVersion,
+        Invalid::MissingField,
+        Invalid::UnknownChannel,
+        Invalid::InvalidRecipient,
+        Invalid::InvalidField,
+        Invalid::FieldTooLong,
+        Invalid::WrongContent,
+        Invalid::UnknownField,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalid::InvalidUtf8 => "invalid_utf8",
+            Invalid::MalformedJson => "malformed_json",
+            Invalid::TooLarge => "too_large",
+            Invalid::UnsupportedVersion => "unsupported_version",
+            Invalid::MissingField => "missing_field",
+            Invalid::UnknownChannel => "unknown_channel",
+            Invalid::InvalidRecipient => "invalid_recipient",
+            Invalid::InvalidField => "invalid_field",
+            Invalid::FieldTooLong => "field_too_long",
+            Invalid::WrongContent => "wrong_content",
+            Invalid::UnknownField => "unknown_field",
         }
     }
 }

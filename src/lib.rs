@@ -3,7 +3,7 @@
 //! - [`job`]: the wire format and its validation.
 //! - [`settings`]: layered configuration.
 //! - [`broker`]: RabbitMQ topology and confirmed publishing; [`enqueue`]: job publisher.
-//! - [`worker`]: the consumer; per delivery: decode, admit, claim, [`dispatch`], record, report.
+//! - [`worker`]: the consumer; [`pipeline`]: one delivery, from admission to its settled fate.
 //! - [`ratelimit`]: deployment-wide limits; [`circuit`]: breakers per provider account.
 //! - [`tenant`]: tenants' provider chains; [`provider`]: one adapter per provider.
 //! - [`delivery_log`]: `outreach_logs`, written in batches ([`batch`]).
@@ -26,7 +26,6 @@ pub mod circuit;
 pub mod crypto;
 pub mod db;
 pub mod delivery_log;
-pub mod dispatch;
 pub mod dlq;
 pub mod enqueue;
 pub mod enum_names;
@@ -36,6 +35,7 @@ pub mod health;
 pub mod http;
 pub mod job;
 pub mod metrics;
+pub mod pipeline;
 pub mod provider;
 pub mod ratelimit;
 pub mod settings;

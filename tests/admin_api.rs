@@ -4,7 +4,7 @@ mod support;
 
 use outreach::admin_api::{self, AdminState, hash_token};
 use outreach::crypto::KeyRing;
-use outreach::dispatch::QuickRetry;
+use outreach::pipeline::QuickRetry;
 use outreach::settings::{OperatorToken, Settings, TenantToken};
 use outreach::tenant::{Directory, TenantStore};
 use serde_json::{Value, json};

@@ -41,7 +41,6 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 pub use nodes::{Node, Nodes, NodesError};
 pub use settings::{AmqpSettings, QueueType};
-use std::time::Duration;
 
 /// The consistent-hash exchange type (plugin `rabbitmq_consistent_hash_exchange`).
 const CONSISTENT_HASH: &str = "x-consistent-hash";
@@ -152,25 +151,6 @@ impl Topology {
 
     pub fn retry_queue(&self, tier_secs: u64) -> String {
         format!("{}.{tier_secs}s", self.retry_exchange)
-    }
-
-    /// The delay tier for a retry: the n-th tier for the n-th retry (the last
-    /// repeats), raised to the first tier that covers the provider's hint.
-    pub fn tier_for(&self, retry_number: u32, at_least: Option<Duration>) -> u64 {
-        let idx = (retry_number.saturating_sub(1) as usize).min(self.retry_tiers.len() - 1);
-        let mut tier = self.retry_tiers[idx];
-        if let Some(hint) = at_least {
-            let need = hint.as_secs_f64().ceil() as u64;
-            if need > tier {
-                tier = self
-                    .retry_tiers
-                    .iter()
-                    .copied()
-                    .find(|t| *t >= need)
-                    .unwrap_or(*self.retry_tiers.last().unwrap());
-            }
-        }
-        tier
     }
 
     /// Publish to the delay queue of `tier_secs` (confirmed). When the delay
@@ -588,20 +568,6 @@ pub fn string_header(s: &str) -> AMQPValue {
 mod tests {
     use super::*;
 
-    fn topo(tiers: &[u64]) -> Topology {
-        let s = AmqpSettings {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".parse().unwrap(),
-            shuffle_nodes: false,
-            connect_timeout_ms: 1000,
-            prefix: "outreach".into(),
-            queue_type: QueueType::Quorum,
-            prefetch: 10,
-            work_queues: 1,
-            delivery_limit: 20,
-        };
-        Topology::new(&s, tiers)
-    }
-
     #[test]
     fn a_job_is_stamped_in_milliseconds_and_a_bare_amqp_timestamp_still_counts() {
         let before = std::time::SystemTime::now()
@@ -617,22 +583,5 @@ mod tests {
         let theirs = persistent_json().with_timestamp(1_772_355_600);
         assert_eq!(published_ms(&theirs), Some(1_772_355_600_000));
         assert_eq!(published_ms(&persistent_json()), None);
-    }
-
-    #[test]
-    fn each_retry_waits_the_next_tier_and_the_last_tier_repeats() {
-        let t = topo(&[5, 30, 120]);
-        assert_eq!(
-            [1, 2, 3, 4, 9].map(|n| t.tier_for(n, None)),
-            [5, 30, 120, 120, 120]
-        );
-    }
-
-    #[test]
-    fn retry_after_raises_the_tier_to_the_first_that_covers_it() {
-        let t = topo(&[5, 30, 120]);
-        assert_eq!(t.tier_for(1, Some(Duration::from_secs(2))), 5);
-        assert_eq!(t.tier_for(1, Some(Duration::from_secs(6))), 30);
-        assert_eq!(t.tier_for(1, Some(Duration::from_secs(9999))), 120);
     }
 }

@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 use outreach::dlq::{self, DeadLetter, Filter, Listing, ReplayOptions, ReplayOutcome, parse_since};
+use outreach::pipeline::DeadLetterReason;
 use outreach::settings::Settings;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -43,10 +44,11 @@ pub struct FilterArgs {
     /// a duration back from now (30m, 2h, 7d).
     #[arg(long, value_parser = since_arg)]
     since: Option<OffsetDateTime>,
-    /// Only this reason code (invalid_recipient, max_attempts, expired…). For
-    /// replay, also replays payloads that are not valid jobs with that reason.
+    /// Only this reason (invalid_recipient, max_attempts, expired…; a wrong
+    /// name lists them all). For replay, also replays payloads that are not
+    /// valid jobs with that reason.
     #[arg(long)]
-    reason: Option<String>,
+    reason: Option<DeadLetterReason>,
 }
 
 impl From<FilterArgs> for Filter {

@@ -3,8 +3,8 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use outreach::admin_api;
-use outreach::dispatch::QuickRetry;
 use outreach::job::{Channel, TenantId};
+use outreach::pipeline::QuickRetry;
 use outreach::settings::Settings;
 use outreach::tenant::{ChannelConfig, Directory, TenantStore, rotate, view};
 use outreach::{app, crypto, db};

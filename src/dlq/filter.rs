@@ -1,6 +1,7 @@
 //! Which dead letters a command applies to.
 
 use super::DeadLetter;
+use crate::pipeline::DeadLetterReason;
 use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -12,8 +13,8 @@ pub struct Filter {
     /// Dead-lettered at or after this instant. A letter whose time is unknown
     /// does not match.
     pub since: Option<OffsetDateTime>,
-    /// The reason code, exactly (`invalid_recipient`, `max_attempts`…).
-    pub reason: Option<String>,
+    /// The reason (`invalid_recipient`, `max_attempts`…).
+    pub reason: Option<DeadLetterReason>,
 }
 
 impl Filter {
@@ -22,7 +23,9 @@ impl Filter {
             want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
         };
         same(&self.tenant, &l.tenant_id)
-            && same(&self.reason, &l.reason)
+            && self
+                .reason
+                .is_none_or(|r| l.reason.as_deref() == Some(r.as_str()))
             && self
                 .since
                 .is_none_or(|s| l.failed_at.is_some_and(|t| t >= s))
@@ -130,7 +133,7 @@ mod tests {
         assert!(Filter::default().matches(&l));
         let f = Filter {
             tenant: Some("clinic-1".into()),
-            reason: Some("max_attempts".into()),
+            reason: Some(DeadLetterReason::MaxAttempts),
             since: Some(NOW),
         };
         assert!(f.matches(&l));

@@ -11,21 +11,12 @@
 //! background (for at most [`BROKER_LOST_GRACE`]).
 
 mod depths;
-mod handler;
-pub mod held;
-pub mod lease;
 pub mod reconcile;
 
-pub use handler::{HandleError, Source, handle};
-pub use held::Holds;
-
-use crate::broker::{self, BrokerError, Nodes, Topology};
-use crate::delivery_log::DeliveryLog;
-use crate::dispatch::{Policy, RetryBudget};
-use crate::events::EventPublisher;
+use crate::broker::{self, BrokerError, Nodes};
 use crate::health::Health;
 use crate::metrics as m;
-use crate::tenant::Directory;
+use crate::pipeline::{HandleError, Shared, Source, handle};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -34,38 +25,8 @@ use lapin::types::FieldTable;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// What every job task shares.
-pub struct Shared {
-    pub log: DeliveryLog,
-    /// Claims of jobs in this worker, renewed while they live.
-    pub leases: Arc<lease::Leases>,
-    /// Jobs between their provider call and their recorded outcome
-    /// (`delivery_log.max_unrecorded`): a crash can send at most these again.
-    pub unrecorded: Semaphore,
-    /// How long an outcome is retried through a database outage before the
-    /// job is handed back (`delivery_log.record_patience_secs`).
-    pub record_patience: Duration,
-    pub reconciler: reconcile::ReconcilerSettings,
-    pub directory: Arc<Directory>,
-    pub topology: Topology,
-    pub policy: Policy,
-    pub holds: Holds,
-    pub budget: RetryBudget,
-    pub store_content: bool,
-    /// Provider sends in flight in this process (`worker.concurrency`),
-    /// shared by the work and held queues and served in turn.
-    pub sends: Semaphore,
-}
-
-impl Shared {
-    fn events(&self, ch: &lapin::Channel) -> EventPublisher {
-        EventPublisher::new(ch.clone(), self.topology.events_exchange.clone())
-    }
-}
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -76,6 +37,7 @@ pub struct ConsumerConfig {
     pub shutdown_grace: Duration,
     /// How often queue depths are sampled (`metrics.queue_sample_secs`).
     pub queue_sample: Duration,
+    pub reconciler: reconcile::ReconcilerSettings,
 }
 
 /// Consume until `shutdown` fires, reconnecting with backoff when the broker
@@ -169,7 +131,7 @@ async fn session(
     tracker.spawn(reconcile::run(
         shared.clone(),
         publish.clone(),
-        shared.reconciler.clone(),
+        cfg.reconciler.clone(),
         held_stop.clone(),
     ));
     tracker.spawn(depths::run(
