@@ -8,14 +8,80 @@
 //! "error_subcode", "fbtrace_id", "is_transient"}}`.
 
 use super::http::{self, Answer};
-use super::settings::MetaSettings;
+use super::settings::{SettingsError, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Content, Job};
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+// Settings: one account of this provider, as a tenant stores it.
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaSettings {
+    #[serde(skip_serializing)]
+    pub access_token: SecretString,
+    pub phone_number_id: String,
+    /// Graph API version, `v23.0` by default.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// `https://graph.facebook.com` by default.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The Meta app's secret: webhooks are signed with it
+    /// (`X-Hub-Signature-256`). Without it this account's webhooks are refused.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub app_secret: Option<SecretString>,
+    /// The verify token entered in the app's webhook subscription; the
+    /// subscription `GET` is answered only when it matches.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub webhook_verify_token: Option<SecretString>,
+}
+
+impl MetaSettings {
+    /// The fields that hold secrets, in the order [`Self::secrets`] gives them.
+    pub const SECRET_FIELDS: &'static [&'static str] =
+        &["access_token", "app_secret", "webhook_verify_token"];
+
+    /// Every secret field, set or not.
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        vec![
+            ("access_token", Some(&self.access_token)),
+            ("app_secret", self.app_secret.as_ref()),
+            ("webhook_verify_token", self.webhook_verify_token.as_ref()),
+        ]
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        non_empty("access_token", self.access_token.expose_secret())?;
+        if self.phone_number_id.is_empty()
+            || !self.phone_number_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(SettingsError::new(
+                "phone_number_id",
+                "expected the numeric phone-number id from Meta",
+            ));
+        }
+        if let Some(v) = &self.api_version {
+            let ok = v.strip_prefix('v').is_some_and(|n| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            });
+            if !ok {
+                return Err(SettingsError::new(
+                    "api_version",
+                    "expected a Graph API version such as `v23.0`",
+                ));
+            }
+        }
+        opt_url("base_url", &self.base_url)
+    }
+}
 
 const DEFAULT_BASE: &str = "https://graph.facebook.com";
 const DEFAULT_VERSION: &str = "v23.0";

@@ -1,12 +1,39 @@
 //! The sandbox provider: accepts and records, sends nothing. The default
 //! system provider of a fresh install, so the pipeline runs without accounts.
 
-use super::settings::SandboxSettings;
 use super::{Provider, ProviderError, ProviderKind, Receipt, SettingsError};
 use crate::job::Job;
 use async_trait::async_trait;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+
+// Settings: one account of this provider, as a tenant stores it.
+
+/// Accepts and records messages, sends nothing.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Append one JSON line per accepted message (ids and recipient, no body) to this file.
+    #[serde(default)]
+    pub record_file: Option<String>,
+}
+
+impl SandboxSettings {
+    /// The fields that hold secrets, in the order [`Self::secrets`] gives them.
+    pub const SECRET_FIELDS: &'static [&'static str] = &[];
+
+    /// Every secret field, set or not.
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        vec![]
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        Ok(())
+    }
+}
 
 pub struct Sandbox {
     /// The record file, one writer at a time so lines never interleave.

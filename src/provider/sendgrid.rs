@@ -6,7 +6,7 @@
 //! `custom_args` ride on the personalization so event webhooks carry them.
 
 use super::http::{self, Answer};
-use super::settings::SendgridSettings;
+use super::settings::{SettingsError, email, opt_url};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     email_parts,
@@ -15,8 +15,64 @@ use crate::job::Job;
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+// Settings: one account of this provider, as a tenant stores it.
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendgridSettings {
+    #[serde(skip_serializing)]
+    pub api_key: SecretString,
+    pub from_email: String,
+    #[serde(default)]
+    pub from_name: Option<String>,
+    /// Optional dynamic template id (`d-…`).
+    #[serde(default)]
+    pub template_id: Option<String>,
+    /// Categories attached to every message.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// API base, `https://api.sendgrid.com` by default (EU: `https://api.eu.sendgrid.com`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The Signed Event Webhook's verification key (base64 public key, as
+    /// SendGrid shows it under Mail Settings > Event Webhook). A public key,
+    /// not a secret; without it this account's events are refused.
+    #[serde(default)]
+    pub webhook_verification_key: Option<String>,
+}
+
+impl SendgridSettings {
+    /// The fields that hold secrets, in the order [`Self::secrets`] gives them.
+    pub const SECRET_FIELDS: &'static [&'static str] = &["api_key"];
+
+    /// Every secret field, set or not.
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        vec![("api_key", Some(&self.api_key))]
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !self.api_key.expose_secret().starts_with("SG.") {
+            return Err(SettingsError::new(
+                "api_key",
+                "SendGrid API keys start with `SG.`",
+            ));
+        }
+        email("from_email", &self.from_email)?;
+        if let Some(k) = &self.webhook_verification_key
+            && webhook_verification_key(k).is_none()
+        {
+            return Err(SettingsError::new(
+                "webhook_verification_key",
+                "expected the base64 P-256 public key SendGrid shows for the signed event webhook",
+            ));
+        }
+        opt_url("base_url", &self.base_url)
+    }
+}
 
 const DEFAULT_BASE: &str = "https://api.sendgrid.com";
 

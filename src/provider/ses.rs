@@ -3,7 +3,7 @@
 //! mean accepted.
 
 use super::http::{self, Answer};
-use super::settings::SesSettings;
+use super::settings::{SettingsError, email, is_aws_region, non_empty, opt_url};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     email_parts,
@@ -16,10 +16,67 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use base64::Engine;
 use reqwest::header::HeaderMap;
-use secrecy::ExposeSecret;
-use serde::Deserialize;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::SystemTime;
+
+// Settings: one account of this provider, as a tenant stores it.
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SesSettings {
+    pub region: String,
+    pub access_key_id: String,
+    #[serde(skip_serializing)]
+    pub secret_access_key: SecretString,
+    pub from_email: String,
+    #[serde(default)]
+    pub from_name: Option<String>,
+    #[serde(default)]
+    pub configuration_set: Option<String>,
+    /// SNS topics (ARNs) this account's SES notifications are published to;
+    /// a notification from any other topic is refused for this tenant.
+    #[serde(default)]
+    pub sns_topic_arns: Vec<String>,
+    /// Endpoint, `https://email.{region}.amazonaws.com` by default.
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+impl SesSettings {
+    /// The fields that hold secrets, in the order [`Self::secrets`] gives them.
+    pub const SECRET_FIELDS: &'static [&'static str] = &["secret_access_key"];
+
+    /// Every secret field, set or not.
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        vec![("secret_access_key", Some(&self.secret_access_key))]
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !is_aws_region(&self.region) {
+            return Err(SettingsError::new(
+                "region",
+                "expected an AWS region such as `eu-west-1`",
+            ));
+        }
+        if self.access_key_id.len() < 16
+            || !self
+                .access_key_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(SettingsError::new(
+                "access_key_id",
+                "expected an AWS access key id such as `AKIA…`",
+            ));
+        }
+        non_empty("secret_access_key", self.secret_access_key.expose_secret())?;
+        email("from_email", &self.from_email)?;
+        opt_url("base_url", &self.base_url)
+    }
+}
 
 pub struct Ses {
     http: reqwest::Client,

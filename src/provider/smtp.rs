@@ -1,7 +1,7 @@
 //! SMTP through lettre: pooled async transport per account, plain / STARTTLS /
 //! implicit TLS, AUTH, and reply codes classified.
 
-use super::settings::{SmtpSecurity, SmtpSettings};
+use super::settings::{email, non_empty};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     SettingsError, email_parts,
@@ -13,8 +13,85 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+// Settings: one account of this provider, as a tenant stores it.
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain SMTP, for local catchers such as Mailpit.
+    None,
+    /// Upgrade with STARTTLS (required).
+    #[default]
+    Starttls,
+    /// Implicit TLS (SMTPS, usually port 465).
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    /// Defaults to 25 (none), 587 (starttls) or 465 (tls).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default, deserialize_with = "crate::enum_names::by_name")]
+    pub security: SmtpSecurity,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub password: Option<SecretString>,
+    pub from_email: String,
+    #[serde(default)]
+    pub from_name: Option<String>,
+    /// Connections kept open for this account.
+    #[serde(default = "default_pool_max")]
+    pub pool_max: u32,
+    /// Seconds an idle pooled connection is kept.
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle_secs: u64,
+    /// PEM file of an extra CA to trust (self-hosted relays, tests).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_pool_max() -> u32 {
+    4
+}
+
+fn default_pool_idle() -> u64 {
+    60
+}
+
+impl SmtpSettings {
+    /// The fields that hold secrets, in the order [`Self::secrets`] gives them.
+    pub const SECRET_FIELDS: &'static [&'static str] = &["password"];
+
+    /// Every secret field, set or not.
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        vec![("password", self.password.as_ref())]
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        non_empty("host", &self.host)?;
+        email("from_email", &self.from_email)?;
+        if self.password.is_some() && self.username.is_none() {
+            return Err(SettingsError::new(
+                "username",
+                "required when a password is set",
+            ));
+        }
+        if self.pool_max == 0 {
+            return Err(SettingsError::new("pool_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
 
 pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,

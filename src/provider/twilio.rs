@@ -6,13 +6,75 @@
 //! required, then `From` or `MessagingServiceSid`, `Body`, `StatusCallback`.
 
 use super::http::{self, Answer};
-use super::settings::TwilioSettings;
+use super::settings::{SettingsError, is_sid, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
-use crate::job::{Channel, Content, Job};
+use crate::job::{Channel, Content, Job, is_e164};
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+// Settings: one account of this provider, as a tenant stores it.
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioSettings {
+    pub account_sid: String,
+    #[serde(skip_serializing)]
+    pub auth_token: SecretString,
+    /// Sender number (E.164) for SMS, or WhatsApp sender number.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Messaging service (`MG` + 32 hex) instead of `from`.
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// `https://api.twilio.com` by default.
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+impl TwilioSettings {
+    /// The fields that hold secrets, in the order [`Self::secrets`] gives them.
+    pub const SECRET_FIELDS: &'static [&'static str] = &["auth_token"];
+
+    /// Every secret field, set or not.
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        vec![("auth_token", Some(&self.auth_token))]
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !is_sid(&self.account_sid, "AC") {
+            return Err(SettingsError::new(
+                "account_sid",
+                "Twilio account SIDs are `AC` followed by 32 hex digits",
+            ));
+        }
+        non_empty("auth_token", self.auth_token.expose_secret())?;
+        match (&self.from, &self.messaging_service_sid) {
+            (None, None) => {
+                return Err(SettingsError::new(
+                    "from",
+                    "set `from` or `messaging_service_sid`",
+                ));
+            }
+            (Some(f), _) if !is_e164(f.strip_prefix("whatsapp:").unwrap_or(f)) => {
+                return Err(SettingsError::new(
+                    "from",
+                    "expected an E.164 number such as +14155550100",
+                ));
+            }
+            (_, Some(m)) if !is_sid(m, "MG") => {
+                return Err(SettingsError::new(
+                    "messaging_service_sid",
+                    "messaging service SIDs are `MG` followed by 32 hex digits",
+                ));
+            }
+            _ => {}
+        }
+        opt_url("base_url", &self.base_url)
+    }
+}
 
 const DEFAULT_BASE: &str = "https://api.twilio.com";
 

@@ -6,13 +6,70 @@
 //! The secret travels in the body, so every error is scrubbed of it.
 
 use super::http::{self, Answer};
-use super::settings::VonageSettings;
+use super::settings::{SettingsError, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Content, Job};
 use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+// Settings: one account of this provider, as a tenant stores it.
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VonageSettings {
+    pub api_key: String,
+    #[serde(skip_serializing)]
+    pub api_secret: SecretString,
+    /// Sender: E.164 number or alphanumeric sender id.
+    pub from: String,
+    /// `https://rest.nexmo.com` by default.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The account's signature secret (dashboard → Settings): delivery
+    /// receipts and inbound messages are signed with it (`sig`). Without it
+    /// this account's webhooks are refused.
+    #[serde(default)]
+    #[serde(skip_serializing)]
+    pub signature_secret: Option<SecretString>,
+    /// The signing method chosen with it in the dashboard.
+    #[serde(default, deserialize_with = "crate::enum_names::by_name")]
+    pub signature_method: VonageSignatureMethod,
+}
+
+/// How Vonage signs webhooks (HMAC-MD5 is not supported: choose another).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VonageSignatureMethod {
+    /// MD5 of the parameters followed by the secret (Vonage's default).
+    #[default]
+    Md5hash,
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl VonageSettings {
+    /// The fields that hold secrets, in the order [`Self::secrets`] gives them.
+    pub const SECRET_FIELDS: &'static [&'static str] = &["api_secret", "signature_secret"];
+
+    /// Every secret field, set or not.
+    pub fn secrets(&self) -> Vec<(&'static str, Option<&SecretString>)> {
+        vec![
+            ("api_secret", Some(&self.api_secret)),
+            ("signature_secret", self.signature_secret.as_ref()),
+        ]
+    }
+
+    /// Check every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        non_empty("api_key", &self.api_key)?;
+        non_empty("api_secret", self.api_secret.expose_secret())?;
+        non_empty("from", &self.from)?;
+        opt_url("base_url", &self.base_url)
+    }
+}
 
 const DEFAULT_BASE: &str = "https://rest.nexmo.com";
 
