@@ -31,7 +31,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub rate_limits: RateLimitSettings,
     pub circuit: crate::circuit::CircuitSettings,
-    pub reconciler: crate::worker::reconcile::ReconcilerSettings,
+    pub reconciler: ReconcilerSettings,
     pub webhooks: WebhookSettings,
 }
 
@@ -803,6 +803,16 @@ fn parse_key_list(list: &str) -> Result<Vec<KeyConfig>, SettingsError> {
             }),
         })
         .collect()
+}
+
+/// Reconciler tuning (`[reconciler]` in the settings).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcilerSettings {
+    /// Seconds between two passes.
+    pub interval_secs: u64,
+    /// How far past its expected time a row must be to count as overdue.
+    pub grace_secs: u64,
 }
 
 #[cfg(test)]

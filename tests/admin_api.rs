@@ -1,6 +1,6 @@
 //! The admin API over real HTTP: tokens, tenant scoping, validation, masking.
 
-mod support;
+use crate::support;
 
 use outreach::admin_api::{self, AdminState, hash_token};
 use outreach::crypto::KeyRing;

@@ -1,7 +1,7 @@
 //! Bad input never crashes the worker: each payload lands in the dead-letter
 //! queue with its reason, and the next good job is still delivered.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;

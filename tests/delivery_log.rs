@@ -1,6 +1,6 @@
 //! The delivery log on the real database: claims and records.
 
-mod support;
+use crate::support;
 
 use outreach::delivery_log::{Claim, ClaimRequest, DeliveryLog, DeliveryStatus, Record};
 use outreach::job::{Channel, JobId, TenantId};

@@ -1,7 +1,7 @@
 //! `outreach dlq list` and `outreach dlq replay` against the real binary,
 //! RabbitMQ and PostgreSQL.
 
-mod support;
+use crate::support;
 
 use lapin::types::FieldTable;
 use outreach::broker;

@@ -1,6 +1,6 @@
 //! The job id is the idempotency key: a job already sent is not sent again.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;

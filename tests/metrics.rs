@@ -4,7 +4,7 @@
 //! fresh worker exports its counters at zero, and the logs are JSON lines
 //! with a span per job and no recipient address or message body.
 
-mod support;
+use crate::support;
 
 use outreach::job::Channel;
 use serde_json::json;

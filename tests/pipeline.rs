@@ -1,7 +1,7 @@
 //! End to end through the real binary: `outreach worker` consumes, sends over
 //! real SMTP, logs, reports events and counts in /metrics.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::smtp::{SmtpOptions, SmtpServer};

@@ -1,6 +1,6 @@
 //! Meta WhatsApp Cloud API adapter against a fake Graph endpoint on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use outreach::job::Channel;
 use outreach::provider::settings::MetaSettings;

@@ -1,6 +1,6 @@
 //! SendGrid adapter against a fake Mail Send endpoint on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use outreach::provider::settings::SendgridSettings;
 use outreach::provider::{ErrorKind, Provider, sendgrid::Sendgrid};

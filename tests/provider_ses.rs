@@ -1,7 +1,7 @@
 //! SES adapter against a fake SES v2 endpoint on 127.0.0.1 that recomputes
 //! the SigV4 signature with the documented algorithm.
 
-mod support;
+use crate::support;
 
 use outreach::provider::settings::SesSettings;
 use outreach::provider::{ErrorKind, Provider, ses::Ses};

@@ -2,7 +2,7 @@
 //! offers STARTTLS and AUTH and answers 451 (greylisting or a system
 //! failure) / 550 for chosen recipients.
 
-mod support;
+use crate::support;
 
 use outreach::job::{Channel, Content};
 use outreach::provider::{self, ErrorKind, ProviderSettings};

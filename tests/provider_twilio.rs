@@ -1,6 +1,6 @@
 //! Twilio adapter against a fake Messages endpoint on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use outreach::job::Channel;
 use outreach::provider::settings::TwilioSettings;

@@ -1,6 +1,6 @@
 //! Vonage SMS adapter against a fake `/sms/json` endpoint on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use outreach::job::Channel;
 use outreach::provider::settings::VonageSettings;

@@ -3,7 +3,7 @@
 //! never exceed what the limit allows over the time they were taken in
 //! (`burst` at once, then one per interval).
 
-mod support;
+use crate::support;
 
 use outreach::ratelimit::{Limit, LimitSet, RateLimiter, Take};
 use proptest::prelude::*;

@@ -1,7 +1,7 @@
 //! Rows left in flight past their time: counted while they may still be
 //! legitimate, ended `expired` (lost) with an event once they cannot be.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::tenants::row;

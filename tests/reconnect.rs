@@ -1,6 +1,6 @@
 //! A dropped broker connection is re-established and delivery carries on.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

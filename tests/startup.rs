@@ -1,6 +1,6 @@
 //! Starting up: workers started together on a fresh database.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 

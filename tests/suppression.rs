@@ -3,7 +3,7 @@
 //! `suppressed` without any provider call, for that tenant only. People
 //! manage the lists with the CLI and the admin API, audited.
 
-mod support;
+use crate::support;
 
 use outreach::admin_api::hash_token;
 use outreach::job::Channel;

@@ -1,7 +1,7 @@
 //! What a tenant's provider answers may carry into logs and the log table,
 //! and how long a silent SMTP server can hold a send.
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use outreach::job::Channel;

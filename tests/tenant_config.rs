@@ -1,6 +1,6 @@
 //! Tenant config store, encryption and resolution against a real PostgreSQL.
 
-mod support;
+use crate::support;
 
 use outreach::crypto::KeyRing;
 use outreach::job::{Channel, TenantId};

@@ -1,7 +1,7 @@
 //! Tenant config through the real binary: changes reach every worker, and
 //! credentials never leak into logs, events, metrics or the admin API.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::Read;

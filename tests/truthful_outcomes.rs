@@ -3,7 +3,7 @@
 //! trouble fails over at once and otherwise fails (not waits), and every
 //! step passed over is in the attempt log. Counted at the fakes.
 
-mod support;
+use crate::support;
 
 use outreach::job::Channel;
 use outreach::settings::SystemDefaults;

@@ -4,7 +4,7 @@
 //! published. Anything not signed by the tenant's own account is refused
 //! before it is read.
 
-mod support;
+use crate::support;
 
 use outreach::job::Channel;
 use serde_json::{Value, json};

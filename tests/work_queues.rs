@@ -3,7 +3,7 @@
 //! and a worker consumes them all. Real RabbitMQ with its consistent-hash
 //! exchange plugin (enabled by scripts/services.sh).
 
-mod support;
+use crate::support;
 
 use lapin::options::BasicGetOptions;
 use outreach::broker::{self, Topology};

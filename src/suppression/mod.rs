@@ -13,10 +13,9 @@
 //!   spaces, dashes, dots and brackets are dropped, `00` becomes `+`, and a
 //!   bare run of digits (Meta's wa_id) gets its `+`.
 //!
-//! - [`api`]: `/admin/v1/tenants/{tenant}/suppressions`; the same as
-//!   `outreach suppression list / add / remove` (in the binary, `src/cli/suppression.rs`).
-
-pub mod api;
+//! Over HTTP: `/admin/v1/tenants/{tenant}/suppressions`
+//! (`src/admin_api/suppressions.rs`); on the command line: `outreach
+//! suppression list / add / remove` (`src/cli/suppression.rs`).
 
 use crate::job::{Channel, TenantId, is_e164};
 use serde::{Deserialize, Serialize};

@@ -25,19 +25,10 @@ use super::Shared;
 use crate::broker::BrokerError;
 use crate::delivery_log::LogRow;
 use crate::metrics as m;
+pub use crate::settings::ReconcilerSettings;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Reconciler tuning (`[reconciler]` in the settings).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcilerSettings {
-    /// Seconds between two passes.
-    pub interval_secs: u64,
-    /// How far past its expected time a row must be to count as overdue.
-    pub grace_secs: u64,
-}
 
 /// Run passes until `stop` fires. Events go out on `publish` (confirmed).
 pub async fn run(

@@ -1,13 +1,13 @@
-//! `/admin/v1/tenants/{tenant}/suppressions` (mounted by [`crate::admin_api`],
+//! `/admin/v1/tenants/{tenant}/suppressions` (mounted by [`super::router`],
 //! same tokens: a tenant-scoped token sees and changes only its tenant).
 //!
 //! - `GET  …/suppressions[?channel=sms]`: the list.
 //! - `POST …/suppressions` `{"channel", "recipient", "reason"?}`: add (201; 200 if listed).
 //! - `DELETE …/suppressions/{channel}/{recipient}`: remove (204; 404 if not listed).
 
-use super::{Reason, SuppressionError, change_audited, list};
-use crate::admin_api::{AdminState, ApiError, authorise, channel, tenant_id};
+use super::{AdminState, ApiError, authorise, channel, tenant_id};
 use crate::job::Channel;
+use crate::suppression::{Reason, SuppressionError, change_audited, list};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

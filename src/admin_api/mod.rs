@@ -11,7 +11,8 @@
 use crate::job::{Channel, Content, Job, JobId, TenantId};
 use crate::pipeline::{QuickRetry, chain};
 use crate::settings::{AdminSettings, Settings};
-use crate::suppression::api as suppression;
+mod suppressions;
+
 use crate::tenant::policy::TenantPolicy;
 use crate::tenant::{ChannelConfig, Directory, StoreError, TenantStore, view};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -154,11 +155,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/tenants/{tenant}/messaging/{channel}/test", post(test))
         .route(
             "/tenants/{tenant}/suppressions",
-            get(suppression::get_list).post(suppression::post_add),
+            get(suppressions::get_list).post(suppressions::post_add),
         )
         .route(
             "/tenants/{tenant}/suppressions/{channel}/{recipient}",
-            delete(suppression::delete_one),
+            delete(suppressions::delete_one),
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
