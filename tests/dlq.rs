@@ -268,6 +268,39 @@ async fn dlq_replay_skips_invalid_payloads_unless_their_reason_is_asked_for() {
 }
 
 #[tokio::test]
+async fn a_mistyped_reason_is_refused_with_the_list_of_reasons_and_nothing_is_replayed() {
+    let t = TestEnv::new().await;
+    dead_letter(
+        &t,
+        &sms_payload("j-1", "clinic-1"),
+        "j-1",
+        "max_attempts",
+        OffsetDateTime::now_utc(),
+    )
+    .await;
+    // One letter short of `max_attempts`: matching nothing would look like
+    // an empty queue; the command must say the name is wrong instead.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outreach"))
+        .args(["dlq", "replay", "--reason", "max_attempt"])
+        .envs(t.env_vars())
+        .output()
+        .expect("run outreach");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for reason in [
+        "max_attempts",
+        "invalid_recipient",
+        "no_provider",
+        "delivery_limit",
+    ] {
+        assert!(err.contains(reason), "{reason} not listed: {err}");
+    }
+    assert_eq!(depth(&t.topology.dead_letter_queue).await, 1);
+    assert_eq!(work_depth(&t).await, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
 async fn dlq_replay_dry_run_changes_nothing() {
     let t = TestEnv::new().await;
     dead_letter(

@@ -64,7 +64,10 @@ pub async fn settle(
                 .await
         }
         Fate::Suppressed { failure } => suppressed(at, job, attempt, &failure).await,
-        fate => end_round(at, job, attempt, attempts, fate).await,
+        fate => {
+            let rec = record_of(job, attempt, attempts, &fate, shared.store_content);
+            end_round(at, job, rec, fate).await
+        }
     }
 }
 
@@ -144,18 +147,11 @@ fn last_called(attempts: &[Attempt]) -> Option<ProviderKind> {
         .map(|a| a.provider)
 }
 
-/// Sent, retrying, failed or expired: row, event, then the broker.
-async fn end_round(
-    at: &At<'_>,
-    job: &Job,
-    attempt: u32,
-    attempts: Vec<Attempt>,
-    fate: Fate,
-) -> Result<(), HandleError> {
+/// Sent, retrying, failed or expired: row `rec`, event, then the broker.
+async fn end_round(at: &At<'_>, job: &Job, rec: Record, fate: Fate) -> Result<(), HandleError> {
     let shared = at.shared;
-    let rec = record_of(job, attempt, attempts, &fate, shared.store_content);
     count_round(job, &rec, &fate);
-    let status = rec.status;
+    let (status, attempt) = (rec.status, rec.attempts);
     let recorded = record_patiently(shared, rec).await;
     at.unrecorded.lock().expect("not poisoned").take();
     let row = match recorded {
