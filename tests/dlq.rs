@@ -48,6 +48,18 @@ async fn work_depth(t: &TestEnv) -> u32 {
 /// Put a letter in the dead-letter queue the way the worker does, with the
 /// dead-letter time given (the worker can only say "now").
 async fn dead_letter(t: &TestEnv, payload: &[u8], job_id: &str, reason: &str, at: OffsetDateTime) {
+    dead_letter_with(t, payload, job_id, reason, at, &[]).await
+}
+
+/// [`dead_letter`] with more headers.
+async fn dead_letter_with(
+    t: &TestEnv,
+    payload: &[u8],
+    job_id: &str,
+    reason: &str,
+    at: OffsetDateTime,
+    extra: &[(&str, &str)],
+) {
     let conn = broker::connect(&AMQP_URL.parse().unwrap(), "test-dead-letter")
         .await
         .unwrap();
@@ -60,7 +72,10 @@ async fn dead_letter(t: &TestEnv, payload: &[u8], job_id: &str, reason: &str, at
         (broker::headers::JOB_ID, job_id),
         (broker::headers::TENANT_ID, "clinic-1"),
         (broker::headers::FAILED_AT, &at.format(&Rfc3339).unwrap()),
-    ] {
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
         h.insert(k.into(), broker::string_header(v));
     }
     let props = broker::persistent_json().with_headers(h);
@@ -297,6 +312,32 @@ async fn a_mistyped_reason_is_refused_with_the_list_of_reasons_and_nothing_is_re
     }
     assert_eq!(depth(&t.topology.dead_letter_queue).await, 1);
     assert_eq!(work_depth(&t).await, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_a_provider_accepted_but_that_could_not_be_recorded_is_not_replayed() {
+    let t = TestEnv::new().await;
+    // As the worker dead-letters an outcome PostgreSQL refused to store:
+    // reason `unrecordable`, the outcome it reached in `x-outreach-status`.
+    dead_letter_with(
+        &t,
+        &sms_payload("j-1", "clinic-1"),
+        "j-1",
+        "unrecordable",
+        OffsetDateTime::now_utc(),
+        &[(broker::headers::STATUS, "sent")],
+    )
+    .await;
+    let env = t.env_vars();
+
+    let out = run_cli(&env, &["dlq", "replay", "--reason", "unrecordable"]);
+    assert!(out.contains("replayed 0, skipped 1, left 1"), "{out}");
+    assert!(out.contains("would send it again"), "{out}");
+    assert_eq!(depth(&t.topology.dead_letter_queue).await, 1);
+    assert_eq!(work_depth(&t).await, 0);
+    let listed = json_lines(&run_cli(&env, &["dlq", "list", "--json"]));
+    assert_eq!(listed[0]["outcome"], "sent");
     t.cleanup().await;
 }
 

@@ -102,6 +102,14 @@ pub async fn dlq(settings: &Settings, cmd: DlqCommand) -> anyhow::Result<()> {
                         "; its log row says sent, so it is only re-reported".into(),
                     ),
                     ReplayOutcome::WouldReplay => ("would replay", String::new()),
+                    ReplayOutcome::SkippedAccepted => (
+                        "skipped",
+                        format!(
+                            "; a provider accepted it (outcome {}) but it could not be recorded: \
+                             replaying would send it again",
+                            show(&l.outcome)
+                        ),
+                    ),
                     ReplayOutcome::SkippedInvalid => (
                         "skipped",
                         format!(

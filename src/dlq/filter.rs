@@ -124,6 +124,7 @@ mod tests {
             failed_at: at,
             dead_lettered_by: DeadLetteredBy::Worker,
             valid_job: true,
+            outcome: None,
         }
     }
 

@@ -44,6 +44,9 @@ pub struct DeadLetter {
     /// Whether the payload decodes as a valid job (`dlq replay` skips the
     /// others unless their reason is asked for).
     pub valid_job: bool,
+    /// The outcome the job reached but could not record (`unrecordable`
+    /// letters): `sent` means a provider accepted it.
+    pub outcome: Option<String>,
 }
 
 impl DeadLetter {
@@ -91,6 +94,7 @@ impl DeadLetter {
             failed_at,
             dead_lettered_by,
             valid_job: job.is_some(),
+            outcome: header(headers::STATUS),
         }
     }
 }

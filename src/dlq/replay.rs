@@ -62,13 +62,17 @@ pub enum ReplayOutcome {
     WouldReplay,
     /// Not a valid job and its reason was not asked for: left in the DLQ.
     SkippedInvalid,
+    /// A provider accepted it (its unrecorded outcome is `sent` or
+    /// `simulated`): replaying would send it again. Left in the DLQ.
+    SkippedAccepted,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplaySummary {
     /// Replayed (in a dry run: would have been).
     pub replayed: usize,
-    /// Matching letters left in the queue: invalid payloads whose reason was not asked for.
+    /// Matching letters left in the queue: invalid payloads whose reason was
+    /// not asked for, and jobs a provider already accepted.
     pub skipped: usize,
     /// Letters that were in the DLQ at the start and are still there
     /// (anything dead-lettered meanwhile is not counted).
@@ -117,7 +121,10 @@ pub async fn replay(
             }
             // Invalid payloads only when their reason was asked for: the
             // filter then already checked that it is theirs.
-            let outcome = if !letter.valid_job && opts.filter.reason.is_none() {
+            let accepted = matches!(letter.outcome.as_deref(), Some("sent" | "simulated"));
+            let outcome = if accepted {
+                ReplayOutcome::SkippedAccepted
+            } else if !letter.valid_job && opts.filter.reason.is_none() {
                 ReplayOutcome::SkippedInvalid
             } else if let Some(pool) = &pool {
                 let already_sent = match &letter.job_id {
@@ -145,7 +152,9 @@ pub async fn replay(
             };
             report(&letter, outcome);
             match outcome {
-                ReplayOutcome::SkippedInvalid => summary.skipped += 1,
+                ReplayOutcome::SkippedInvalid | ReplayOutcome::SkippedAccepted => {
+                    summary.skipped += 1
+                }
                 _ => summary.replayed += 1,
             }
         }

@@ -44,7 +44,8 @@ pub enum ErrorKind {
     Expired,
 }
 
-/// What the dispatcher should do about an error.
+/// What the pipeline makes of an error: in the round ([`crate::pipeline::chain`])
+/// and for the job ([`crate::pipeline::fate`], whose table shows both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Retry this provider a few times in place, then the next step; if none
@@ -53,7 +54,7 @@ pub enum Disposition {
     /// The next step now; if none sends, the job comes back through a delay tier.
     Fallback,
     /// The next step now; if none sends, the job fails: waiting will not fix
-    /// a configuration (`worker` dead-letters it with reason `config`).
+    /// a configuration (dead-lettered with reason `config`).
     Reconfigure,
     /// Stop the chain and come back through a delay tier (the recipient's
     /// side asked for it; no other provider would do better now).
