@@ -94,12 +94,18 @@ impl ErrorKind {
     /// Whether the outcome says something about the provider account's
     /// health (counts in its circuit breaker). Recipient-scoped answers,
     /// refused content and 429s do not; configuration trouble does (the
-    /// account is unusable until someone fixes it).
+    /// account is unusable until someone fixes it). An exhaustive match: a
+    /// new kind must say which side it is on.
     pub fn is_account_scoped(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Transient | ErrorKind::Provider | ErrorKind::Config
-        )
+        match self {
+            ErrorKind::Transient | ErrorKind::Provider | ErrorKind::Config => true,
+            ErrorKind::RateLimited
+            | ErrorKind::RecipientDeferred
+            | ErrorKind::Recipient
+            | ErrorKind::Content
+            | ErrorKind::InvalidJob
+            | ErrorKind::Expired => false,
+        }
     }
 
     pub fn disposition(self) -> Disposition {
