@@ -121,8 +121,7 @@ pub async fn replay(
             }
             // Invalid payloads only when their reason was asked for: the
             // filter then already checked that it is theirs.
-            let accepted = matches!(letter.outcome.as_deref(), Some("sent" | "simulated"));
-            let outcome = if accepted {
+            let outcome = if provider_accepted(letter.outcome.as_deref()) {
                 ReplayOutcome::SkippedAccepted
             } else if !letter.valid_job && opts.filter.reason.is_none() {
                 ReplayOutcome::SkippedInvalid
@@ -190,8 +189,13 @@ async fn reset_row(pool: &PgPool, tenant_id: Option<&str>, job_id: &str) -> Resu
     .fetch_optional(pool)
     .await
     .map_err(DlqError::Log)?;
-    // A simulated send is final too: replaying it would change nothing.
-    Ok(matches!(status.as_deref(), Some("sent" | "simulated")))
+    Ok(provider_accepted(status.as_deref()))
+}
+
+/// A status that says a provider accepted the job (a simulated send is
+/// final too): sending it again must not happen.
+fn provider_accepted(status: Option<&str>) -> bool {
+    matches!(status, Some("sent" | "simulated"))
 }
 
 /// The message's properties without its previous life's headers.

@@ -6,7 +6,7 @@
 //! wait is short (`rate_limits.max_inline_wait_ms`), else the job is held
 //! in its tenant's queue ([`super::held`]) so the work queue keeps moving.
 
-use super::chain::{Policy, chain_exhausted, note_skip, note_unusable, skipped};
+use super::chain::{Policy, chain_exhausted, note_skip, note_unusable, pass_over};
 use super::failure::{Failure, Skip};
 use super::{HandleError, Shared, Source};
 use crate::delivery_log::{Attempt, LogError, SkipReason};
@@ -148,9 +148,7 @@ impl Policy {
         for (i, step) in chain.steps.iter().enumerate() {
             note_unusable(chain, step.step, &mut log);
             if let Some(skip) = self.skip(step) {
-                let e = Failure::Skipped(skip);
-                log.push(skipped(step, &e));
-                last_err = Some(Failure::most_useful(last_err, e));
+                pass_over(step, skip, &mut log, &mut last_err);
                 continue;
             }
             if let Some(limiter) = &self.limiter {
@@ -162,19 +160,15 @@ impl Policy {
                 match limiter.take(sets).await? {
                     Take::Granted => tenant_pending = false,
                     Take::Wait { wait, paused: true } => {
-                        let e = Failure::Skipped(Skip::Paused { wait });
                         note_skip(step, SkipReason::Paused);
-                        log.push(skipped(step, &e));
-                        last_err = Some(Failure::most_useful(last_err, e));
+                        pass_over(step, Skip::Paused { wait }, &mut log, &mut last_err);
                         continue;
                     }
                     Take::Wait { wait, .. } => return Ok(Usable::Wait(wait)),
                 }
             }
             if !self.breaker_allows(step) {
-                let e = Failure::Skipped(Skip::CircuitOpen);
-                log.push(skipped(step, &e));
-                last_err = Some(Failure::most_useful(last_err, e));
+                pass_over(step, Skip::CircuitOpen, &mut log, &mut last_err);
                 continue;
             }
             return Ok(Usable::Go {

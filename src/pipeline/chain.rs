@@ -58,7 +58,6 @@ impl Policy {
         skipped_before: Vec<Attempt>,
     ) -> Report {
         let attempts = Mutex::new(skipped_before);
-        let log = |a: Attempt| attempts.lock().expect("not poisoned").push(a);
         let mut last_err: Option<Failure> = None;
         for (i, step) in chain.steps.iter().enumerate().skip(from) {
             note_unusable(
@@ -69,9 +68,12 @@ impl Policy {
             if i > from
                 && let Err(skip) = self.ready(job, step).await
             {
-                let e = Failure::Skipped(skip);
-                log(skipped(step, &e));
-                last_err = Some(Failure::most_useful(last_err, e));
+                pass_over(
+                    step,
+                    skip,
+                    &mut attempts.lock().expect("not poisoned"),
+                    &mut last_err,
+                );
                 continue;
             }
             match self.send_with_quick_retries(job, step, &attempts).await {
@@ -202,20 +204,25 @@ pub async fn walk_without_limits(job: &Job, chain: &ResolvedChannel, quick: &Qui
         .await
 }
 
-/// The attempt-log entry of a step passed over without a call.
-pub(super) fn skipped(step: &ChainStep, failure: &Failure) -> Attempt {
-    let reason = match failure {
-        Failure::Skipped(s) => s.reason(),
-        _ => SkipReason::Unusable,
-    };
-    Attempt {
+/// Pass over `step` without a call: its attempt-log entry, and its failure
+/// kept in `last_err` if it is the most useful so far.
+pub(super) fn pass_over(
+    step: &ChainStep,
+    skip: Skip,
+    log: &mut Vec<Attempt>,
+    last_err: &mut Option<Failure>,
+) {
+    let reason = skip.reason();
+    let failure = Failure::Skipped(skip);
+    log.push(Attempt {
         provider: step.kind,
         step: step.step,
         kind: Some(failure.kind()),
         code: failure.code(),
         at: OffsetDateTime::now_utc(),
         skipped: Some(reason),
-    }
+    });
+    *last_err = Some(Failure::most_useful(last_err.take(), failure));
 }
 
 /// The chain's unusable entries numbered below `below` that are not yet in

@@ -63,7 +63,7 @@ pub async fn settle(
                 .divert(at.moves, at.delivery, &job.tenant_id, job.channel)
                 .await
         }
-        Fate::Suppressed { failure } => suppressed(at, job, attempt, &failure).await,
+        fate @ Fate::Suppressed { .. } => suppressed(at, job, attempt, fate).await,
         fate => {
             let rec = record_of(job, attempt, attempts, &fate, shared.store_content);
             end_round(at, job, rec, fate).await
@@ -282,22 +282,19 @@ async fn opted_out(
 
 /// End a job to a suppressed recipient: `suppressed` row and event, no
 /// provider call, nothing dead-lettered (nothing to fix but the list).
-async fn suppressed(
-    at: &At<'_>,
-    job: &Job,
-    attempt: u32,
-    failure: &Failure,
-) -> Result<(), HandleError> {
+async fn suppressed(at: &At<'_>, job: &Job, attempt: u32, fate: Fate) -> Result<(), HandleError> {
     let shared = at.shared;
     metrics::counter!(m::JOBS_SUPPRESSED, "channel" => job.channel.as_str()).increment(1);
     m::job_final(job.tenant_id.as_str(), job.channel, "suppressed");
-    tracing::info!(
-        code = ?failure.code(),
-        "recipient suppressed: job ends without a provider call"
-    );
-    let fate = Fate::Suppressed {
-        failure: failure.clone(),
-    };
+    if let Fate::Suppressed {
+        failure: Failure::Suppressed { reason, .. },
+    } = &fate
+    {
+        tracing::info!(
+            reason,
+            "recipient suppressed: job ends without a provider call"
+        );
+    }
     let rec = record_of(job, attempt, vec![], &fate, false);
     match shared.log.record(rec).await? {
         Some(row) => shared.events(at.publish).publish_row(&row, false).await?,
