@@ -35,6 +35,7 @@ pub mod health;
 pub mod http;
 pub mod job;
 pub mod metrics;
+pub mod panics;
 pub mod pipeline;
 pub mod provider;
 pub mod ratelimit;

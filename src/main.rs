@@ -109,6 +109,7 @@ fn run() -> anyhow::Result<()> {
         settings.telemetry.filter = "warn".into();
     }
     telemetry::init(&settings.telemetry);
+    outreach::panics::install_hook();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -81,6 +81,11 @@ pub const EVENTS_PUBLISHED: &str = "outreach_events_published_total";
 pub const EVENT_CONFIRM_DURATION: &str = "outreach_event_confirm_seconds";
 /// Final outcomes of the tenants listed in `metrics.tenant_labels`.
 pub const TENANT_OUTCOMES: &str = "outreach_tenant_outcomes_total";
+/// Panics caught while handling a job or a request (`place`: provider,
+/// pipeline, admin_api): each is a defect; the job ends `failed` (`internal`).
+pub const PANICS: &str = "outreach_panics_total";
+/// Where a panic can be caught, for [`PANICS`]'s `place` label.
+pub const PANIC_PLACES: [&str; 3] = ["provider", "pipeline", "admin_api"];
 /// Version and commit of the running binary, value 1.
 pub const BUILD_INFO: &str = "outreach_build_info";
 
@@ -222,6 +227,12 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         Kind::Counter,
         Unit::Count,
         "Provider answers that need a person (credentials, sender, certificate), by channel and provider.",
+    ),
+    (
+        PANICS,
+        Kind::Counter,
+        Unit::Count,
+        "Panics caught while handling a job or an admin request (a defect in outreach), by place.",
     ),
     (
         JOBS_SIMULATED,
@@ -488,6 +499,9 @@ pub fn export_known() {
     }
     metrics::counter!(JOBS_LOST).absolute(0);
     metrics::counter!(JOBS_REQUEUED).absolute(0);
+    for place in PANIC_PLACES {
+        metrics::counter!(PANICS, "place" => place).absolute(0);
+    }
     tenants::export_known();
 }
 

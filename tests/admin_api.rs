@@ -631,3 +631,108 @@ async fn path_like_tenant_ids_are_refused() {
     }
     env.cleanup().await;
 }
+
+// ------------------------------------------------------------ header values
+
+/// Every value an adapter writes into a header, an address or a sender id,
+/// with a line break (header injection; the mail library panicked writing
+/// one), as a tenant token would store it.
+fn header_injections() -> Vec<(&'static str, Value, &'static str)> {
+    let bad = "Clinic\r\nBcc: everyone@example.com";
+    vec![
+        (
+            "email",
+            json!({"provider": "smtp", "host": "127.0.0.1", "from_email": "desk@clinic.example", "from_name": bad}),
+            "chain[0].from_name",
+        ),
+        (
+            "email",
+            json!({"provider": "smtp", "host": "127.0.0.1", "from_email": "desk@clinic.example", "username": bad}),
+            "chain[0].username",
+        ),
+        (
+            "email",
+            json!({"provider": "sendgrid", "api_key": SECRET, "from_email": "desk@clinic.example", "from_name": bad}),
+            "chain[0].from_name",
+        ),
+        (
+            "email",
+            json!({"provider": "sendgrid", "api_key": SECRET, "from_email": "desk@clinic.example", "categories": ["ok", bad]}),
+            "chain[0].categories[1]",
+        ),
+        (
+            "email",
+            json!({"provider": "ses", "region": "eu-west-1", "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+                "secret_access_key": "s", "from_email": "desk@clinic.example", "from_name": bad}),
+            "chain[0].from_name",
+        ),
+        (
+            "email",
+            json!({"provider": "sendgrid", "api_key": SECRET, "from_email": "desk@clinic.example\r\nBcc: x@example.com"}),
+            "chain[0].from_email",
+        ),
+        (
+            "sms",
+            json!({"provider": "vonage", "api_key": "k", "api_secret": "s", "from": "Clinic\r\n"}),
+            "chain[0].from",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_header_value_with_a_line_break_is_refused_naming_the_field_and_nothing_is_stored() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+
+    for (channel, entry, field) in header_injections() {
+        let (status, body) = api
+            .call(
+                "PUT",
+                &format!("/tenants/clinic-1/messaging/{channel}"),
+                Some(CLINIC_1),
+                Some(json!({"chain": [entry]})),
+            )
+            .await;
+        assert_eq!(status, 422, "{field}: {body}");
+        assert_eq!(field_of(&body), field, "{body}");
+        assert!(!body.contains("Bcc"), "the value is not echoed: {body}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_test_send_through_an_adapter_that_panics_answers_500_naming_the_defect() {
+    let env = TestEnv::new().await;
+    // The stand-in (test builds only), stored by an operator.
+    let api = Api::start(&env).await;
+    let (stored, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/sms",
+            Some(OPERATOR),
+            Some(json!({"chain": [{"provider": "sandbox", "panic_on_send": true}], "fallback_to_system": false})),
+        )
+        .await;
+    assert_eq!(stored, 200, "{body}");
+
+    let (status, body) = api
+        .call(
+            "POST",
+            "/tenants/clinic-1/messaging/sms/test",
+            Some(OPERATOR),
+            Some(json!({"to": "+447700900123"})),
+        )
+        .await;
+
+    assert_eq!(status, 500, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["sent"], false);
+    assert_eq!(v["kind"], "internal");
+    assert_eq!(v["code"], "panic");
+    env.cleanup().await;
+}

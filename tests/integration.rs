@@ -12,6 +12,7 @@ mod delivery_log;
 mod dlq;
 mod idempotency;
 mod metrics;
+mod panics;
 mod pipeline;
 mod provider_answers;
 mod provider_meta;

@@ -10,6 +10,7 @@
 
 use crate::job::{Channel, Content, Job, JobId, TenantId};
 use crate::pipeline::{QuickRetry, chain};
+use crate::provider::ErrorKind;
 use crate::settings::{AdminSettings, Settings};
 mod suppressions;
 
@@ -162,6 +163,19 @@ pub fn router(state: AdminState) -> Router {
             delete(suppressions::delete_one),
         )
         .layer(DefaultBodyLimit::max(limit))
+        // A panic in a handler (a defect) answers 500 like other errors
+        // instead of dropping the connection, and is counted.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                crate::panics::caught("admin_api");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (a defect in outreach, counted in outreach_panics_total)",
+                    None,
+                )
+                .into_response()
+            },
+        ))
         .with_state(state)
 }
 
@@ -368,7 +382,13 @@ async fn test(
     let b: TestBody = serde_json::from_slice(&body)
         .map_err(|_| unprocessable("expected {\"to\": ...}".into()))?;
     let job = test_job(&t, c, &b.to).map_err(unprocessable)?;
-    Ok(Json(send_test(&s.directory, &job, &s.quick_retry).await).into_response())
+    let result = send_test(&s.directory, &job, &s.quick_retry).await;
+    // An adapter that panicked is a defect on our side, not the provider's answer.
+    let status = match result["kind"] == ErrorKind::Internal.as_str() {
+        true => StatusCode::INTERNAL_SERVER_ERROR,
+        false => StatusCode::OK,
+    };
+    Ok((status, Json(result)).into_response())
 }
 
 /// A small test message for `tenant test` and the test endpoint.

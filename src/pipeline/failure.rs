@@ -32,6 +32,9 @@ pub enum Failure {
     Suppressed { channel: Channel, reason: String },
     /// The payload is not a valid job.
     Invalid(JobError),
+    /// Handling the job panicked outside a provider adapter (a defect; an
+    /// adapter's own panic is a `Provider` error of kind `internal`).
+    Panicked,
 }
 
 /// Why a step was passed over, with what the attempt log needs.
@@ -118,6 +121,13 @@ impl Failure {
                 ),
             ),
             Failure::Invalid(e) => new(ErrorKind::InvalidJob, e.reason(), e.to_string()),
+            Failure::Panicked => new(
+                ErrorKind::Internal,
+                "panic",
+                "handling this job panicked (a defect in outreach, counted in \
+                 outreach_panics_total); not retried, as a provider may have been reached"
+                    .into(),
+            ),
         }
     }
 
@@ -134,6 +144,7 @@ impl Failure {
             Failure::NotAfterPassed => ErrorKind::Expired,
             Failure::Suppressed { .. } => ErrorKind::Recipient,
             Failure::Invalid(_) => ErrorKind::InvalidJob,
+            Failure::Panicked => ErrorKind::Internal,
         }
     }
 

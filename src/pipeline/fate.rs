@@ -15,6 +15,7 @@
 //! | greylisted, mailbox full (`recipient_deferred`) | the chain stops | not counted | back through a delay tier |
 //! | bad recipient, opted out (`recipient`) | the chain stops | not counted | `failed`, dead letter `recipient` (Twilio 21610 also suppresses the recipient) |
 //! | content refused (`content`) | the chain stops | not counted | `failed`, dead letter `content` |
+//! | the adapter panicked (`internal`, a defect) | the chain stops | not counted | `failed`, dead letter `internal`: not retried, the provider may have been reached |
 //!
 //! Of the failures in one round, the most useful decides (one worth waiting
 //! for beats one that needs a person: [`Failure::most_useful`]). A job that
@@ -36,7 +37,9 @@
 //! | tenant config unavailable (database down), every step skipped (circuit open, paused) | back through a delay tier |
 //!
 //! And after: an outcome the log refuses to store ends in the dead-letter
-//! queue as `unrecordable` (see [`super::settle`]).
+//! queue as `unrecordable` (see [`super::settle`]). A panic anywhere else
+//! while handling the job (caught by the worker) ends it `failed`, dead
+//! letter `internal` ([`super::settle::panicked`]), unless its row is final.
 
 use super::failure::Failure;
 use super::retry::{self, RetryBudget};
@@ -195,6 +198,8 @@ pub enum DeadLetterReason {
     Expired,
     /// The outcome could not be stored in the delivery log.
     Unrecordable,
+    /// Handling the job panicked (a defect in outreach; `outreach_panics_total`).
+    Internal,
     /// Set by RabbitMQ: a quorum queue's delivery limit was reached.
     DeliveryLimit,
     /// Set by RabbitMQ: the message was rejected without requeue.
@@ -204,7 +209,7 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
-    const OTHERS: [DeadLetterReason; 11] = [
+    const OTHERS: [DeadLetterReason; 12] = [
         DeadLetterReason::Recipient,
         DeadLetterReason::Content,
         DeadLetterReason::Config,
@@ -213,6 +218,7 @@ impl DeadLetterReason {
         DeadLetterReason::MaxAttempts,
         DeadLetterReason::Expired,
         DeadLetterReason::Unrecordable,
+        DeadLetterReason::Internal,
         DeadLetterReason::DeliveryLimit,
         DeadLetterReason::Rejected,
         DeadLetterReason::Maxlen,
@@ -237,6 +243,7 @@ impl DeadLetterReason {
             DeadLetterReason::MaxAttempts => "max_attempts",
             DeadLetterReason::Expired => "expired",
             DeadLetterReason::Unrecordable => "unrecordable",
+            DeadLetterReason::Internal => "internal",
             DeadLetterReason::DeliveryLimit => "delivery_limit",
             DeadLetterReason::Rejected => "rejected",
             DeadLetterReason::Maxlen => "maxlen",
@@ -255,6 +262,7 @@ impl DeadLetterReason {
                 ErrorKind::Content | ErrorKind::InvalidJob => DeadLetterReason::Content,
                 ErrorKind::Expired => DeadLetterReason::Expired,
                 ErrorKind::Recipient => DeadLetterReason::Recipient,
+                ErrorKind::Internal => DeadLetterReason::Internal,
                 ErrorKind::Config
                 | ErrorKind::Transient
                 | ErrorKind::RateLimited

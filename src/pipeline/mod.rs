@@ -89,6 +89,25 @@ pub enum Source {
     Held,
 }
 
+/// After [`handle`] panicked on `delivery` (the worker caught it): fail the
+/// job as `internal` ([`settle::panicked`]). `Ok`: it may be acked.
+pub async fn after_panic(
+    shared: &Shared,
+    publish: &lapin::Channel,
+    moves: &lapin::Channel,
+    delivery: &Delivery,
+) -> Result<(), HandleError> {
+    let at = At {
+        shared,
+        publish,
+        moves,
+        delivery,
+        consumed_at: std::time::Instant::now(),
+        unrecorded: std::sync::Mutex::new(None),
+    };
+    settle::panicked(&at).await
+}
+
 /// Process one delivery. `Ok` means its outcome is durable (log row written,
 /// event and any retry / dead-letter / held-queue message confirmed) and it
 /// may be acked. Events, retries and dead letters go out on `publish`, moves
@@ -156,6 +175,18 @@ pub async fn handle(
     };
     // Renewed until this function returns, i.e. after the outcome is recorded.
     let _lease = shared.leases.hold(job.tenant_id.as_str(), job.id.as_str());
+    // Test builds only: a stand-in for a defect in the pipeline itself,
+    // with the claim taken (so its release is what is tested).
+    #[cfg(feature = "fault-injection")]
+    if job
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("fault_injection"))
+        .and_then(|v| v.as_str())
+        == Some("panic_after_claim")
+    {
+        panic!("fault injection: panic_after_claim");
+    }
     span.record("attempt", attempt);
     let first_seen = broker::header_u64(&delivery.properties, headers::FIRST_SEEN)
         .unwrap_or_else(settle::unix_now);

@@ -372,6 +372,27 @@ pub async fn invalid(at: &At<'_>, e: JobError) -> Result<(), HandleError> {
     publish_dead_letter(at, headers).await
 }
 
+/// Handling the job panicked (a defect, caught by the worker): its row
+/// `failed` with error kind `internal` (unless another delivery made it
+/// final: then that row's event again), its event, a dead letter
+/// `internal`. The caller acks, so the job cannot panic again and again.
+pub async fn panicked(at: &At<'_>) -> Result<(), HandleError> {
+    crate::panics::caught("pipeline");
+    let job = match Job::decode(&at.delivery.data) {
+        Ok(job) => job,
+        Err(e) => return invalid(at, e).await,
+    };
+    let attempt = broker::header_u64(&at.delivery.properties, headers::ATTEMPT).unwrap_or(0) as u32;
+    tracing::error!(job_id = %job.id, tenant_id = %job.tenant_id,
+        "handling the job panicked: failing it (internal) and dead-lettering it");
+    let fate = Fate::Failed {
+        failure: Failure::Panicked,
+        reason: DeadLetterReason::Internal,
+    };
+    let rec = record_of(&job, attempt, vec![], &fate, at.shared.store_content);
+    end_round(at, &job, rec, fate).await
+}
+
 async fn dead_letter(
     at: &At<'_>,
     reason: DeadLetterReason,

@@ -42,6 +42,10 @@ pub enum ErrorKind {
     InvalidJob,
     /// The job's `not_after` or the maximum age passed before it could be sent.
     Expired,
+    /// A defect in outreach: handling the job panicked (counted in
+    /// `outreach_panics_total`). The job ends `failed` and is not retried:
+    /// whether a provider accepted it may be unknown.
+    Internal,
 }
 
 /// What the pipeline makes of an error: in the round ([`crate::pipeline::chain`])
@@ -75,11 +79,12 @@ impl ErrorKind {
             ErrorKind::Content => "content",
             ErrorKind::InvalidJob => "invalid_job",
             ErrorKind::Expired => "expired",
+            ErrorKind::Internal => "internal",
         }
     }
 
     /// Every kind, for metrics exported at zero and for docs.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Transient,
         ErrorKind::RateLimited,
         ErrorKind::Provider,
@@ -89,6 +94,7 @@ impl ErrorKind {
         ErrorKind::Content,
         ErrorKind::InvalidJob,
         ErrorKind::Expired,
+        ErrorKind::Internal,
     ];
 
     /// Whether the outcome says something about the provider account's
@@ -104,7 +110,8 @@ impl ErrorKind {
             | ErrorKind::Recipient
             | ErrorKind::Content
             | ErrorKind::InvalidJob
-            | ErrorKind::Expired => false,
+            | ErrorKind::Expired
+            | ErrorKind::Internal => false,
         }
     }
 
@@ -117,7 +124,8 @@ impl ErrorKind {
             ErrorKind::Recipient
             | ErrorKind::Content
             | ErrorKind::InvalidJob
-            | ErrorKind::Expired => Disposition::GiveUp,
+            | ErrorKind::Expired
+            | ErrorKind::Internal => Disposition::GiveUp,
         }
     }
 }

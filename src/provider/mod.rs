@@ -5,6 +5,7 @@
 //! retry (and when), fall back to the next provider, or give up.
 
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod meta;
 pub mod net;
@@ -175,7 +176,7 @@ impl ProviderContext {
     }
 }
 
-/// Build the adapter for one provider account.
+/// Build the adapter for one provider account, behind the [`guard`].
 pub fn build(
     settings: &ProviderSettings,
     ctx: &ProviderContext,
@@ -185,14 +186,15 @@ pub fn build(
     // The adapters read the tenant from each job (Twilio's status callback
     // URL names the job's tenant), so the owning tenant is not needed here.
     let _ = tenant;
+    use guard::Guarded;
     Ok(match settings {
-        ProviderSettings::Sandbox(s) => Arc::new(sandbox::Sandbox::new(s.clone())?),
-        ProviderSettings::Smtp(s) => Arc::new(smtp::Smtp::new(s, ctx)?),
-        ProviderSettings::Sendgrid(s) => Arc::new(sendgrid::Sendgrid::new(s, ctx)),
-        ProviderSettings::Ses(s) => Arc::new(ses::Ses::new(s, ctx)),
-        ProviderSettings::Twilio(s) => Arc::new(twilio::Twilio::new(s, ctx)),
-        ProviderSettings::Meta(s) => Arc::new(meta::Meta::new(s, ctx)),
-        ProviderSettings::Vonage(s) => Arc::new(vonage::Vonage::new(s, ctx)),
+        ProviderSettings::Sandbox(s) => Arc::new(Guarded(sandbox::Sandbox::new(s.clone())?)),
+        ProviderSettings::Smtp(s) => Arc::new(Guarded(smtp::Smtp::new(s, ctx)?)),
+        ProviderSettings::Sendgrid(s) => Arc::new(Guarded(sendgrid::Sendgrid::new(s, ctx))),
+        ProviderSettings::Ses(s) => Arc::new(Guarded(ses::Ses::new(s, ctx))),
+        ProviderSettings::Twilio(s) => Arc::new(Guarded(twilio::Twilio::new(s, ctx))),
+        ProviderSettings::Meta(s) => Arc::new(Guarded(meta::Meta::new(s, ctx))),
+        ProviderSettings::Vonage(s) => Arc::new(Guarded(vonage::Vonage::new(s, ctx))),
     })
 }
 

@@ -18,6 +18,11 @@ pub struct SandboxSettings {
     /// Append one JSON line per accepted message (ids and recipient, no body) to this file.
     #[serde(default)]
     pub record_file: Option<String>,
+    /// Test builds only (feature `fault-injection`): panic on every send,
+    /// a stand-in for an adapter defect.
+    #[cfg(feature = "fault-injection")]
+    #[serde(default)]
+    pub panic_on_send: bool,
 }
 
 impl SandboxSettings {
@@ -38,6 +43,8 @@ impl SandboxSettings {
 pub struct Sandbox {
     /// The record file, one writer at a time so lines never interleave.
     record: Option<Arc<Mutex<std::fs::File>>>,
+    #[cfg(feature = "fault-injection")]
+    panic_on_send: bool,
 }
 
 impl Sandbox {
@@ -55,7 +62,11 @@ impl Sandbox {
             }
             None => None,
         };
-        Ok(Self { record })
+        Ok(Self {
+            record,
+            #[cfg(feature = "fault-injection")]
+            panic_on_send: settings.panic_on_send,
+        })
     }
 }
 
@@ -66,6 +77,10 @@ impl Provider for Sandbox {
     }
 
     async fn send(&self, job: &Job) -> Result<Receipt, ProviderError> {
+        #[cfg(feature = "fault-injection")]
+        if self.panic_on_send {
+            panic!("sandbox stand-in: panic_on_send");
+        }
         let id = format!("sandbox-{}", uuid::Uuid::now_v7());
         if let Some(file) = &self.record {
             // Ids and recipient only: bodies carry patient data.

@@ -6,7 +6,9 @@
 //! `custom_args` ride on the personalization so event webhooks carry them.
 
 use super::http::{self, Answer};
-use super::settings::{SettingsError, email, opt_url};
+use super::settings::{
+    MAX_DISPLAY_NAME, SettingsError, email, header_text, opt_header_text, opt_url,
+};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     email_parts,
@@ -62,6 +64,11 @@ impl SendgridSettings {
             ));
         }
         email("from_email", &self.from_email)?;
+        opt_header_text("from_name", &self.from_name, MAX_DISPLAY_NAME)?;
+        // SendGrid's limit for a category.
+        for (i, c) in self.categories.iter().enumerate() {
+            header_text(&format!("categories[{i}]"), c, 255)?;
+        }
         if let Some(k) = &self.webhook_verification_key
             && webhook_verification_key(k).is_none()
         {

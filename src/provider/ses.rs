@@ -3,7 +3,9 @@
 //! mean accepted.
 
 use super::http::{self, Answer};
-use super::settings::{SettingsError, email, is_aws_region, non_empty, opt_url};
+use super::settings::{
+    MAX_DISPLAY_NAME, SettingsError, email, is_aws_region, non_empty, opt_header_text, opt_url,
+};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     email_parts,
@@ -74,6 +76,20 @@ impl SesSettings {
         }
         non_empty("secret_access_key", self.secret_access_key.expose_secret())?;
         email("from_email", &self.from_email)?;
+        opt_header_text("from_name", &self.from_name, MAX_DISPLAY_NAME)?;
+        // SES's rule for configuration set names.
+        if let Some(set) = &self.configuration_set
+            && (set.is_empty()
+                || set.len() > 64
+                || !set
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err(SettingsError::new(
+                "configuration_set",
+                "expected 1 to 64 letters, digits, `_` or `-`",
+            ));
+        }
         opt_url("base_url", &self.base_url)
     }
 }

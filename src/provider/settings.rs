@@ -123,9 +123,51 @@ pub(super) fn non_empty(field: &str, v: &str) -> Result<(), SettingsError> {
 }
 
 pub(super) fn email(field: &str, v: &str) -> Result<(), SettingsError> {
+    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(SettingsError::new(
+            field,
+            "not an email address (contains a space, line break or control character)",
+        ));
+    }
     v.parse::<lettre::Address>()
         .map(|_| ())
         .map_err(|_| SettingsError::new(field, "not an email address"))
+}
+
+/// Longest sender display name accepted (`from_name`).
+pub const MAX_DISPLAY_NAME: usize = 128;
+
+/// A value an adapter writes into a message header, an address or a
+/// protocol line (sender names, user names, categories): one line of at
+/// most `max` characters. A line break would end the header and start
+/// another (header injection), and the mail library refuses, or panics
+/// on, one it is asked to write; other control and invisible
+/// line-separator characters are refused with it.
+pub(super) fn header_text(field: &str, v: &str, max: usize) -> Result<(), SettingsError> {
+    if v.chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Err(SettingsError::new(
+            field,
+            "must be one line without control characters (no CR, LF or tab)",
+        ));
+    }
+    if v.chars().count() > max {
+        return Err(SettingsError::new(
+            field,
+            format!("longer than {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// An optional [`header_text`].
+pub(super) fn opt_header_text(
+    field: &str,
+    v: &Option<String>,
+    max: usize,
+) -> Result<(), SettingsError> {
+    v.as_deref().map_or(Ok(()), |v| header_text(field, v, max))
 }
 
 pub(super) fn opt_url(field: &str, v: &Option<String>) -> Result<(), SettingsError> {

@@ -1,7 +1,7 @@
 //! SMTP through lettre: pooled async transport per account, plain / STARTTLS /
 //! implicit TLS, AUTH, and reply codes classified.
 
-use super::settings::{email, non_empty};
+use super::settings::{MAX_DISPLAY_NAME, email, header_text, non_empty, opt_header_text};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     SettingsError, email_parts,
@@ -79,7 +79,20 @@ impl SmtpSettings {
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), SettingsError> {
         non_empty("host", &self.host)?;
+        if self
+            .host
+            .contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(SettingsError::new(
+                "host",
+                "expected a host name or address, without spaces or a path",
+            ));
+        }
         email("from_email", &self.from_email)?;
+        opt_header_text("from_name", &self.from_name, MAX_DISPLAY_NAME)?;
+        if let Some(user) = &self.username {
+            header_text("username", user, 256)?;
+        }
         if self.password.is_some() && self.username.is_none() {
             return Err(SettingsError::new(
                 "username",

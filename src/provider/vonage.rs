@@ -67,8 +67,26 @@ impl VonageSettings {
         non_empty("api_key", &self.api_key)?;
         non_empty("api_secret", self.api_secret.expose_secret())?;
         non_empty("from", &self.from)?;
+        if !is_sender_id(&self.from) {
+            return Err(SettingsError::new(
+                "from",
+                "expected a number of up to 15 digits or a sender name of up to 11 letters, digits and spaces",
+            ));
+        }
         opt_url("base_url", &self.base_url)
     }
+}
+
+/// Vonage's `from`: a number (digits, an optional leading `+`, up to 15
+/// digits) or an alphanumeric sender id of up to 11 characters.
+fn is_sender_id(from: &str) -> bool {
+    let digits = from.strip_prefix('+').unwrap_or(from);
+    let number =
+        !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit());
+    let name = from.chars().count() <= 11
+        && from.trim() == from
+        && from.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ');
+    number || name
 }
 
 const DEFAULT_BASE: &str = "https://rest.nexmo.com";

@@ -16,8 +16,8 @@ pub mod reconcile;
 use crate::broker::{self, BrokerError, Nodes};
 use crate::health::Health;
 use crate::metrics as m;
-use crate::pipeline::{HandleError, Shared, Source, handle};
-use futures::StreamExt;
+use crate::pipeline::{HandleError, Shared, Source, after_panic, handle};
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
@@ -185,7 +185,7 @@ async fn session(
                     let _counted = InFlight::start();
                     tokio::select! {
                         _ = abandon.cancelled() => {}
-                        _ = settle(&shared, &publish, &moves, delivery, Source::Work) => {}
+                        _ = ack_or_requeue(&shared, &publish, &moves, delivery, Source::Work) => {}
                     }
                 });
             }
@@ -396,7 +396,7 @@ async fn consume_held(
                                 let (shared, publish, moves) =
                                     (shared.clone(), publish.clone(), moves.clone());
                                 jobs.spawn(async move {
-                                    settle(&shared, &publish, &moves, delivery, Source::Held).await;
+                                    ack_or_requeue(&shared, &publish, &moves, delivery, Source::Held).await;
                                 });
                             }
                             _ => break,
@@ -414,15 +414,24 @@ async fn consume_held(
     }
 }
 
-/// Handle a delivery and ack or hand it back.
-async fn settle(
+/// Handle a delivery and ack or hand it back. A panic while handling it
+/// ends that job (`failed`, `internal`, dead-lettered, acked), never the
+/// delivery slot: an unacked delivery would hold its prefetch slot for good.
+async fn ack_or_requeue(
     shared: &Shared,
     publish: &lapin::Channel,
     moves: &lapin::Channel,
     delivery: lapin::message::Delivery,
     source: Source,
 ) {
-    match handle(shared, publish, moves, &delivery, source).await {
+    let handled = std::panic::AssertUnwindSafe(handle(shared, publish, moves, &delivery, source))
+        .catch_unwind()
+        .await;
+    let outcome = match handled {
+        Ok(outcome) => outcome,
+        Err(_) => after_panic(shared, publish, moves, &delivery).await,
+    };
+    match outcome {
         Ok(()) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The outcome is recorded; the redelivery will see it and only re-report it.
