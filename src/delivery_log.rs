@@ -467,15 +467,20 @@ fn record_isolating(pool: &PgPool, recs: Vec<Record>) -> futures::future::BoxFut
 }
 
 impl Record {
-    /// This record without the values PostgreSQL may refuse: no metadata or
-    /// content, and the error text replaced by why it was dropped.
+    /// This record without the values PostgreSQL may refuse: every value
+    /// that came from outside (the job's metadata and content, the
+    /// provider's message id, error code and text, the attempts' codes),
+    /// the error text replaced by why they were dropped.
     fn stripped(&self, why: &str) -> Record {
         let mut r = self.clone();
         r.metadata = None;
         r.content = None;
-        r.provider_message_id = r.provider_message_id.map(|m| m.replace('\0', ""));
+        r.provider_message_id = None;
+        for a in &mut r.new_attempts {
+            a.code = None;
+        }
         if let Some(e) = &mut r.error {
-            e.code = e.code.as_ref().map(|c| c.replace('\0', ""));
+            e.code = None;
             e.message = format!(
                 "(the error text could not be stored: {})",
                 why.replace('\0', "")
@@ -621,5 +626,65 @@ impl RecordColumns {
                 .as_ref()
                 .map(|m| serde_json::Value::Object(m.clone()).to_string()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stripped_record_keeps_the_outcome_and_drops_every_value_from_outside() {
+        let rec = Record {
+            job_id: "j-1".into(),
+            tenant_id: Some("clinic-1".into()),
+            channel: Some(Channel::Sms),
+            status: DeliveryStatus::Failed,
+            provider: Some(ProviderKind::Twilio),
+            provider_message_id: Some("SM".repeat(5000)),
+            chain_step: Some(1),
+            fallback_used: true,
+            attempts: 2,
+            new_attempts: vec![Attempt {
+                provider: ProviderKind::Twilio,
+                step: 1,
+                kind: Some(ErrorKind::Recipient),
+                code: Some("9".repeat(5000)),
+                at: OffsetDateTime::now_utc(),
+                skipped: None,
+            }],
+            error: Some(ProviderError::new(
+                ErrorKind::Recipient,
+                Some("21211".into()),
+                "the provider's words",
+            )),
+            retry_at: None,
+            content: Some(serde_json::json!({"text": "hi"})),
+            metadata: Some(serde_json::Map::new()),
+        };
+        let s = rec.stripped("index row size exceeds maximum");
+        assert_eq!(
+            (
+                s.status,
+                s.provider,
+                s.chain_step,
+                s.attempts,
+                s.fallback_used
+            ),
+            (
+                DeliveryStatus::Failed,
+                Some(ProviderKind::Twilio),
+                Some(1),
+                2,
+                true
+            )
+        );
+        assert_eq!(s.provider_message_id, None);
+        assert_eq!(s.new_attempts[0].code, None);
+        assert_eq!(s.new_attempts[0].kind, Some(ErrorKind::Recipient));
+        let e = s.error.unwrap();
+        assert_eq!((e.kind, e.code), (ErrorKind::Recipient, None));
+        assert!(!e.message.contains("provider's words"));
+        assert!(s.content.is_none() && s.metadata.is_none());
     }
 }

@@ -637,3 +637,46 @@ async fn jobs_asking_for_what_version_1_does_not_do_are_dead_lettered_as_unknown
     worker.await.unwrap().unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_message_id_too_long_to_store_leaves_the_send_recorded_without_it() {
+    let env = TestEnv::new().await;
+    // 202 Accepted with an X-Message-Id far over any real one (and over
+    // PostgreSQL's btree row size for its index).
+    let answer =
+        wiremock::ResponseTemplate::new(202).insert_header("x-message-id", "m".repeat(8000));
+    let sendgrid = fake::serve("/v3/mail/send", Always(answer)).await;
+    set_tenant(
+        &env,
+        "clinic-a",
+        Channel::Email,
+        only(vec![sendgrid_at(&sendgrid)]),
+    )
+    .await;
+    let (stop, worker) = env.spawn_worker(worker_settings(&env));
+
+    let ids = ["long-id-1", "long-id-2", "long-id-3"];
+    let jobs: Vec<Value> = ids.iter().map(|id| email(id, "clinic-a")).collect();
+    publish(&env, &jobs).await;
+    for id in ids {
+        let r = wait_final(&env, id, Duration::from_secs(30)).await;
+        assert_eq!(r["status"], "sent", "{id}: {r}");
+        assert_eq!(r["provider"], "sendgrid", "{id}: {r}");
+    }
+
+    let ids_stored: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT provider_message_id FROM outreach_logs ORDER BY job_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(ids_stored, vec![None, None, None]);
+    assert_eq!(
+        sendgrid.received_requests().await.unwrap().len(),
+        3,
+        "one call each"
+    );
+    assert!(env.dead_letters().await.is_empty(), "nothing dead-lettered");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    env.cleanup().await;
+}
