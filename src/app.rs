@@ -35,7 +35,6 @@ pub fn provider_context(s: &Settings) -> ProviderContext {
 /// Run a worker until `shutdown` fires: HTTP endpoints plus the consumer.
 pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     install_crypto();
-    crate::panics::install_hook();
     let handle = metrics::install();
     metrics::tenants::configure(&settings.metrics.tenant_labels);
     metrics::export_known();

@@ -325,6 +325,9 @@ async fn claim_batch(
         .map(|(r, _)| r)
         .collect();
 
+    // A job's row that is final refuses the claim, except the `failed` row
+    // an invalid payload with the job's id left (error kind `invalid_job`,
+    // never written for a valid job): that payload was not the job.
     // `l` below reads the snapshot from before the insert: for a granted claim
     // it is the previous row (attempt count of a retry), for a refused one the
     // row that refused it. It is a LATERAL primary-key lookup with `LIMIT 1`
@@ -339,8 +342,13 @@ async fn claim_batch(
             SELECT job_id, tenant_id, channel::channel, 'processing', now() + make_interval(secs => $4)
             FROM input
             ON CONFLICT (tenant_id, job_id) DO UPDATE
-               SET status = 'processing', lease_until = EXCLUDED.lease_until, updated_at = now()
+               SET status = 'processing', lease_until = EXCLUDED.lease_until, updated_at = now(),
+                   channel = EXCLUDED.channel,
+                   metadata = CASE WHEN l.status = 'failed' THEN NULL ELSE l.metadata END
              WHERE l.status = 'retrying' OR (l.status = 'processing' AND l.lease_until < now())
+                -- The row of an invalid copy that came first: a valid job
+                -- with its id is still sent (and its outcome replaces it).
+                OR (l.status = 'failed' AND l.error_kind = 'invalid_job')
             RETURNING l.tenant_id, l.job_id
          )
          SELECT i.job_id AS input_id, i.tenant_id AS input_tenant, g.job_id IS NOT NULL AS granted, l.*

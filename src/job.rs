@@ -287,6 +287,7 @@ struct WireJob {
     channel: Option<String>,
     recipient: Option<String>,
     content: Option<WireContent>,
+    #[serde(default, deserialize_with = "crate::strict_json::opt_object")]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     not_after: Option<OffsetDateTime>,
@@ -443,10 +444,11 @@ fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
 }
 
 impl Salvaged {
-    /// Best-effort read of the ids from an invalid payload.
+    /// Best-effort read of the ids from an invalid payload. Nothing is
+    /// read from a payload with a duplicate key (which `job_id` would it
+    /// be?): its failure is then logged against no job.
     pub fn from_payload(bytes: &[u8]) -> Self {
-        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(bytes)
-        else {
+        let Ok(serde_json::Value::Object(map)) = crate::strict_json::from_slice(bytes) else {
             return Self::default();
         };
         let s = |k: &str| map.get(k).and_then(|v| v.as_str());
@@ -491,7 +493,7 @@ impl Job {
     /// JSON error itself.
     #[cold]
     fn refused(bytes: &[u8], e: serde_json::Error) -> JobError {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        if let Ok(v) = crate::strict_json::from_slice(bytes) {
             match v.get("version").and_then(serde_json::Value::as_u64) {
                 Some(version) if version != 1 => return JobError::UnsupportedVersion(version),
                 _ => {}

@@ -40,6 +40,7 @@ pub mod pipeline;
 pub mod provider;
 pub mod ratelimit;
 pub mod settings;
+pub mod strict_json;
 pub mod suppression;
 pub mod telemetry;
 pub mod tenant;

@@ -13,7 +13,9 @@ use crate::metrics as m;
 use std::any::Any;
 use std::sync::Once;
 
-/// Log panics through `tracing` instead of stderr text (idempotent).
+/// Log panics through `tracing` instead of stderr text (idempotent). The
+/// binary installs it at start; a test process keeps the default hook, so
+/// its failed assertions still show their messages.
 pub fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

@@ -166,3 +166,162 @@ async fn a_send_slower_than_its_lease_is_not_sent_again_by_a_second_copy() {
     worker.await.unwrap().unwrap();
     t.cleanup().await;
 }
+
+/// A worker whose email sandbox records each send; returns its record file.
+fn recording_worker(
+    t: &TestEnv,
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let record = t.path("sandbox.jsonl");
+    let mut settings = t.settings.clone();
+    settings.defaults.email =
+        serde_json::from_value(serde_json::json!({"provider": "sandbox", "record_file": record}))
+            .unwrap();
+    let (stop, worker) = t.spawn_worker(settings);
+    (record, stop, worker)
+}
+
+fn sends_of(record: &str, job_id: &str) -> usize {
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["job_id"] == job_id)
+        .count()
+}
+
+async fn reasons_dead_lettered(t: &TestEnv) -> Vec<(String, Option<String>)> {
+    t.dead_letters()
+        .await
+        .into_iter()
+        .map(|(h, _)| {
+            (
+                h["x-outreach-reason"].clone(),
+                h.get("x-outreach-job-id").cloned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_copy_published_before_the_real_job_does_not_stop_it_being_sent() {
+    let t = TestEnv::new().await;
+    let (record, stop, worker) = recording_worker(&t);
+    let publisher = t.publisher().await;
+    let mut bad = email_payload("appt-1", "clinic-1", "pat@example.com");
+    bad["recipient"] = "not an address".into();
+
+    publisher
+        .publish_raw(&serde_json::to_vec(&bad).unwrap(), None)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the bad copy's row", || async {
+        t.log_rows()
+            .await
+            .iter()
+            .any(|(j, s, _)| j == "appt-1" && s == "failed")
+    })
+    .await;
+    let good = email_payload("appt-1", "clinic-1", "pat@example.com");
+    publisher
+        .publish(&serde_json::to_vec(&good).unwrap())
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(20), "the real job is sent", || {
+        t.is_simulated("appt-1")
+    })
+    .await;
+    assert_eq!(
+        sends_of(&record, "appt-1"),
+        1,
+        "the provider saw the real job once"
+    );
+    assert_eq!(
+        t.log_rows().await,
+        vec![("appt-1".into(), "simulated".into(), Some("sandbox".into()))],
+        "one row, the real job's outcome"
+    );
+    assert_eq!(
+        reasons_dead_lettered(&t).await,
+        vec![("invalid_recipient".into(), Some("appt-1".into()))],
+        "only the bad copy is dead-lettered"
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_with_a_duplicate_key_is_read_as_no_job_and_the_real_job_is_sent() {
+    let t = TestEnv::new().await;
+    let (record, stop, worker) = recording_worker(&t);
+    let publisher = t.publisher().await;
+    // Which job_id is this? Neither: it is not read leniently.
+    let twice = br#"{"version":1,"job_id":"x","job_id":"g-1999","tenant_id":"clinic-1","channel":"email","recipient":"pat@example.com","content":{"subject":"s","text":"t"}}"#;
+
+    publisher.publish_raw(twice, None).await.unwrap();
+    let good = email_payload("g-1999", "clinic-1", "pat@example.com");
+    publisher
+        .publish(&serde_json::to_vec(&good).unwrap())
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(20), "the real job is sent", || {
+        t.is_simulated("g-1999")
+    })
+    .await;
+    assert_eq!(sends_of(&record, "g-1999"), 1);
+    assert_eq!(
+        t.log_rows().await,
+        vec![("g-1999".into(), "simulated".into(), Some("sandbox".into()))],
+        "no row for either id of the ambiguous copy"
+    );
+    assert_eq!(
+        reasons_dead_lettered(&t).await,
+        vec![("malformed_json".into(), None)]
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_copy_after_the_real_job_leaves_its_row_and_sends_nothing() {
+    let t = TestEnv::new().await;
+    let (record, stop, worker) = recording_worker(&t);
+    let publisher = t.publisher().await;
+    let good = email_payload("appt-2", "clinic-1", "pat@example.com");
+    publisher
+        .publish(&serde_json::to_vec(&good).unwrap())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the real job is sent", || {
+        t.is_simulated("appt-2")
+    })
+    .await;
+
+    let mut bad = good.clone();
+    bad["recipient"] = "not an address".into();
+    publisher
+        .publish_raw(&serde_json::to_vec(&bad).unwrap(), None)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the bad copy is dead-lettered",
+        || async { !reasons_dead_lettered(&t).await.is_empty() },
+    )
+    .await;
+
+    assert_eq!(sends_of(&record, "appt-2"), 1);
+    assert_eq!(
+        t.log_rows().await,
+        vec![("appt-2".into(), "simulated".into(), Some("sandbox".into()))]
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    t.cleanup().await;
+}
