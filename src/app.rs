@@ -156,6 +156,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         prefetch: settings.amqp.prefetch,
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
         queue_sample: Duration::from_secs(settings.metrics.queue_sample_secs),
+        liveness_timeout: Duration::from_millis(settings.amqp.liveness_timeout_ms),
         reconciler: settings.reconciler.clone(),
     };
     worker::run(shared, cfg, health, shutdown).await;

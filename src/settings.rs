@@ -589,6 +589,12 @@ impl Settings {
         if self.amqp.connect_timeout_ms == 0 {
             return bad("amqp.connect_timeout_ms", "must be at least 1");
         }
+        if self.amqp.liveness_timeout_ms < 100 {
+            return bad(
+                "amqp.liveness_timeout_ms",
+                "must be at least 100 (a busy node answers within milliseconds)",
+            );
+        }
         if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
             return bad("amqp.prefix", "must be a non-empty name without spaces");
         }

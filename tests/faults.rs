@@ -620,3 +620,113 @@ async fn postgresql_fast_restarts_under_load_lose_nothing_and_send_nothing_twice
     );
     env.cleanup().await;
 }
+
+/// `/readyz`'s status for `worker`.
+async fn readyz(worker: &Binary) -> u16 {
+    http_get(&format!("http://127.0.0.1:{}/readyz", worker.http_port))
+        .await
+        .0
+}
+
+#[tokio::test]
+#[ignore = "fault suite: scripts/test.sh runs it serially"]
+async fn a_hung_broker_makes_readyz_503_and_the_worker_is_back_soon_after_it_answers() {
+    let rabbit = OwnRabbit::start();
+    let env = TestEnv::on_broker(&rabbit.url()).await;
+    let vars = worker_env(&env);
+    let worker = Binary::worker(&vars);
+    eventually(
+        Duration::from_secs(60),
+        "the worker to be ready",
+        || async { readyz(&worker).await == 200 },
+    )
+    .await;
+
+    rabbit.freeze();
+    let frozen = std::time::Instant::now();
+    // Before, /readyz answered 200 for minutes (until the heartbeat timed out).
+    eventually(Duration::from_secs(20), "/readyz to answer 503", || async {
+        readyz(&worker).await == 503
+    })
+    .await;
+    let noticed = frozen.elapsed();
+    // Hung for a while longer, so the worker's reconnect backoff grows.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    rabbit.resume();
+    let resumed = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(60),
+        "/readyz to answer 200 again",
+        || async { readyz(&worker).await == 200 },
+    )
+    .await;
+    let back = resumed.elapsed();
+    publish(&env, &[email("after-the-hang", "clinic-1")]).await;
+    let row = wait_final(&env, "after-the-hang", Duration::from_secs(30)).await;
+    assert_eq!(row["status"], "simulated");
+    println!(
+        "hung node: /readyz 503 after {:.1} s; ready again {:.1} s after the node answered",
+        noticed.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    drop(worker);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "fault suite: scripts/test.sh runs it serially"]
+async fn workers_move_to_another_node_when_theirs_hangs_and_send_every_job_once() {
+    const JOBS_DURING_HANG: usize = 200;
+    let cluster = OwnCluster::start(3);
+    let first = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let env = TestEnv::on_broker(&cluster.urls()).await;
+    let mut vars = worker_env(&env);
+    vars.insert("OUTREACH__AMQP__SHUFFLE_NODES".into(), "false".into());
+    let record = env.record_emails(&mut vars);
+    let worker = Binary::worker(&vars);
+    eventually(
+        Duration::from_secs(60),
+        "the worker to consume on node 1",
+        || async { connected_node(&worker).await.as_deref() == Some(first.as_str()) },
+    )
+    .await;
+
+    cluster.nodes[0].freeze();
+    let frozen = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "the worker to consume on another node",
+        || async { connected_node(&worker).await.is_some_and(|n| n != first) },
+    )
+    .await;
+    let moved = frozen.elapsed();
+    // Published while node 1 still hangs (the publisher skips it too).
+    let later = TestEnv {
+        amqp_url: format!("{},{}", cluster.nodes[1].url(), cluster.nodes[2].url()),
+        ..env
+    };
+    let payloads = email_payloads("h", JOBS_DURING_HANG);
+    later
+        .publisher()
+        .await
+        .publish_many(&payloads)
+        .await
+        .unwrap();
+    finish_all(
+        &later,
+        JOBS_DURING_HANG,
+        vec![worker],
+        Duration::from_secs(120),
+    )
+    .await;
+    let sends = one_row_each_all_sent(&later, &record, JOBS_DURING_HANG).await;
+    let twice: Vec<_> = sends.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "node 1 hung: the worker consumed on another node after {:.1} s, {} sent twice",
+        moved.as_secs_f64(),
+        twice.len()
+    );
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    cluster.nodes[0].resume();
+    later.cleanup().await;
+}

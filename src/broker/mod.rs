@@ -85,6 +85,11 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("the broker closed our {0} channel (see the error logged before this one)")]
     ChannelClosed(&'static str),
+    #[error(
+        "RabbitMQ did not answer the liveness probe within {0} ms (a hung or overloaded node); \
+         trying the next node"
+    )]
+    Unresponsive(u64),
     #[error("RabbitMQ refused the message (nack) on {0}")]
     Nacked(String),
     #[error("RabbitMQ refused to declare {name}: {fix} ({source})")]

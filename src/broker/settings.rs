@@ -27,6 +27,9 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     pub work_queues: u16,
     pub delivery_limit: u32,
+    /// How long the worker's liveness probe may go unanswered before its
+    /// session is taken for hung (`/readyz` 503, next node).
+    pub liveness_timeout_ms: u64,
 }
 
 impl AmqpSettings {

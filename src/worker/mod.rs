@@ -37,6 +37,8 @@ pub struct ConsumerConfig {
     pub shutdown_grace: Duration,
     /// How often queue depths are sampled (`metrics.queue_sample_secs`).
     pub queue_sample: Duration,
+    /// How long the session's liveness probe may go unanswered (`amqp.liveness_timeout_ms`).
+    pub liveness_timeout: Duration,
     pub reconciler: reconcile::ReconcilerSettings,
 }
 
@@ -49,6 +51,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     const FIRST_DELAY: Duration = Duration::from_millis(200);
+    // Short, so a node that accepts again is used within about a second;
+    // jittered, so workers do not reconnect in step.
+    const MAX_DELAY: Duration = Duration::from_secs(1);
     let mut delay = FIRST_DELAY;
     // The node to try first: after losing one, the next in the list.
     let mut next = 0;
@@ -69,9 +74,9 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(jittered(delay)) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
+        delay = (delay * 2).min(MAX_DELAY);
     }
     health.set_broker(false);
     tracing::info!("worker stopped");
@@ -192,6 +197,12 @@ async fn session(
         });
     }
     let ours = [("publishing", &publish), ("moves", &moves)];
+    let probe = conn.create_channel().await?;
+    let hung = unresponsive(
+        &probe,
+        &shared.topology.work_queues[0],
+        cfg.liveness_timeout,
+    );
     let ended: Result<(), BrokerError> = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         first = consuming.join_next() => match first {
@@ -202,6 +213,7 @@ async fn session(
             Err(BrokerError::ChannelClosed(name))
         }
         e = lost => Err(e),
+        e = hung => Err(e),
     };
     // Not ready from here on: draining for a shutdown, or the session is gone.
     health.set_broker(false);
@@ -220,11 +232,20 @@ async fn session(
     } else {
         cfg.shutdown_grace
     };
+    // A hung node answers no cancel or close: they get this long, so a
+    // lost session's wind-down always ends.
+    let patience = |d: Duration| async move { tokio::time::sleep(d).await };
     let wind_down = async move {
-        for tag in tags {
-            let _ = consume
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await;
+        let cancels = async {
+            for tag in tags {
+                let _ = consume
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await;
+            }
+        };
+        tokio::select! {
+            _ = cancels => {}
+            _ = patience(CLOSE_PATIENCE) => {}
         }
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(
@@ -235,10 +256,17 @@ async fn session(
             abandon.cancel();
             tracker.wait().await;
         }
-        let _ = consume.close(200, "bye".into()).await;
-        let _ = publish.close(200, "bye".into()).await;
-        let _ = moves.close(200, "bye".into()).await;
-        let _ = conn.close(200, "bye".into()).await;
+        let closes = async {
+            let _ = consume.close(200, "bye".into()).await;
+            let _ = publish.close(200, "bye".into()).await;
+            let _ = moves.close(200, "bye".into()).await;
+            let _ = probe.close(200, "bye".into()).await;
+            let _ = conn.close(200, "bye".into()).await;
+        };
+        tokio::select! {
+            _ = closes => {}
+            _ = patience(CLOSE_PATIENCE) => {}
+        }
     };
     if ended.is_ok() {
         wind_down.await;
@@ -253,9 +281,47 @@ async fn session(
 /// drops us) goes through the backoff, so a flapping node is not hammered.
 const STEADY: Duration = Duration::from_secs(5);
 
+/// How long cancelling the consumers, and closing the channels and the
+/// connection, may take when a session ends.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
+
 /// How long jobs in flight may still record their outcome once the broker
 /// session is lost.
 const BROKER_LOST_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves when the session stops answering: every second a passive
+/// declare of `queue` on `probe` (a channel of its own) must be answered
+/// within `timeout`. A hung node (a stopped VM, a partition that keeps the
+/// TCP connection) answers nothing while the heartbeat takes minutes to
+/// notice; consuming alone cannot tell an idle queue from a dead one.
+async fn unresponsive(probe: &lapin::Channel, queue: &str, timeout: Duration) -> BrokerError {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let declared = probe.queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(timeout, declared).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return BrokerError::Amqp(e),
+            Err(_) => return BrokerError::Unresponsive(timeout.as_millis() as u64),
+        }
+    }
+}
+
+/// `d` give or take a fifth, so that workers spread their reconnects.
+fn jittered(d: Duration) -> Duration {
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let spread = nanos / 5;
+    let offset = (uuid::Uuid::new_v4().as_u128() as u64) % (2 * spread + 1);
+    Duration::from_nanos(nanos - spread + offset)
+}
 
 /// Resolves when the connection reports an error (the node went away, a
 /// missed heartbeat, a connection-level close).

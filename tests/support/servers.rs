@@ -59,6 +59,26 @@ impl OwnRabbit {
         assert!(status.success(), "kill -9 {pid}");
     }
 
+    /// SIGSTOP the node's Erlang VM: a hung node. Its TCP connections stay
+    /// open and it answers nothing until [`Self::resume`].
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::freeze`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.path("pid")).unwrap();
+        let status = Command::new("kill")
+            .args([sig, pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
@@ -137,6 +157,10 @@ impl OwnRabbit {
 
 impl Drop for OwnRabbit {
     fn drop(&mut self) {
+        // A frozen node would not answer `stop`.
+        if self.path("pid").exists() {
+            self.signal("-CONT");
+        }
         self.stop();
     }
 }
