@@ -694,7 +694,7 @@ async fn workers_move_to_another_node_when_theirs_hangs_and_send_every_job_once(
     cluster.nodes[0].freeze();
     let frozen = std::time::Instant::now();
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         "the worker to consume on another node",
         || async { connected_node(&worker).await.is_some_and(|n| n != first) },
     )
