@@ -335,7 +335,7 @@ const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
         WEBHOOKS_REFUSED,
         Kind::Counter,
         Unit::Count,
-        "Provider webhook requests refused before being read, by provider and reason.",
+        "Provider webhook requests refused (and connections over webhooks.max_connections, provider unknown), by provider and reason.",
     ),
     (
         WEBHOOK_EVENTS,
@@ -513,8 +513,11 @@ pub fn job_final(tenant: &str, channel: Channel, status: &'static str) {
 
 // Delivery feedback (issue #15): provider webhooks, statuses after `sent`, suppression.
 
-/// Webhook requests refused (`provider`, `reason`: signature, stale,
-/// no_account, unverifiable, malformed).
+/// Webhook requests refused (`provider`, `reason`: `Refusal::reason` in
+/// feedback/verify.rs: signature, missing_signature, stale, no_account,
+/// content_type, too_large, body_timeout, malformed, topic, certificate_…);
+/// connections over `webhooks.max_connections` as provider `unknown`,
+/// reason connection_limit.
 pub const WEBHOOKS_REFUSED: &str = "outreach_webhooks_refused_total";
 /// Verified provider events (`provider`, `status`: the status it maps to, or `none`).
 pub const WEBHOOK_EVENTS: &str = "outreach_webhook_events_total";

@@ -51,6 +51,25 @@ pub struct WebhookSettings {
     /// Origins (`scheme://host[:port]`, `*` one DNS label) SNS signing
     /// certificates and subscription URLs are fetched from.
     pub sns_cert_origins: Vec<String>,
+    /// Longest time a request's line and headers may take to arrive, from
+    /// the first wait for them (an idle kept-alive connection waits too);
+    /// the connection is closed after it.
+    pub header_read_timeout_ms: u64,
+    /// Longest time a request's body may take to arrive, in total (a body
+    /// dripped byte by byte is cut off too); 408 and the connection closed.
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl WebhookSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
 }
 
 /// Provider and system-wide sending limits (tenants' own are in their config).
@@ -577,6 +596,13 @@ impl Settings {
             return bad(
                 "webhooks.max_body_bytes",
                 "webhooks.max_body_bytes and webhooks.max_age_secs must be above 0",
+            );
+        }
+        let w = &self.webhooks;
+        if w.header_read_timeout_ms == 0 || w.body_read_timeout_ms == 0 || w.max_connections == 0 {
+            return bad(
+                "webhooks.max_connections",
+                "webhooks.header_read_timeout_ms, body_read_timeout_ms and max_connections must be above 0",
             );
         }
         if self.amqp.queue_type == QueueType::Classic && self.amqp.url.len() > 1 {

@@ -31,5 +31,7 @@ mod tenant_boundaries;
 mod tenant_config;
 mod tenant_workers;
 mod truthful_outcomes;
+mod webhook_requests;
+mod webhook_slow_clients;
 mod webhooks;
 mod work_queues;

@@ -86,11 +86,13 @@ async fn a_hard_bounce_suppresses_the_next_email_to_that_address_for_that_tenant
 }
 
 fn inbound(body: &str) -> Vec<(&'static str, String)> {
+    // Each message Twilio receives has a sid of its own (a redelivery keeps it).
+    let sid = format!("SM{:b<32}", body.to_ascii_lowercase());
     vec![
         ("AccountSid", TWILIO_SID.into()),
         ("Body", body.into()),
         ("From", "+447700900123".into()),
-        ("MessageSid", "SMbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".into()),
+        ("MessageSid", sid),
         ("SmsStatus", "received".into()),
         ("To", "+14155550100".into()),
     ]
@@ -308,4 +310,82 @@ async fn twilio_refusing_a_send_with_21610_suppresses_the_next_job_to_that_numbe
     stop.cancel();
     worker.await.unwrap().unwrap();
     env.cleanup().await;
+}
+
+// ------------------------------------------------ STOP / START out of order
+
+const META_SECRET: &str = "meta-app-secret-clinic-a";
+/// The recipient as Meta writes it (wa_id), and as the list holds it.
+const WA_ID: &str = "447700900123";
+const LISTED_AS: &str = "+447700900123";
+
+async fn meta_world() -> World {
+    let meta = fake::serve(&fake::meta_path(), fake::Meta).await;
+    World::start(
+        TestEnv::new().await,
+        vec![(
+            "clinic-a",
+            Channel::Whatsapp,
+            meta_at(&meta, META_SECRET, "verify-a"),
+        )],
+    )
+    .await
+    .with(meta)
+}
+
+/// Meta delivers the recipient's text `text`, message `wamid`, sent at `sent_at`.
+async fn replied(w: &World, wamid: &str, sent_at: i64, text: &str) {
+    let body = meta_inbound(WA_ID, wamid, sent_at, text);
+    assert_eq!(w.rx.meta("clinic-a", &body, META_SECRET).await, 200);
+}
+
+async fn suppressed_on_whatsapp(w: &World) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM suppressions WHERE tenant_id = 'clinic-a' \
+           AND channel = 'whatsapp' AND recipient = $1)",
+    )
+    .bind(LISTED_AS)
+    .fetch_one(&w.env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_older_start_delivered_after_a_newer_stop_leaves_the_number_suppressed() {
+    let w = meta_world().await;
+    let t1 = now_unix() - 60;
+    let t2 = now_unix();
+    replied(&w, "wamid.stop-t2", t2, "STOP").await;
+    // Meta delivers the earlier START late (its retries reorder messages).
+    replied(&w, "wamid.start-t1", t1, "START").await;
+    assert!(suppressed_on_whatsapp(&w).await, "the newer STOP wins");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_start_replayed_after_a_newer_stop_does_not_lift_it() {
+    let w = meta_world().await;
+    let t1 = now_unix() - 60;
+    let t2 = now_unix();
+    replied(&w, "wamid.start-t1", t1, "START").await;
+    replied(&w, "wamid.stop-t2", t2, "STOP").await;
+    for _ in 0..2 {
+        replied(&w, "wamid.start-t1", t1, "START").await;
+    }
+    assert!(suppressed_on_whatsapp(&w).await, "a replay changes nothing");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_older_stop_delivered_after_a_newer_start_does_not_suppress_again() {
+    let w = meta_world().await;
+    let t1 = now_unix() - 60;
+    let t2 = now_unix() - 30;
+    replied(&w, "wamid.stop-t1", t1, "STOP").await;
+    replied(&w, "wamid.start-t2", t2, "START").await;
+    assert!(!suppressed_on_whatsapp(&w).await);
+    // The first STOP, redelivered after the START.
+    replied(&w, "wamid.stop-t1", t1, "STOP").await;
+    assert!(!suppressed_on_whatsapp(&w).await, "the newer START wins");
+    w.stop().await;
 }

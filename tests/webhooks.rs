@@ -10,8 +10,8 @@ use outreach::job::Channel;
 use serde_json::{Value, json};
 use support::TestEnv;
 use support::fake_providers::{
-    self as fake, META_PHONE_ID, META_TOKEN, META_WAMID, SENDGRID_MESSAGE_ID, TWILIO_MESSAGE_SID,
-    TWILIO_SID, TWILIO_TOKEN, VONAGE_KEY, VONAGE_MESSAGE_ID, VONAGE_SECRET,
+    self as fake, META_PHONE_ID, META_WAMID, SENDGRID_MESSAGE_ID, TWILIO_MESSAGE_SID, TWILIO_SID,
+    TWILIO_TOKEN, VONAGE_KEY, VONAGE_MESSAGE_ID, VONAGE_SECRET,
 };
 use support::tenants::*;
 use support::webhooks::*;
@@ -423,16 +423,6 @@ async fn a_bounce_after_delivered_is_recorded_as_the_provider_reports_it() {
 
 // -------------------------------------------------------------------- Meta
 
-fn meta_at(server: &MockServer, app_secret: &str, verify_token: &str) -> Value {
-    json!({"provider": "meta", "access_token": META_TOKEN, "phone_number_id": META_PHONE_ID,
-        "base_url": server.uri(), "app_secret": app_secret, "webhook_verify_token": verify_token})
-}
-
-fn whatsapp(id: &str, tenant: &str) -> Value {
-    json!({"version": 1, "job_id": id, "tenant_id": tenant, "channel": "whatsapp",
-        "recipient": "+447700900123", "content": {"text": "Your appointment is tomorrow at 10:00."}})
-}
-
 fn meta_status(status: &str) -> Value {
     json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
         "field": "messages", "value": {"messaging_product": "whatsapp",
@@ -510,11 +500,13 @@ async fn the_meta_subscription_check_is_answered_only_for_the_tenants_verify_tok
 }
 
 #[tokio::test]
-async fn a_body_over_the_limit_is_refused_before_it_is_read() {
+async fn a_body_over_the_limit_is_refused_before_it_is_read_and_counted() {
     let w = twilio_world().await;
+    let before = w.rx.refused("twilio", "too_large").await;
     let huge = "x".repeat(2 * 1024 * 1024); // webhooks.max_body_bytes is 1 MiB
     let params = [("MessageSid", TWILIO_MESSAGE_SID), ("Body", huge.as_str())];
     assert_eq!(w.rx.twilio("clinic-a", &params, TWILIO_TOKEN).await, 413);
+    assert_eq!(w.rx.refused("twilio", "too_large").await, before + 1.0);
     w.stop().await;
 }
 
@@ -675,6 +667,11 @@ struct SesWorld {
 }
 
 async fn ses_world() -> SesWorld {
+    ses_world_with(|_| {}).await
+}
+
+/// The same with the worker's settings changed by `adjust`.
+async fn ses_world_with(adjust: impl FnOnce(&mut outreach::settings::Settings)) -> SesWorld {
     let ses = fake::serve("/v2/email/outbound-emails", fake::Ses).await;
     let signer = SnsSigner::new();
     let sns = MockServer::start().await;
@@ -706,7 +703,10 @@ async fn ses_world() -> SesWorld {
                 entry("arn:aws:sns:eu-west-1:123456789012:clinic-b-ses"),
             ),
         ],
-        |s| s.webhooks.sns_cert_origins = vec![origin],
+        |s| {
+            s.webhooks.sns_cert_origins = vec![origin];
+            adjust(s);
+        },
     )
     .await
     .with(ses);
@@ -729,6 +729,26 @@ impl SesWorld {
             &self.cert_url(),
             None,
         )
+    }
+
+    /// Requests the fake SNS saw for certificates (`*.pem`).
+    async fn certificate_fetches(&self) -> usize {
+        self.sns
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path().ends_with(".pem"))
+            .count()
+    }
+
+    /// Post each envelope; the answers.
+    async fn post_each(&self, envelopes: impl IntoIterator<Item = Value>) -> Vec<u16> {
+        let mut answers = vec![];
+        for m in envelopes {
+            answers.push(self.post(m.to_string().as_bytes()).await);
+        }
+        answers
     }
 
     async fn post(&self, body: &[u8]) -> u16 {
@@ -825,5 +845,58 @@ async fn an_sns_subscription_confirmation_is_confirmed_at_its_allow_listed_url()
         .filter(|r| r.url.path() == "/confirm")
         .count();
     assert_eq!(visited, 1);
+    s.w.stop().await;
+}
+
+#[tokio::test]
+async fn ses_envelopes_for_a_topic_that_is_not_the_tenants_fetch_no_certificate() {
+    let s = ses_world().await;
+    // Each names another certificate on the allow-listed origin.
+    let answers = s
+        .post_each((0..20).map(|i| {
+            s.signer.message(
+                "Notification",
+                "{}",
+                "arn:aws:sns:eu-west-1:999999999999:someone-else",
+                &format!("{}/SimpleNotificationService-{i}.pem", s.sns.uri()),
+                None,
+            )
+        }))
+        .await;
+    assert_eq!(s.certificate_fetches().await, 0);
+    assert!(answers.iter().all(|a| *a == 401), "{answers:?}");
+    s.w.stop().await;
+}
+
+#[tokio::test]
+async fn a_signing_certificate_that_cannot_be_fetched_is_asked_for_once_not_per_envelope() {
+    let s = ses_world().await;
+    wiremock::Mock::given(wiremock::matchers::path(
+        "/SimpleNotificationService-broken.pem",
+    ))
+    .respond_with(wiremock::ResponseTemplate::new(500))
+    .mount(&s.sns)
+    .await;
+    let broken = format!("{}/SimpleNotificationService-broken.pem", s.sns.uri());
+    let answers = s
+        .post_each((0..20).map(|_| {
+            s.signer
+                .message("Notification", "{}", TOPIC_A, &broken, None)
+        }))
+        .await;
+    assert_eq!(s.certificate_fetches().await, 1);
+    // SNS is asked to deliver again later.
+    assert!(answers.iter().all(|a| *a == 503), "{answers:?}");
+    s.w.stop().await;
+}
+
+#[tokio::test]
+async fn a_signing_certificate_on_a_network_provider_calls_may_not_reach_is_never_fetched() {
+    // The fake SNS origin is allow-listed, but 127.0.0.1 is not among the
+    // networks provider calls may reach.
+    let s = ses_world_with(|s| s.providers.allowed_private_networks.clear()).await;
+    let body = s.notification("Delivery", TOPIC_A).to_string();
+    assert_eq!(s.post(body.as_bytes()).await, 401);
+    assert_eq!(s.certificate_fetches().await, 0);
     s.w.stop().await;
 }

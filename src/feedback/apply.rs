@@ -4,12 +4,13 @@
 //! confirmed by the broker before it commits, so a failure leaves nothing
 //! done and the provider's retry does it all again.
 
-use super::parse::{Inbound, ProviderEvent};
+use super::parse::{Decision, Inbound, ProviderEvent};
 use crate::broker::{self, BrokerError};
 use crate::delivery_log::{COLUMNS, DeliveryStatus, LogRow};
 use crate::events::{DeliveryEvent, EventPublisher};
 use crate::job::TenantId;
 use crate::metrics as m;
+use crate::provider::ErrorKind;
 use crate::suppression::{self, Reason, SuppressionError};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
@@ -27,11 +28,13 @@ pub enum ApplyError {
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The row moved to the event's status; its delivery event was published.
+    /// The row moved to the event's status; its delivery event was published
+    /// (an inbound STOP / START: the suppression list follows it).
     Moved,
-    /// Kept, the row left as it was (not further along, or nothing to move).
+    /// Kept, the row left as it was (not further along, or nothing to move;
+    /// an inbound STOP / START older than the recipient's newest decision).
     Kept,
-    /// The same provider event was received before.
+    /// The same provider event (inbound message) was received before.
     Duplicate,
     /// No row of the tenant has this message id (kept, counted).
     Unknown,
@@ -129,7 +132,13 @@ impl Recorder {
             tx.commit().await?;
             return Ok(Applied::Unknown);
         };
-        let applied = match advance(&mut tx, &row, id, ev.status).await? {
+        let report = Report {
+            status: ev.status,
+            provider,
+            raw_status: &ev.raw_status,
+            error_code: ev.error_code.as_deref(),
+        };
+        let applied = match advance(&mut tx, &row, id, &report).await? {
             Some(moved) => {
                 let mut event = DeliveryEvent::from_row(&moved, false);
                 event.occurred_at = ev.occurred_at;
@@ -182,47 +191,138 @@ impl Recorder {
         })
     }
 
-    /// An inbound STOP (listed) or START (an opt-out lifted).
+    /// An inbound STOP (listed) or START (an opt-out lifted), applied only
+    /// when it is the recipient's newest decision (by the provider's time of
+    /// the message; of two at the same time, the later to arrive); the same
+    /// message received again changes nothing ([`Applied::Duplicate`]), an
+    /// older one is kept and not applied ([`Applied::Kept`]).
     pub async fn inbound(
         &self,
         tenant: &TenantId,
         provider: &str,
         msg: &Inbound,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<Applied, ApplyError> {
+        let channel = msg.channel;
+        let Ok(recipient) = suppression::normalise(channel, &msg.from) else {
+            tracing::warn!(provider, channel = %channel, "inbound message from a number that does not normalise; not applied");
+            return Ok(Applied::Kept);
+        };
         let mut tx = self.pool.begin().await?;
-        match msg {
-            Inbound::OptOut { channel, from } => {
-                suppress(&mut tx, tenant, *channel, from, Reason::OptOut, provider).await?
+        // One decision per recipient at a time: the newest check and the
+        // list change must not interleave with another's.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("inbound:{tenant}:{channel}:{recipient}"))
+            .execute(&mut *tx)
+            .await?;
+        let superseded: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM inbound_decisions WHERE tenant_id = $1 \
+               AND channel = $2 AND recipient = $3 AND sent_at > $4)",
+        )
+        .bind(tenant.as_str())
+        .bind(channel)
+        .bind(&recipient)
+        .bind(msg.sent_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let kept = sqlx::query(
+            "INSERT INTO inbound_decisions (tenant_id, provider, message_id, channel, recipient, \
+                 opt_out, sent_at, applied) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(provider)
+        .bind(&msg.message_id)
+        .bind(channel)
+        .bind(&recipient)
+        .bind(msg.decision == Decision::OptOut)
+        .bind(msg.sent_at)
+        .bind(!superseded)
+        .execute(&mut *tx)
+        .await?;
+        if kept.rows_affected() == 0 {
+            metrics::counter!(m::WEBHOOK_DUPLICATES, "provider" => provider.to_owned())
+                .increment(1);
+            return Ok(Applied::Duplicate);
+        }
+        if superseded {
+            tx.commit().await?;
+            return Ok(Applied::Kept);
+        }
+        match msg.decision {
+            Decision::OptOut => {
+                suppress(
+                    &mut tx,
+                    tenant,
+                    channel,
+                    &recipient,
+                    Reason::OptOut,
+                    provider,
+                )
+                .await?
             }
-            Inbound::OptIn { channel, from } => {
+            Decision::OptIn => {
                 // Only an opt-out is lifted: a bounce or a person's entry stays.
-                let n = suppression::normalise(*channel, from)?;
                 sqlx::query(
                     "DELETE FROM suppressions WHERE tenant_id = $1 AND channel = $2 \
                      AND recipient = $3 AND reason = 'opt_out'",
                 )
                 .bind(tenant.as_str())
                 .bind(channel)
-                .bind(n)
+                .bind(&recipient)
                 .execute(&mut *tx)
                 .await?;
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Applied::Moved)
     }
 }
 
-/// Tie provider event `event_id` to `row` and move the row to `status` when
-/// that is further along ([`super::advances`]); the moved row, whose event
-/// the caller publishes before committing.
+/// What one provider event says about its row.
+#[derive(Debug)]
+struct Report<'a> {
+    status: Option<DeliveryStatus>,
+    provider: &'a str,
+    /// The provider's own status word.
+    raw_status: &'a str,
+    /// The provider's code for a failure (Twilio ErrorCode, Meta error code,
+    /// SMTP status of a SendGrid bounce).
+    error_code: Option<&'a str>,
+}
+
+impl Report<'_> {
+    /// The row's error for a failure the provider reports with its code:
+    /// kind `recipient` (the provider took the message and could not deliver
+    /// it; the code says why), the code, and a message naming provider,
+    /// status and code only (never the provider's text, which may quote the
+    /// message or the recipient).
+    fn failure(&self) -> Option<(ErrorKind, &str, String)> {
+        let code = self.error_code.filter(|c| !c.is_empty())?;
+        matches!(
+            self.status,
+            Some(DeliveryStatus::Undelivered | DeliveryStatus::Bounced)
+        )
+        .then(|| {
+            let message = format!(
+                "{} reported {} (code {code})",
+                self.provider, self.raw_status
+            );
+            (ErrorKind::Recipient, code, message)
+        })
+    }
+}
+
+/// Tie provider event `event_id` to `row` and move the row to the reported
+/// status when that is further along ([`super::advances`]), with the
+/// provider's error for a failure ([`Report::failure`]); the moved row,
+/// whose event the caller publishes before committing.
 async fn advance(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     row: &LogRow,
     event_id: i64,
-    status: Option<DeliveryStatus>,
+    report: &Report<'_>,
 ) -> Result<Option<LogRow>, sqlx::Error> {
-    let moves = status.filter(|s| super::advances(row.status, *s));
+    let moves = report.status.filter(|s| super::advances(row.status, *s));
     sqlx::query("UPDATE provider_events SET job_id = $2, applied = $3 WHERE id = $1")
         .bind(event_id)
         .bind(&row.job_id)
@@ -232,14 +332,20 @@ async fn advance(
     let Some(status) = moves else {
         return Ok(None);
     };
+    let failure = report.failure();
     let sql = format!(
-        "UPDATE outreach_logs l SET status = $3, updated_at = now() \
+        "UPDATE outreach_logs l SET status = $3, updated_at = now(), \
+             error_kind = COALESCE($4, l.error_kind), error_code = COALESCE($5, l.error_code), \
+             error_message = COALESCE($6, l.error_message) \
          WHERE l.tenant_id = $1 AND l.job_id = $2 RETURNING {COLUMNS}"
     );
     let moved = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(row.tenant_id.as_deref().unwrap_or_default())
         .bind(&row.job_id)
         .bind(status)
+        .bind(failure.as_ref().map(|f| f.0))
+        .bind(failure.as_ref().map(|f| f.1))
+        .bind(failure.as_ref().map(|f| f.2.as_str()))
         .fetch_one(&mut **tx)
         .await?;
     Ok(Some(moved))
@@ -265,15 +371,9 @@ pub async fn catch_up(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     events: &EventPublisher,
 ) -> Result<usize, ApplyError> {
-    let pending: Vec<(
-        i64,
-        String,
-        String,
-        Option<DeliveryStatus>,
-        time::OffsetDateTime,
-        String,
-    )> = sqlx::query_as(
-        "SELECT e.id, e.tenant_id, l.job_id, e.status, e.occurred_at, e.provider \
+    let pending: Vec<Pending> = sqlx::query_as(
+        "SELECT e.id, e.tenant_id, l.job_id, e.status, e.occurred_at, e.provider, \
+                    e.raw_status, e.error_code \
                FROM provider_events e \
                JOIN outreach_logs l ON l.tenant_id = e.tenant_id AND l.provider = e.provider \
                 AND l.provider_message_id = e.provider_message_id \
@@ -283,24 +383,43 @@ pub async fn catch_up(
     .fetch_all(&mut **tx)
     .await?;
     let mut moved_rows = 0;
-    for (id, tenant, job_id, status, occurred_at, provider) in pending {
+    for p in pending {
         let sql = format!(
             "SELECT {COLUMNS} FROM outreach_logs l WHERE l.tenant_id = $1 AND l.job_id = $2 FOR UPDATE"
         );
         let row: LogRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(&tenant)
-            .bind(&job_id)
+            .bind(&p.tenant_id)
+            .bind(&p.job_id)
             .fetch_one(&mut **tx)
             .await?;
-        if let Some(moved) = advance(tx, &row, id, status).await? {
+        let report = Report {
+            status: p.status,
+            provider: &p.provider,
+            raw_status: &p.raw_status,
+            error_code: p.error_code.as_deref(),
+        };
+        if let Some(moved) = advance(tx, &row, p.id, &report).await? {
             let mut event = DeliveryEvent::from_row(&moved, false);
-            event.occurred_at = occurred_at;
+            event.occurred_at = p.occurred_at;
             events.publish(&event).await?;
-            moved_metric(&moved, &provider);
+            moved_metric(&moved, &p.provider);
             moved_rows += 1;
         }
     }
     Ok(moved_rows)
+}
+
+/// An event kept before its row was known, now matched to it.
+#[derive(sqlx::FromRow)]
+struct Pending {
+    id: i64,
+    tenant_id: String,
+    job_id: String,
+    status: Option<DeliveryStatus>,
+    occurred_at: time::OffsetDateTime,
+    provider: String,
+    raw_status: String,
+    error_code: Option<String>,
 }
 
 async fn suppress(

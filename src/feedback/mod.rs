@@ -5,12 +5,16 @@
 //! - [`apply`]: each event kept in `provider_events`, the job's row moved
 //!   forward ([`advances`]), its delivery event published, suppressions added.
 //! - [`sns`]: SES notifications through SNS (signature, certificate origin and cache).
-//! - [`server`]: the `/webhooks/{provider}/{tenant}` listener.
+//! - [`server`]: the `/webhooks/{provider}/{tenant}` routes.
+//! - [`listen`]: the listener's connections (limit, header and body timeouts).
+//! - [`throttle`]: refusals counted, and logged at most a line a second per reason.
 
 pub mod apply;
+pub mod listen;
 pub mod parse;
 pub mod server;
 pub mod sns;
+pub mod throttle;
 pub mod verify;
 
 use crate::delivery_log::DeliveryStatus;

@@ -31,13 +31,26 @@ pub struct ProviderEvent {
     pub occurred_at: OffsetDateTime,
 }
 
+/// What a recipient's keyword asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// STOP and its variants.
+    OptOut,
+    /// START / UNSTOP: an SMS or WhatsApp opt-out is lifted.
+    OptIn,
+}
+
 /// A message a recipient sent back that changes whether they may be messaged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
-    /// STOP and its variants.
-    OptOut { channel: Channel, from: String },
-    /// START / UNSTOP: an SMS or WhatsApp opt-out is lifted.
-    OptIn { channel: Channel, from: String },
+pub struct Inbound {
+    pub decision: Decision,
+    pub channel: Channel,
+    pub from: String,
+    /// The provider's id of the inbound message: a redelivery carries the same.
+    pub message_id: String,
+    /// When the recipient sent it, by the provider's clock (when it arrived,
+    /// for Twilio, whose webhook carries no time): the newest decision wins.
+    pub sent_at: OffsetDateTime,
 }
 
 /// What one webhook request carried.
@@ -71,16 +84,15 @@ const STOP_WORDS: &[&str] = &[
 const START_WORDS: &[&str] = &["START", "UNSTOP", "YES"];
 
 /// An inbound text's meaning, if it is an opt-out or opt-in keyword.
-pub fn keyword(channel: Channel, from: &str, body: &str) -> Option<Inbound> {
+pub fn keyword(body: &str) -> Option<Decision> {
     let word = body
         .trim()
         .trim_end_matches(['.', '!'])
         .to_ascii_uppercase();
-    let from = from.to_owned();
     if STOP_WORDS.contains(&word.as_str()) {
-        Some(Inbound::OptOut { channel, from })
+        Some(Decision::OptOut)
     } else if START_WORDS.contains(&word.as_str()) {
-        Some(Inbound::OptIn { channel, from })
+        Some(Decision::OptIn)
     } else {
         None
     }
@@ -221,7 +233,13 @@ pub fn twilio(params: &[(String, String)]) -> Result<Parsed, Malformed> {
         } else {
             Channel::Sms
         };
-        out.inbound.extend(keyword(channel, from, body));
+        out.inbound.extend(keyword(body).map(|decision| Inbound {
+            decision,
+            channel,
+            from: from.to_owned(),
+            message_id: sid.to_owned(),
+            sent_at: OffsetDateTime::now_utc(),
+        }));
     }
     Ok(out)
 }
@@ -353,23 +371,49 @@ pub fn vonage(params: &[(String, String)]) -> Result<Parsed, Malformed> {
             occurred_at: OffsetDateTime::now_utc(),
         });
     } else if let Some(text) = get("text") {
-        out.inbound.extend(keyword(Channel::Sms, &number, text));
+        let ts = get("message-timestamp").unwrap_or_default();
+        out.inbound.extend(keyword(text).map(|decision| Inbound {
+            decision,
+            channel: Channel::Sms,
+            message_id: get("messageId").map_or_else(|| format!("{msisdn}:{ts}"), str::to_owned),
+            from: number.clone(),
+            sent_at: vonage_time(ts).unwrap_or_else(OffsetDateTime::now_utc),
+        }));
     } else {
         return Err(Malformed { provider: "vonage" });
     }
     Ok(out)
 }
 
+/// Vonage's `message-timestamp`: `2020-01-01 12:00:00`, UTC.
+fn vonage_time(ts: &str) -> Option<OffsetDateTime> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::PrimitiveDateTime::parse(ts.trim(), &fmt)
+        .ok()
+        .map(|t| t.assume_utc())
+}
+
+/// Unix seconds as Meta writes them (a string).
+fn unix_time(ts: Option<&str>) -> Option<OffsetDateTime> {
+    ts?.parse::<i64>()
+        .ok()
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+}
+
 // --- Meta (WhatsApp Cloud API) ---------------------------------------------
 
+/// Meta's `WebhookPayload`: `object` and `entry` required, each entry's
+/// `id` and `changes` too (business-messaging-api v23.0).
 #[derive(Deserialize)]
 struct MetaBody {
-    #[serde(default)]
+    object: String,
     entry: Vec<MetaEntry>,
 }
 #[derive(Deserialize)]
 struct MetaEntry {
-    #[serde(default)]
+    /// Required, not used (the WhatsApp Business Account's id).
+    #[serde(rename = "id")]
+    _id: serde::de::IgnoredAny,
     changes: Vec<MetaChange>,
 }
 #[derive(Deserialize)]
@@ -401,6 +445,10 @@ struct MetaError {
 #[derive(Deserialize)]
 struct MetaMessage {
     from: String,
+    /// The inbound message's wamid.
+    id: String,
+    #[serde(default)]
+    timestamp: Option<String>,
     #[serde(default)]
     text: Option<MetaText>,
 }
@@ -412,6 +460,9 @@ struct MetaText {
 /// A WhatsApp Cloud API webhook (`object: whatsapp_business_account`).
 pub fn meta(body: &[u8]) -> Result<Parsed, Malformed> {
     let b: MetaBody = serde_json::from_slice(body).map_err(|_| Malformed { provider: "meta" })?;
+    if b.object != "whatsapp_business_account" {
+        return Err(Malformed { provider: "meta" });
+    }
     let mut out = Parsed::default();
     for value in b.entry.into_iter().flat_map(|e| e.changes).map(|c| c.value) {
         for s in value.statuses {
@@ -437,19 +488,20 @@ pub fn meta(body: &[u8]) -> Result<Parsed, Malformed> {
                     .map(|r| format!("+{}", r.trim_start_matches('+'))),
                 channel: Channel::Whatsapp,
                 suppress: None,
-                occurred_at: ts
-                    .parse::<i64>()
-                    .ok()
-                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                    .unwrap_or_else(OffsetDateTime::now_utc),
+                occurred_at: unix_time(Some(&ts)).unwrap_or_else(OffsetDateTime::now_utc),
             });
         }
         for m in value.messages {
-            if let Some(t) = m.text {
-                let from = format!("+{}", m.from.trim_start_matches('+'));
-                out.inbound
-                    .extend(keyword(Channel::Whatsapp, &from, &t.body));
-            }
+            let Some(decision) = m.text.and_then(|t| keyword(&t.body)) else {
+                continue;
+            };
+            out.inbound.push(Inbound {
+                decision,
+                channel: Channel::Whatsapp,
+                from: format!("+{}", m.from.trim_start_matches('+')),
+                sent_at: unix_time(m.timestamp.as_deref()).unwrap_or_else(OffsetDateTime::now_utc),
+                message_id: m.id,
+            });
         }
     }
     Ok(out)
@@ -513,8 +565,16 @@ mod tests {
         assert_eq!(dlr.events[0].status, Some(DeliveryStatus::Delivered));
         assert_eq!(dlr.events[0].recipient.as_deref(), Some("+447700900123"));
         assert_eq!(dlr.events[0].error_code, None);
-        let stop = vonage(&kv(&[("msisdn", "447700900123"), ("text", "STOP")])).unwrap();
-        assert!(matches!(stop.inbound[..], [Inbound::OptOut { .. }]));
+        let stop = vonage(&kv(&[
+            ("msisdn", "447700900123"),
+            ("messageId", "0B000000D0EBB58D"),
+            ("message-timestamp", "2020-01-01 12:00:00"),
+            ("text", "STOP"),
+        ]))
+        .unwrap();
+        assert_eq!(stop.inbound[0].decision, Decision::OptOut);
+        assert_eq!(stop.inbound[0].message_id, "0B000000D0EBB58D");
+        assert_eq!(stop.inbound[0].sent_at.unix_timestamp(), 1577880000);
     }
 
     #[test]
@@ -532,18 +592,26 @@ mod tests {
     #[test]
     fn stop_variants_opt_out_and_start_opts_in() {
         for w in ["STOP", "stop", " Stop. ", "unsubscribe", "StopAll", "quit"] {
-            assert!(
-                matches!(keyword(Channel::Sms, "+1", w), Some(Inbound::OptOut { .. })),
-                "{w}"
-            );
+            assert_eq!(keyword(w), Some(Decision::OptOut), "{w}");
         }
         for w in ["START", "unstop", "Yes"] {
-            assert!(matches!(
-                keyword(Channel::Sms, "+1", w),
-                Some(Inbound::OptIn { .. })
-            ));
+            assert_eq!(keyword(w), Some(Decision::OptIn), "{w}");
         }
-        assert_eq!(keyword(Channel::Sms, "+1", "please stop by at 10"), None);
+        assert_eq!(keyword("please stop by at 10"), None);
+    }
+
+    #[test]
+    fn a_meta_body_without_its_object_and_entries_is_malformed() {
+        for body in [
+            &br#"{}"#[..],
+            br#"{"hello":"world"}"#,
+            br#"{"object":"page","entry":[]}"#,
+            br#"{"object":"whatsapp_business_account"}"#,
+            br#"{"object":"whatsapp_business_account","entry":[{"changes":[]}]}"#,
+        ] {
+            assert!(meta(body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+        assert!(meta(br#"{"object":"whatsapp_business_account","entry":[]}"#).is_ok());
     }
 
     #[test]
@@ -556,9 +624,12 @@ mod tests {
         assert_eq!(p.events[0].recipient.as_deref(), Some("+447700900123"));
         assert_eq!(
             p.inbound,
-            [Inbound::OptOut {
+            [Inbound {
+                decision: Decision::OptOut,
                 channel: Channel::Whatsapp,
-                from: "+447700900123".into()
+                from: "+447700900123".into(),
+                message_id: "wamid.Y".into(),
+                sent_at: OffsetDateTime::from_unix_timestamp(1700000001).unwrap(),
             }]
         );
     }

@@ -3,8 +3,12 @@
 //! receipts. Each request is verified
 //! with the tenant's own accounts of that provider (and the system default
 //! account of that provider, for its system-default sends) before its body
-//! is parsed. Refused: 401 (403 when the tenant has no such account),
-//! counted by provider and reason, logged without body or secrets.
+//! is parsed. Refused: 401 (403 when the tenant has no such account; 415
+//! for a Content-Type the provider does not send, 413 / 408 for a body too
+//! large or too slow, 400 for a verified body not in the provider's shape),
+//! counted by provider and reason, logged without body or secrets, at most
+//! a line a second per reason ([`super::throttle`]). Slow clients and the
+//! connection limit: [`super::listen`].
 //! Accepted: every event applied, then 200; a database or broker failure
 //! answers 503 so the provider retries.
 //!
@@ -17,6 +21,7 @@
 
 use super::apply::{Publisher, Recorder};
 use super::parse::{self, Parsed};
+use super::throttle::Throttle;
 use super::verify::{self, Refusal};
 use crate::job::{Channel, TenantId};
 use crate::metrics as m;
@@ -24,14 +29,16 @@ use crate::provider::{ProviderKind, ProviderSettings};
 use crate::settings::Settings;
 use crate::tenant::TenantStore;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// What the receiver needs.
@@ -45,8 +52,12 @@ pub struct WebhookState {
     pub base_url: Option<String>,
     pub max_age_secs: u64,
     pub max_body_bytes: usize,
+    /// A body must have arrived, in total, within this.
+    pub body_read_timeout: Duration,
     /// SES notifications' SNS signatures.
     pub sns: Arc<super::sns::SnsVerifier>,
+    /// Log lines for refusals, at most one a second per reason.
+    pub refusals: Arc<Throttle>,
 }
 
 impl WebhookState {
@@ -69,9 +80,12 @@ impl WebhookState {
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             max_age_secs: settings.webhooks.max_age_secs,
             max_body_bytes: settings.webhooks.max_body_bytes,
+            body_read_timeout: settings.webhooks.body_read_timeout(),
+            refusals: Arc::new(Throttle::new(Duration::from_secs(1))),
             sns: Arc::new(super::sns::SnsVerifier::new(
                 settings.webhooks.sns_cert_origins.clone(),
                 settings.provider_timeout(),
+                settings.network_policy().unwrap_or_default(),
             )),
         }
     }
@@ -103,7 +117,6 @@ impl WebhookState {
 }
 
 pub fn router(state: WebhookState) -> Router {
-    let limit = state.max_body_bytes;
     Router::new()
         .route(
             "/webhooks/{provider}/{tenant}",
@@ -113,7 +126,6 @@ pub fn router(state: WebhookState) -> Router {
             "/webhooks/{provider}",
             post(receive_system).get(subscribe_system),
         )
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -138,20 +150,64 @@ pub async fn spawn(
         .await
         .with_context(|| format!("cannot listen on webhooks.bind = {bind}"))?;
     tracing::info!(addr = %listener.local_addr()?, "webhooks listening (/webhooks/{{provider}}/{{tenant}})");
-    let app = router(WebhookState::new(settings, store, events_exchange));
-    Ok(Some(tokio::spawn(crate::http::serve(listener, app, stop))))
+    let state = WebhookState::new(settings, store, events_exchange);
+    let refusals = state.refusals.clone();
+    let limits = super::listen::Limits {
+        header_read_timeout: settings.webhooks.header_read_timeout(),
+        max_connections: settings.webhooks.max_connections,
+    };
+    Ok(Some(tokio::spawn(super::listen::serve(
+        listener,
+        router(state),
+        limits,
+        refusals,
+        stop,
+    ))))
 }
 
-fn refuse(provider: &str, tenant: &str, r: Refusal) -> Response {
-    metrics::counter!(m::WEBHOOKS_REFUSED, "provider" => provider.to_owned(), "reason" => r.reason()).increment(1);
-    tracing::warn!(provider, tenant, reason = r.reason(), "webhook refused");
-    let code = match r {
-        Refusal::NoAccount => StatusCode::FORBIDDEN,
-        // Ours to retry: SNS delivers again.
-        Refusal::CertificateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::UNAUTHORIZED,
+fn refuse(s: &WebhookState, provider: &str, tenant: &str, r: Refusal) -> Response {
+    super::throttle::refused(&s.refusals, provider, tenant, r);
+    let mut answer = (r.status(), r.to_string()).into_response();
+    if matches!(
+        r,
+        Refusal::ContentType | Refusal::TooLarge | Refusal::BodyTimeout | Refusal::Unreadable
+    ) {
+        // The body was not read to its end: the connection cannot carry another request.
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    answer
+}
+
+/// The body, at most `max_body_bytes` of it, arrived within `body_read_timeout`
+/// in total (a deadline, not an idle timer: a body dripped a byte at a time
+/// is cut off too).
+async fn read_body(s: &WebhookState, body: Body) -> Result<Bytes, Refusal> {
+    if body.size_hint().lower() > s.max_body_bytes as u64 {
+        return Err(Refusal::TooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, s.max_body_bytes);
+    match tokio::time::timeout(s.body_read_timeout, limited.collect()).await {
+        Err(_) => Err(Refusal::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
+        Ok(Err(_)) => Err(Refusal::Unreadable),
+    }
+}
+
+/// Whether the request's Content-Type is the one `kind` posts (media type
+/// only, any case, parameters such as `charset` ignored). Vonage posts a
+/// form or JSON (a dashboard choice) and SNS `text/plain`: not checked.
+fn content_type_ok(kind: ProviderKind, h: &HeaderMap) -> bool {
+    let wanted = match kind {
+        ProviderKind::Twilio => "application/x-www-form-urlencoded",
+        ProviderKind::Sendgrid | ProviderKind::Meta => "application/json",
+        _ => return true,
     };
-    (code, r.to_string()).into_response()
+    header_str(h, "content-type")
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(wanted))
 }
 
 fn unavailable(provider: &str, e: &dyn std::fmt::Display) -> Response {
@@ -186,7 +242,7 @@ async fn receive(
     Path((provider, tenant)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Ok(t) = TenantId::parse(&tenant) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -199,7 +255,7 @@ async fn receive_system(
     Path(provider): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     handle(s, Addressee::System, provider, uri, headers, body).await
 }
@@ -210,7 +266,7 @@ async fn handle(
     provider: String,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let kind = match provider.as_str() {
         "sendgrid" => ProviderKind::Sendgrid,
@@ -219,6 +275,13 @@ async fn handle(
         "vonage" => ProviderKind::Vonage,
         "ses" => ProviderKind::Ses,
         _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    if !content_type_ok(kind, &headers) {
+        return refuse(&s, &provider, t.name(), Refusal::ContentType);
+    }
+    let body = match read_body(&s, body).await {
+        Ok(b) => b,
+        Err(r) => return refuse(&s, &provider, t.name(), r),
     };
     let accounts = match s.accounts(&t, kind).await {
         Ok(a) => a,
@@ -249,16 +312,9 @@ async fn finish(
 ) -> Response {
     let tenant = who.name();
     let parsed = match verified {
-        Err(r) => return refuse(provider, tenant, r),
-        Ok(parsed) => parsed,
-    };
-    let parsed = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            metrics::counter!(m::WEBHOOKS_REFUSED, "provider" => provider.to_owned(), "reason" => "malformed").increment(1);
-            tracing::warn!(provider, tenant, "verified webhook body is malformed");
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
-        }
+        Err(r) => return refuse(s, provider, tenant, r),
+        Ok(Err(parse::Malformed { .. })) => return refuse(s, provider, tenant, Refusal::Malformed),
+        Ok(Ok(parsed)) => parsed,
     };
     for ev in &parsed.events {
         let owner = match who {
@@ -403,10 +459,13 @@ async fn check_ses(
     let Ok(m) = serde_json::from_slice::<super::sns::SnsMessage>(body) else {
         return Err(Refusal::MissingSignature);
     };
-    s.sns.verify(&m).await?;
+    // The topic first: an envelope for a topic that is not the tenant's
+    // makes no certificate fetch, whatever URL it names. The signature then
+    // decides whether the topic (and the rest) is what SNS sent.
     if !topics.contains(&m.topic_arn.as_str()) {
         return Err(Refusal::UnknownTopic);
     }
+    s.sns.verify(&m).await?;
     match m.kind.as_str() {
         "SubscriptionConfirmation" => {
             s.sns.confirm(&m).await?;
@@ -548,7 +607,7 @@ async fn answer_get(
         })
         .collect();
     if tokens.is_empty() {
-        return refuse(&provider, &tenant, Refusal::NoAccount);
+        return refuse(&s, &provider, &tenant, Refusal::NoAccount);
     }
     let presented = q
         .get("hub.verify_token")
@@ -562,6 +621,6 @@ async fn answer_get(
         q.get("hub.challenge"),
     ) {
         (Some("subscribe"), Some(challenge)) if matches => challenge.clone().into_response(),
-        _ => refuse(&provider, &tenant, Refusal::BadSignature),
+        _ => refuse(&s, &provider, &tenant, Refusal::BadSignature),
     }
 }

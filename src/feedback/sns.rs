@@ -5,8 +5,17 @@
 //! `https://sns.*.amazonaws.com`, `*` one DNS label), and cached a day per URL.
 //! The same allow-list guards the `SubscribeURL` a subscription
 //! confirmation asks us to visit.
+//!
+//! Anyone can post an envelope naming any allow-listed URL, so a fetch is
+//! never made on its word alone: the receiver checks the topic first (it
+//! must be one of the tenant's), a URL whose fetch failed is not asked for
+//! again for [`FAILURE_TTL`] (concurrent envelopes for one URL wait for one
+//! fetch), and every fetch goes through the providers' outbound address
+//! guard ([`NetworkPolicy`]: no loopback, private or metadata address unless
+//! `providers.allowed_private_networks` lists it).
 
 use super::verify::Refusal;
+use crate::provider::net::NetworkPolicy;
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use base64::Engine;
 use serde::Deserialize;
@@ -102,26 +111,35 @@ pub fn allowed(origins: &[String], url: &str) -> bool {
     })
 }
 
+/// How long a certificate URL whose fetch failed is not asked for again
+/// (SNS retries a delivery within seconds, then for up to an hour).
+pub const FAILURE_TTL: Duration = Duration::from_secs(60);
+
 /// Checks SNS signatures, fetching and caching signing certificates.
 pub struct SnsVerifier {
     origins: Vec<String>,
+    policy: Arc<NetworkPolicy>,
     client: reqwest::Client,
     keys: moka::future::Cache<String, Arc<Vec<u8>>>,
+    /// URLs whose fetch failed lately, and why.
+    failed: moka::future::Cache<String, Refusal>,
 }
 
 impl SnsVerifier {
-    pub fn new(origins: Vec<String>, timeout: Duration) -> Self {
+    /// `policy`: where fetches may connect (the providers' outbound rule).
+    pub fn new(origins: Vec<String>, timeout: Duration, policy: NetworkPolicy) -> Self {
+        let policy = Arc::new(policy);
         Self {
             origins,
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("HTTP client"),
+            client: crate::provider::http::client(timeout, timeout, policy.clone()),
+            policy,
             keys: moka::future::Cache::builder()
                 .max_capacity(64)
                 .time_to_live(Duration::from_secs(86_400))
+                .build(),
+            failed: moka::future::Cache::builder()
+                .max_capacity(1024)
+                .time_to_live(FAILURE_TTL)
                 .build(),
         }
     }
@@ -150,14 +168,32 @@ impl SnsVerifier {
             .map_err(|_| Refusal::BadSignature)
     }
 
-    /// The certificate's public key (cached per URL).
+    /// The certificate's public key: cached a day per URL, fetched once
+    /// for concurrent envelopes, a failure remembered for [`FAILURE_TTL`].
     async fn key(&self, url: &str) -> Result<Arc<Vec<u8>>, Refusal> {
-        if let Some(k) = self.keys.get(url).await {
-            return Ok(k);
+        if let Some(r) = self.failed.get(url).await {
+            return Err(r);
         }
+        let fetched = self
+            .keys
+            .try_get_with_by_ref(url, self.fetch_key(url))
+            .await
+            .map_err(|r| *r);
+        if let Err(r) = fetched {
+            self.failed.insert(url.to_owned(), r).await;
+        }
+        fetched
+    }
+
+    async fn fetch_key(&self, url: &str) -> Result<Arc<Vec<u8>>, Refusal> {
+        let parsed = url::Url::parse(url).map_err(|_| Refusal::CertificateOrigin)?;
+        // Names are checked by the client's resolver; a literal address here.
+        self.policy
+            .check_url(&parsed)
+            .map_err(|_| Refusal::CertificateOrigin)?;
         let pem = self
             .client
-            .get(url)
+            .get(parsed)
             .send()
             .await
             .and_then(|r| r.error_for_status())
@@ -168,15 +204,13 @@ impl SnsVerifier {
         use x509_cert::der::DecodePem;
         let cert = x509_cert::Certificate::from_pem(pem.as_bytes())
             .map_err(|_| Refusal::CertificateUnavailable)?;
-        let key = Arc::new(
+        Ok(Arc::new(
             cert.tbs_certificate
                 .subject_public_key_info
                 .subject_public_key
                 .raw_bytes()
                 .to_vec(),
-        );
-        self.keys.insert(url.to_owned(), key.clone()).await;
-        Ok(key)
+        ))
     }
 
     /// Confirm a subscription: visit its `SubscribeURL` (allow-listed origins only).
@@ -188,8 +222,12 @@ impl SnsVerifier {
         else {
             return Err(Refusal::CertificateOrigin);
         };
+        let parsed = url::Url::parse(url).map_err(|_| Refusal::CertificateOrigin)?;
+        self.policy
+            .check_url(&parsed)
+            .map_err(|_| Refusal::CertificateOrigin)?;
         self.client
-            .get(url)
+            .get(parsed)
             .send()
             .await
             .and_then(|r| r.error_for_status())

@@ -43,6 +43,18 @@ pub enum Refusal {
     CertificateUnavailable,
     #[error("SNS topic is not one of the tenant's SES accounts' topics")]
     UnknownTopic,
+    #[error("Content-Type is not the one this provider sends")]
+    ContentType,
+    #[error("body larger than webhooks.max_body_bytes")]
+    TooLarge,
+    #[error("body not received within webhooks.body_read_timeout_ms")]
+    BodyTimeout,
+    #[error("body could not be read")]
+    Unreadable,
+    #[error("verified body is not in the provider's documented shape")]
+    Malformed,
+    #[error("webhooks.max_connections connections are open")]
+    ConnectionLimit,
 }
 
 impl Refusal {
@@ -57,6 +69,33 @@ impl Refusal {
             Refusal::CertificateOrigin => "certificate_origin",
             Refusal::CertificateUnavailable => "certificate_unavailable",
             Refusal::UnknownTopic => "topic",
+            Refusal::ContentType => "content_type",
+            Refusal::TooLarge => "too_large",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::Unreadable => "unreadable",
+            Refusal::Malformed => "malformed",
+            Refusal::ConnectionLimit => "connection_limit",
+        }
+    }
+
+    /// The answer: 401 for what a signature decides, otherwise what the
+    /// refusal means to the sender (503 asks it to retry).
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Refusal::NoAccount => S::FORBIDDEN,
+            // Ours to retry: SNS delivers again.
+            Refusal::CertificateUnavailable | Refusal::ConnectionLimit => S::SERVICE_UNAVAILABLE,
+            Refusal::ContentType => S::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::TooLarge => S::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout => S::REQUEST_TIMEOUT,
+            Refusal::Unreadable | Refusal::Malformed => S::BAD_REQUEST,
+            Refusal::MissingSignature
+            | Refusal::BadSignature
+            | Refusal::Stale
+            | Refusal::NoBaseUrl
+            | Refusal::CertificateOrigin
+            | Refusal::UnknownTopic => S::UNAUTHORIZED,
         }
     }
 }

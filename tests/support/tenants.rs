@@ -3,7 +3,7 @@
 //! API stores them, jobs published, rows read back and waited for.
 
 use super::TestEnv;
-use super::fake_providers::{SENDGRID_KEY, TWILIO_SID, TWILIO_TOKEN};
+use super::fake_providers::{META_PHONE_ID, META_TOKEN, SENDGRID_KEY, TWILIO_SID, TWILIO_TOKEN};
 use outreach::crypto::{KeyConfig, KeyRing};
 use outreach::job::{Channel, TenantId};
 use outreach::settings::Settings;
@@ -50,6 +50,17 @@ pub fn sendgrid_at(server: &MockServer) -> Value {
 
 pub fn twilio_at(server: &MockServer) -> Value {
     json!({"provider": "twilio", "account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "from": "+14155550100", "base_url": server.uri()})
+}
+
+/// A Meta (WhatsApp Cloud API) account whose webhooks are signed with `app_secret`.
+pub fn meta_at(server: &MockServer, app_secret: &str, verify_token: &str) -> Value {
+    json!({"provider": "meta", "access_token": META_TOKEN, "phone_number_id": META_PHONE_ID,
+        "base_url": server.uri(), "app_secret": app_secret, "webhook_verify_token": verify_token})
+}
+
+pub fn whatsapp(id: &str, tenant: &str) -> Value {
+    json!({"version": 1, "job_id": id, "tenant_id": tenant, "channel": "whatsapp",
+        "recipient": "+447700900123", "content": {"text": "Your appointment is tomorrow at 10:00."}})
 }
 
 pub fn sms(id: &str, tenant: &str) -> Value {

@@ -101,18 +101,52 @@ pub fn receiver_settings(env: &TestEnv) -> (Settings, Receiver) {
     let port = free_port();
     s.webhooks.bind = format!("127.0.0.1:{port}");
     s.providers.webhook_base_url = Some(PUBLIC_BASE.parse().unwrap());
+    let http = free_port();
+    s.http.bind = format!("127.0.0.1:{http}");
     (
         s,
         Receiver {
             local: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
+            metrics: format!("http://127.0.0.1:{http}/metrics"),
+            // No idle connection kept open to the receiver between requests
+            // (tests of its connection limit count every one).
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
         },
     )
 }
 
 pub struct Receiver {
+    /// `http://127.0.0.1:<webhooks.bind port>`.
     pub local: String,
+    /// The worker's `/metrics`.
+    pub metrics: String,
     client: reqwest::Client,
+}
+
+/// Parameters as a form body.
+pub fn form(params: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
+}
+
+/// SendGrid's signature headers.
+pub fn sendgrid_headers<'a>(sig: &'a str, timestamp: &'a str) -> [(&'static str, &'a str); 2] {
+    [
+        ("x-twilio-email-event-webhook-signature", sig),
+        ("x-twilio-email-event-webhook-timestamp", timestamp),
+    ]
+}
+
+/// SendGrid's signature (base64 DER) over `timestamp` + `body`.
+pub fn sendgrid_signature(key: &SigningKey, timestamp: i64, body: &[u8]) -> String {
+    let mut signed = timestamp.to_string().into_bytes();
+    signed.extend_from_slice(body);
+    let sig: Signature = key.sign(&signed);
+    B64.encode(sig.to_der().as_bytes())
 }
 
 /// A SendGrid account's signing key (the test's; SendGrid keeps its own).
@@ -167,19 +201,51 @@ impl Receiver {
 
     /// POST a Twilio callback with the given signature header.
     pub async fn twilio_signed(&self, tenant: &str, params: &[(&str, &str)], sig: &str) -> u16 {
-        let body: String = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params)
-            .finish();
-        self.client
-            .post(format!("{}/webhooks/twilio/{tenant}", self.local))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-twilio-signature", sig)
-            .body(body)
+        self.post(
+            &format!("/webhooks/twilio/{tenant}"),
+            "application/x-www-form-urlencoded",
+            &[("x-twilio-signature", sig)],
+            form(params).into_bytes(),
+        )
+        .await
+    }
+
+    /// POST `body` to `path` with this Content-Type and these headers; the status.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> u16 {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.local))
+            .header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(body).send().await.unwrap().status().as_u16()
+    }
+
+    /// `outreach_webhooks_refused_total{provider, reason}` now (0 before the first).
+    pub async fn refused(&self, provider: &str, reason: &str) -> f64 {
+        let series = format!(
+            "outreach_webhooks_refused_total{{provider=\"{provider}\",reason=\"{reason}\"}} "
+        );
+        let scrape = self
+            .client
+            .get(&self.metrics)
             .send()
             .await
             .unwrap()
-            .status()
-            .as_u16()
+            .text()
+            .await
+            .unwrap();
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
     /// POST SendGrid events: the raw `body`, signed over `timestamp` + body by `key`.
@@ -190,16 +256,8 @@ impl Receiver {
         timestamp: i64,
         key: &SigningKey,
     ) -> u16 {
-        let mut signed = timestamp.to_string().into_bytes();
-        signed.extend_from_slice(body);
-        let sig: Signature = key.sign(&signed);
-        self.sendgrid_signed(
-            tenant,
-            body,
-            timestamp,
-            &B64.encode(sig.to_der().as_bytes()),
-        )
-        .await
+        let sig = sendgrid_signature(key, timestamp, body);
+        self.sendgrid_signed(tenant, body, timestamp, &sig).await
     }
 
     pub async fn sendgrid_signed(
@@ -209,24 +267,15 @@ impl Receiver {
         timestamp: i64,
         sig: &str,
     ) -> u16 {
-        self.client
-            .post(match tenant {
-                // The system accounts' route.
-                "" => format!("{}/webhooks/sendgrid", self.local),
-                t => format!("{}/webhooks/sendgrid/{t}", self.local),
-            })
-            .header("content-type", "application/json")
-            .header("x-twilio-email-event-webhook-signature", sig)
-            .header(
-                "x-twilio-email-event-webhook-timestamp",
-                timestamp.to_string(),
-            )
-            .body(body.to_vec())
-            .send()
+        let path = match tenant {
+            // The system accounts' route.
+            "" => "/webhooks/sendgrid".to_owned(),
+            t => format!("/webhooks/sendgrid/{t}"),
+        };
+        let timestamp = timestamp.to_string();
+        let headers = sendgrid_headers(sig, &timestamp);
+        self.post(&path, "application/json", &headers, body.to_vec())
             .await
-            .unwrap()
-            .status()
-            .as_u16()
     }
 
     /// POST a Meta webhook signed with `app_secret`.
@@ -237,16 +286,13 @@ impl Receiver {
     }
 
     pub async fn meta_signed(&self, tenant: &str, raw: &[u8], sig: &str) -> u16 {
-        self.client
-            .post(format!("{}/webhooks/meta/{tenant}", self.local))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", sig)
-            .body(raw.to_vec())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        self.post(
+            &format!("/webhooks/meta/{tenant}"),
+            "application/json",
+            &[("x-hub-signature-256", sig)],
+            raw.to_vec(),
+        )
+        .await
     }
 
     /// GET a Vonage receipt or inbound message: `params` plus `timestamp`,
@@ -324,4 +370,15 @@ pub async fn status(env: &TestEnv, tenant: &str, job_id: &str) -> String {
     .fetch_one(&env.pool)
     .await
     .unwrap()
+}
+
+/// A Meta webhook carrying one text message a recipient sent: from `wa_id`,
+/// Meta's message id `wamid`, sent at `sent_at` (Unix seconds).
+pub fn meta_inbound(wa_id: &str, wamid: &str, sent_at: i64, text: &str) -> Value {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": super::fake_providers::META_PHONE_ID},
+            "contacts": [{"profile": {"name": "Patient"}, "wa_id": wa_id}],
+            "messages": [{"from": wa_id, "id": wamid, "timestamp": sent_at.to_string(),
+                "type": "text", "text": {"body": text}}]}}]}]})
 }
