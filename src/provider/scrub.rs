@@ -237,6 +237,9 @@ fn spellings(s: &str) -> Vec<String> {
 /// `s` in lower case where that keeps every character's length in bytes
 /// (ASCII, most Latin letters), so positions in it are positions in `s`.
 fn fold(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
     s.chars()
         .map(|c| {
             let mut lower = c.to_lowercase();
@@ -301,7 +304,7 @@ fn redact(text: &str, item: &Item) -> String {
     let mut cover = |from: usize, len: usize| covered[from..from + len].fill(true);
     // A text cut by an excerpt ends in `…`; its last piece is before it.
     let end = lower.strip_suffix('…').map_or(hay.len(), str::len);
-    let mut windows: Option<HashMap<&[u8], Vec<usize>>> = None;
+    let mut windows: Option<Windows> = None;
     for sp in &item.spellings {
         let sp_bytes = sp.as_bytes();
         if sp_bytes.len() < WINDOW {
@@ -311,9 +314,9 @@ fn redact(text: &str, item: &Item) -> String {
         } else {
             // Each window of the text is consumed when it matches, so a
             // text and an item that repeat one pattern stay linear.
-            let index = windows.get_or_insert_with(|| index(hay));
+            let index = windows.get_or_insert_with(|| Windows::of(hay));
             for piece in sp_bytes.windows(WINDOW) {
-                for at in index.remove(piece).unwrap_or_default() {
+                for at in index.take(piece) {
                     cover(at, WINDOW);
                 }
             }
@@ -329,13 +332,38 @@ fn redact(text: &str, item: &Item) -> String {
     render(text, &covered, item.mark)
 }
 
-/// Where each [`WINDOW`] of `hay` starts.
-fn index(hay: &[u8]) -> HashMap<&[u8], Vec<usize>> {
-    let mut index: HashMap<&[u8], Vec<usize>> = HashMap::new();
-    for (at, piece) in hay.windows(WINDOW).enumerate() {
-        index.entry(piece).or_default().push(at);
+/// Where each [`WINDOW`] of a text starts, and which two-byte starts occur
+/// at all (most pieces of an item are not in the text: they are turned
+/// away without hashing).
+struct Windows<'a> {
+    at: HashMap<&'a [u8], Vec<usize>>,
+    starts: Vec<bool>,
+}
+
+impl<'a> Windows<'a> {
+    fn of(hay: &'a [u8]) -> Self {
+        let mut w = Windows {
+            at: HashMap::new(),
+            starts: vec![false; 1 << 16],
+        };
+        for (at, piece) in hay.windows(WINDOW).enumerate() {
+            w.starts[Self::start(piece)] = true;
+            w.at.entry(piece).or_default().push(at);
+        }
+        w
     }
-    index
+
+    fn start(piece: &[u8]) -> usize {
+        usize::from(piece[0]) << 8 | usize::from(piece[1])
+    }
+
+    /// Where `piece` starts in the text, once: a piece found is removed.
+    fn take(&mut self, piece: &[u8]) -> Vec<usize> {
+        if !self.starts[Self::start(piece)] {
+            return Vec::new();
+        }
+        self.at.remove(piece).unwrap_or_default()
+    }
 }
 
 /// `text` with each run of characters any byte of which is covered
