@@ -483,26 +483,40 @@ impl Job {
         if let Err(e) = std::str::from_utf8(bytes) {
             return Err(JobError::InvalidUtf8(e.valid_up_to()));
         }
-        let wire: WireJob = serde_json::from_slice(bytes).map_err(|e| Self::refused(bytes, e))?;
+        let wire: WireJob = serde_json::from_slice(bytes).map_err(|_| Self::refused(bytes))?;
         Self::from_wire(wire)
     }
 
     /// The error for a payload serde refused: an unsupported version or an
     /// unknown field when the payload is a JSON object with one (an unknown
-    /// field is a serde error too, but its message has no path), else the
-    /// JSON error itself.
+    /// field is a serde error too, but its message has no path), else
+    /// [`wrong_type`] for a value of the wrong type, else the JSON syntax
+    /// error (which quotes no value).
     #[cold]
-    fn refused(bytes: &[u8], e: serde_json::Error) -> JobError {
-        if let Ok(v) = crate::strict_json::from_slice(bytes) {
+    fn refused(bytes: &[u8]) -> JobError {
+        // Strictly: a payload with a duplicate key is not read at all.
+        let parsed = crate::strict_json::from_slice(bytes);
+        if let Ok(v) = &parsed {
             match v.get("version").and_then(serde_json::Value::as_u64) {
                 Some(version) if version != 1 => return JobError::UnsupportedVersion(version),
                 _ => {}
             }
-            if let Some(unknown) = unknown_field(&v) {
+            if let Some(unknown) = unknown_field(v) {
                 return unknown;
             }
         }
-        JobError::MalformedJson(e.to_string())
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let Err(e) = serde_path_to_error::deserialize::<_, WireJob>(&mut de) else {
+            return JobError::MalformedJson("not a version 1 job".into());
+        };
+        let path = e.path().clone();
+        let e = e.into_inner();
+        match (&parsed, e.classify()) {
+            (Ok(v), serde_json::error::Category::Data) => {
+                JobError::MalformedJson(wrong_type(v, &path, &e.to_string()))
+            }
+            _ => JobError::MalformedJson(e.to_string()),
+        }
     }
 
     fn from_wire(w: WireJob) -> Result<Job, JobError> {
@@ -689,6 +703,66 @@ fn validate_content(channel: Channel, c: WireContent) -> Result<Content, JobErro
     }
 }
 
+/// A value of the wrong type, in words that never quote it (it may be a
+/// message text or a phone number): "`content.text`: expected a string,
+/// found an array". serde's own message (`invalid type: string "Dear…",
+/// expected …`) gives only the expectation, which names types, not values.
+fn wrong_type(v: &serde_json::Value, path: &serde_path_to_error::Path, serde_said: &str) -> String {
+    use serde_path_to_error::Segment;
+    let mut at = Some(v);
+    let mut name = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key } => {
+                at = at.and_then(|v| v.get(key));
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.extend(
+                    key.chars()
+                        .filter(|c| !is_invisible(*c))
+                        .take(MAX_FIELD_PATH_CHARS),
+                );
+            }
+            Segment::Seq { index } => {
+                at = at.and_then(|v| v.get(index));
+                name.push_str(&format!("[{index}]"));
+            }
+            Segment::Enum { .. } | Segment::Unknown => at = None,
+        }
+    }
+    let field = if name.is_empty() {
+        "the payload".to_owned()
+    } else {
+        format!("`{name}`")
+    };
+    let expected = serde_said
+        .split_once(", expected ")
+        .map(|(_, rest)| rest.split(" at line ").next().unwrap_or(rest))
+        .map(|e| match e {
+            "a string" | "a borrowed string" => "a string",
+            "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer",
+            "a map" => "an object",
+            "a sequence" => "an array",
+            e if e.starts_with("struct ") => "an object",
+            _ => "another type",
+        });
+    let found = at.map(|v| match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(n) if n.is_f64() => "a number",
+        serde_json::Value::Number(_) => "an integer",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    });
+    match (expected, found) {
+        (Some(e), Some(f)) => format!("{field}: expected {e}, found {f}"),
+        (Some(e), None) => format!("{field}: expected {e}"),
+        (None, _) => format!("{field}: not a valid value"),
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
@@ -872,6 +946,62 @@ mod tests {
         let mut v = whatsapp_template();
         v["content"]["template"]["components"] = json!([{"type": "header"}]);
         assert_eq!(unknown(v), "content.template.components");
+    }
+
+    #[test]
+    fn a_wrong_typed_value_is_named_by_its_field_and_type_never_quoted() {
+        let cases = [
+            (
+                "/content/text",
+                json!(["Dear patient, call us"]),
+                "`content.text`: expected a string, found an array",
+            ),
+            (
+                "/content",
+                json!("Dear patient, call us"),
+                "`content`: expected an object, found a string",
+            ),
+            (
+                "/recipient",
+                json!(14155550123u64),
+                "`recipient`: expected a string, found an integer",
+            ),
+            (
+                "/version",
+                json!("Dear patient, call us"),
+                "`version`: expected a non-negative integer, found a string",
+            ),
+            (
+                "/metadata",
+                json!("Dear patient, call us"),
+                "`metadata`: expected an object, found a string",
+            ),
+            (
+                "/content/template/parameters/1",
+                json!(14155550123u64),
+                "`content.template.parameters[1]`: expected a string, found an integer",
+            ),
+        ];
+        for (pointer, value, said) in cases {
+            let mut v = email();
+            v["version"] = json!(1);
+            v["metadata"] = json!({});
+            if pointer.starts_with("/content/template") {
+                v["channel"] = json!("whatsapp");
+                v["recipient"] = json!("+14155550100");
+                v["content"] =
+                    json!({"template": {"name": "t", "language": "en", "parameters": ["a", "b"]}});
+            }
+            *v.pointer_mut(pointer).unwrap() = value;
+            let e = decode(v).unwrap_err();
+            assert_eq!(e.reason(), "malformed_json", "{e}");
+            let shown = e.to_string();
+            assert!(shown.contains(said), "{pointer}: {shown}");
+            assert!(
+                !shown.contains("Dear patient") && !shown.contains("14155550123"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -5,15 +5,22 @@
 //! codes only on a terminal, never in files. Each job runs in a span
 //! `job{job_id tenant_id channel attempt provider recipient}` whose
 //! recipient is masked ([`mask_recipient`]); message bodies are never logged.
+//! A bare level (`RUST_LOG=trace`) is outreach's own: dependencies stay at
+//! `info` at most unless named ([`filter`]), since some log whole payloads.
 
 use crate::settings::{LogFormat, TelemetrySettings};
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 /// Install the global subscriber. `RUST_LOG` overrides the configured filter.
 /// Logs go to stderr so that command output on stdout stays parseable.
 pub fn init(s: &TelemetrySettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&s.filter));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| filter(&v).ok())
+        .unwrap_or_else(|| filter(&s.filter).unwrap_or_else(|_| EnvFilter::new("info")));
     let terminal = std::io::stderr().is_terminal();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -33,6 +40,35 @@ pub fn init(s: &TelemetrySettings) {
     } else {
         b.compact().try_init()
     };
+}
+
+/// The filter for `directives` (`RUST_LOG` syntax), where a bare level
+/// (`trace`, `debug`) applies to outreach's own targets and, capped at
+/// `info`, to everything else: at `trace` the AMQP client logs whole job
+/// bodies (patient data), the HTTP and SMTP clients whole requests. A
+/// dependency is more verbose only when named (`trace,lapin=trace`).
+pub fn filter(directives: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let parts: Vec<&str> = directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let names_outreach = parts
+        .iter()
+        .any(|d| d.split('=').next() == Some("outreach"));
+    let mut scoped = Vec::new();
+    for d in parts {
+        match d.parse::<LevelFilter>() {
+            Ok(level) => {
+                scoped.push(level.min(LevelFilter::INFO).to_string());
+                if !names_outreach {
+                    scoped.push(format!("outreach={level}"));
+                }
+            }
+            Err(_) => scoped.push(d.to_owned()),
+        }
+    }
+    EnvFilter::try_new(scoped.join(","))
 }
 
 /// A recipient as logs may show it (patient data): an email keeps its
@@ -58,7 +94,41 @@ pub fn mask_recipient(r: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_recipient;
+    use super::{filter, mask_recipient};
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Whether `directives` let through a trace event of lapin's and one of ours.
+    fn trace_enabled(directives: &str) -> (bool, bool) {
+        let subscriber = tracing_subscriber::registry().with(filter(directives).unwrap());
+        tracing::subscriber::with_default(subscriber, || {
+            (
+                tracing::enabled!(target: "lapin::channel", Level::TRACE),
+                tracing::enabled!(target: "outreach::pipeline", Level::TRACE),
+            )
+        })
+    }
+
+    #[test]
+    fn a_bare_trace_level_is_outreach_s_and_keeps_the_amqp_client_quiet() {
+        assert_eq!(trace_enabled("trace"), (false, true));
+    }
+
+    #[test]
+    fn a_dependency_named_at_trace_logs_at_trace() {
+        assert_eq!(trace_enabled("trace,lapin=trace"), (true, true));
+        assert_eq!(trace_enabled("lapin=trace"), (true, false));
+    }
+
+    #[test]
+    fn a_bare_level_still_lets_dependencies_warn() {
+        let subscriber = tracing_subscriber::registry().with(filter("debug").unwrap());
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "reqwest::connect", Level::WARN));
+            assert!(!tracing::enabled!(target: "reqwest::connect", Level::DEBUG));
+            assert!(tracing::enabled!(target: "outreach::worker", Level::DEBUG));
+        });
+    }
 
     #[test]
     fn an_email_keeps_only_its_first_letter_and_domain() {

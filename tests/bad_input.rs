@@ -130,3 +130,65 @@ async fn each_bad_payload_is_dead_lettered_with_its_reason_and_the_next_good_job
     worker.await.unwrap().unwrap();
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_wrong_typed_value_is_named_by_field_and_type_and_never_quoted() {
+    let t = TestEnv::new().await;
+    let (stop, worker) = t.spawn_worker(t.settings.clone());
+    let publisher = t.publisher().await;
+    let mut text_as_content = email_payload("text-as-content", "clinic-1", "pat@example.com");
+    text_as_content["content"] = "Dear patient, your biopsy came back positive".into();
+    let mut number_as_recipient = email_payload("number-as-recipient", "clinic-1", "x@example.com");
+    number_as_recipient["channel"] = "sms".into();
+    number_as_recipient["recipient"] = serde_json::json!(14155550123u64);
+    for payload in [&text_as_content, &number_as_recipient] {
+        let bytes = serde_json::to_vec(payload).unwrap();
+        publisher.publish_raw(&bytes, None).await.unwrap();
+    }
+
+    eventually(Duration::from_secs(30), "both rows are failed", || async {
+        t.log_rows()
+            .await
+            .iter()
+            .filter(|(_, s, _)| s == "failed")
+            .count()
+            == 2
+    })
+    .await;
+
+    let message = |id: &'static str| {
+        let pool = t.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT error_message FROM outreach_logs WHERE job_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let dead = t.dead_letters().await;
+    let header = |needle: &str| {
+        dead.iter()
+            .map(|(h, _)| h["x-outreach-error"].clone())
+            .find(|e| e.contains(needle))
+            .unwrap_or_else(|| panic!("no dead letter names {needle}: {dead:?}"))
+    };
+    for shown in [message("text-as-content").await, header("`content`")] {
+        assert!(shown.contains("`content`: expected"), "{shown}");
+        assert!(shown.contains("found a string"), "{shown}");
+        assert!(!shown.contains("Dear patient"), "{shown}");
+    }
+    for shown in [message("number-as-recipient").await, header("`recipient`")] {
+        assert!(
+            shown.contains("`recipient`: expected a string, found an integer"),
+            "{shown}"
+        );
+        assert!(!shown.contains("14155550123"), "{shown}");
+    }
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    t.cleanup().await;
+}

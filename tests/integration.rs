@@ -10,6 +10,7 @@ mod bad_input;
 mod crash_and_delay_tiers;
 mod delivery_log;
 mod dlq;
+mod echoed_requests;
 mod idempotency;
 mod metrics;
 mod panics;

@@ -165,3 +165,64 @@ async fn a_server_certificate_that_does_not_verify_is_config_after_one_connectio
     assert_eq!(smtp.rcpt_count("pat@example.com"), 0);
     assert!(smtp.messages().is_empty());
 }
+
+/// The error for `job` sent once to a fresh server, whose certificate the
+/// account trusts or not.
+async fn refused(job: &outreach::job::Job, trusted: bool) -> provider::ProviderError {
+    outreach::app::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = server(dir.path());
+    let ca = smtp.cert.clone().filter(|_| trusted);
+    let s = settings_trusting(&smtp, PASSWORD, ca.as_deref());
+    let p = provider::build(&s, &support::context(), None).unwrap();
+    p.send(job).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn a_starttls_certificate_failure_has_a_code_naming_the_tls_error() {
+    let err = refused(&mail_to("pat@example.com"), false).await;
+
+    assert_eq!(err.kind, ErrorKind::Config, "{err}");
+    assert_eq!(
+        err.code.as_deref(),
+        Some("certificate_unknown_issuer"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_recipient_the_server_echoes_in_lower_case_is_not_in_the_error() {
+    let err = refused(&mail_to("Echo-Rcpt.Jane.Doe@Clinic.Example"), true).await;
+
+    assert_eq!(err.code.as_deref(), Some("550"), "{err}");
+    assert!(err.message.contains("Recipient address rejected"), "{err}");
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.to_ascii_lowercase().contains("jane.doe"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn message_text_the_server_echoes_quoted_printable_is_not_in_the_error() {
+    use base64::Engine as _;
+    let text = "Résultat de votre biopsie : merci d'appeler le cabinet du Dr Martin.";
+    let job = support::job(
+        Channel::Email,
+        "echo-body@example.com",
+        Content::Email {
+            subject: "Résultats".into(),
+            text: Some(text.into()),
+            html: None,
+        },
+    );
+
+    let err = refused(&job, true).await;
+
+    assert_eq!(err.code.as_deref(), Some("554"), "{err}");
+    assert!(err.message.contains("Message refused"), "{err}");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+    for shown in [err.to_string(), format!("{err:?}")] {
+        for piece in ["biopsie", "R=C3=A9sultat", "sultat", &b64[..12]] {
+            assert!(!shown.contains(piece), "{piece:?} in {shown}");
+        }
+    }
+}

@@ -129,6 +129,26 @@ async fn a_stop_reply_suppresses_sms_to_that_number_and_start_lifts_it() {
 }
 
 #[tokio::test]
+async fn the_cli_list_prints_when_each_entry_was_added_in_rfc_3339() {
+    let env = TestEnv::new().await;
+    let vars = worker_env(&env);
+    let cli = |args: &[&str]| run_cli(&vars, args);
+    let add: Vec<&str> = "suppression add clinic-a --channel sms --to +447700900123"
+        .split(' ')
+        .collect();
+    assert_eq!(cli(&add).trim(), "added");
+
+    let listed = cli(&["suppression", "list", "clinic-a"]);
+
+    let line = listed.lines().next().unwrap();
+    let when = line.split_whitespace().last().unwrap();
+    let parsed = time::OffsetDateTime::parse(when, &time::format_description::well_known::Rfc3339);
+    assert!(parsed.is_ok(), "not RFC 3339: {line:?}");
+    assert!(!line.contains("+00:00:00"), "{line:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn the_cli_adds_lists_and_removes_numbers_in_e164_and_audits_each_change() {
     let env = TestEnv::new().await;
     let vars = worker_env(&env);

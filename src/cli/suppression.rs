@@ -62,6 +62,7 @@ pub async fn suppression(settings: &Settings, cmd: SuppressionCommand) -> anyhow
                         e.reason,
                         e.source,
                         e.created_at
+                            .format(&time::format_description::well_known::Rfc3339)?
                     );
                 }
             }

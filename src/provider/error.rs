@@ -153,18 +153,13 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn new(kind: ErrorKind, code: Option<String>, message: impl Into<String>) -> Self {
-        let mut message = message.into();
-        if message.len() > 500 {
-            let mut cut = 500;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+        // Not cut here: an adapter's message may hold what the provider
+        // echoed, and a cut before scrubbing could leave a piece of a secret
+        // no longer spelled like it. `scrub::Scrubber::error` cuts it after.
         Self {
             kind,
             code,
-            message,
+            message: message.into(),
             retry_after: None,
         }
     }

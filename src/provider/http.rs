@@ -95,7 +95,7 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
         let host = e.url().and_then(|u| u.host_str()).unwrap_or("the server");
         return ProviderError::new(
             ErrorKind::Config,
-            None,
+            Some(certificate_code(&why)),
             format!(
                 "{provider}: certificate for {host} does not verify ({why}): fix the server certificate or the account's base_url"
             ),
@@ -186,6 +186,19 @@ pub fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<Stri
     })
 }
 
+/// The error code for a certificate that does not verify, from
+/// [`certificate_problem`]'s words: `certificate_unknown_issuer`,
+/// `certificate_expired`…, or `certificate_invalid` when the words are not
+/// ours (a TLS library's own text).
+pub fn certificate_code(why: &str) -> String {
+    let ours = why.len() <= 32 && why.bytes().all(|b| b.is_ascii_lowercase() || b == b' ');
+    if ours {
+        format!("certificate_{}", why.replace(' ', "_"))
+    } else {
+        "certificate_invalid".into()
+    }
+}
+
 /// A certificate error in a few words, for an error message.
 fn describe_certificate_error(ce: &rustls::CertificateError) -> String {
     use rustls::CertificateError as C;
@@ -206,7 +219,8 @@ fn describe_certificate_error(ce: &rustls::CertificateError) -> String {
 /// A short, printable excerpt of a body the adapter did not understand, for
 /// the error message: at most 200 characters, whitespace runs collapsed to
 /// one space, control and non-printable characters dropped. It goes into the
-/// message, so [`scrub`] sees it like the rest.
+/// message; an adapter reads its answer through
+/// [`super::scrub::Scrubber::read`], so the body is scrubbed before this cut.
 pub fn body_excerpt(body: &[u8]) -> String {
     const MAX: usize = 200;
     // Enough input for 200 printable characters in all but absurd bodies.
@@ -306,166 +320,6 @@ pub async fn execute(
     })
 }
 
-/// Replace every occurrence of each secret in provider text (providers may
-/// echo request fields back in their error messages), also in its
-/// form-encoded spelling, and a secret cut short at the end of the text (an
-/// error message is truncated before it is scrubbed).
-pub fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_owned();
-    for s in secrets {
-        out = redact_one(&out, s, "[redacted]");
-    }
-    out
-}
-
-/// Every spelling of `s` an adapter may have sent or a body excerpt may
-/// show: as is, form- / query-encoded (`+` or `%20` for spaces), JSON-escaped
-/// (with `\/`), and with whitespace runs collapsed (as [`body_excerpt`]
-/// shows it).
-fn spellings(s: &str) -> Vec<String> {
-    let mut out = vec![s.to_owned()];
-    let form: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
-    out.push(form.replace('+', "%20"));
-    out.push(form);
-    let json = serde_json::to_string(s).unwrap_or_default();
-    let json = json
-        .get(1..json.len().saturating_sub(1))
-        .unwrap_or_default();
-    out.push(json.to_owned());
-    out.push(json.replace('/', "\\/"));
-    let collapsed = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    out.push(collapsed.clone());
-    let json = serde_json::to_string(&collapsed).unwrap_or_default();
-    out.push(
-        json.get(1..json.len().saturating_sub(1))
-            .unwrap_or_default()
-            .to_owned(),
-    );
-    out.retain(|v| v.len() >= 4);
-    out.sort();
-    out.dedup();
-    // Longest first, so a spelling that contains another goes whole.
-    out.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    out
-}
-
-fn redact_one(text: &str, s: &str, mark: &str) -> String {
-    if s.len() < 4 {
-        return text.to_owned();
-    }
-    let mut out = text.to_owned();
-    for v in spellings(s) {
-        out = out.replace(&v, mark);
-    }
-    // A prefix of the secret cut at the end (before an excerpt's `…`): no
-    // longer than the text, so a long secret costs no more than the text it
-    // is looked for in.
-    let (body, ellipsis) = match out.strip_suffix('…') {
-        Some(b) => (b.to_owned(), "…"),
-        None => (out.clone(), ""),
-    };
-    if let Some(k) = (4..s.len().min(body.len() + 1))
-        .rev()
-        .find(|&k| s.get(..k).is_some_and(|p| body.ends_with(p)))
-    {
-        out = format!("{}{mark}{ellipsis}", &body[..body.len() - k]);
-    }
-    out
-}
-
-/// Longest provider error message kept (characters), after scrubbing.
-pub const MAX_ERROR_CHARS: usize = 400;
-
-/// What must not appear in provider error text before it is logged or
-/// stored: the account's credentials in every encoding the adapter sent
-/// them (as is, HTTP Basic `base64(user:password)`, SMTP AUTH forms, form and
-/// query encoding, JSON escaping), and the job's recipient and content
-/// (providers echo requests back in their errors).
-#[derive(Default)]
-pub struct Scrubber {
-    items: Vec<(String, &'static str)>,
-}
-
-impl Scrubber {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A credential sent as is (bearer token, form field, query parameter).
-    pub fn secret(mut self, s: &str) -> Self {
-        self.items.push((s.to_owned(), "[redacted]"));
-        self
-    }
-
-    /// HTTP Basic credentials: the password and `base64(user:password)`.
-    pub fn basic(self, user: &str, password: &str) -> Self {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        self.secret(password).secret(&b64)
-    }
-
-    /// SMTP AUTH: the password, base64 of it (LOGIN) and of `\0user\0password` (PLAIN).
-    pub fn smtp_auth(self, user: &str, password: &str) -> Self {
-        use base64::Engine as _;
-        let e = &base64::engine::general_purpose::STANDARD;
-        let login = e.encode(password);
-        let plain = e.encode(format!("\0{user}\0{password}"));
-        self.secret(password).secret(&login).secret(&plain)
-    }
-
-    /// The job's recipient (also without its `+`) and every piece of content.
-    pub fn job(mut self, job: &crate::job::Job) -> Self {
-        use crate::job::Content;
-        let r = job.recipient.as_str();
-        self.items.push((r.to_owned(), "[recipient]"));
-        if let Some(bare) = r.strip_prefix('+') {
-            self.items.push((bare.to_owned(), "[recipient]"));
-        }
-        let mut content = |t: &str| self.items.push((t.to_owned(), "[content]"));
-        match &job.content {
-            Content::Email {
-                subject,
-                text,
-                html,
-            } => {
-                content(subject);
-                text.iter().for_each(|t| content(t));
-                html.iter().for_each(|t| content(t));
-            }
-            Content::Text { text } => content(text),
-            Content::Template { template } => {
-                template.parameters.iter().for_each(|p| content(p));
-            }
-        }
-        self
-    }
-
-    /// `text` with every item replaced.
-    pub fn text(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        // Longest first: a recipient inside a content item goes with it.
-        let mut items: Vec<&(String, &str)> = self.items.iter().collect();
-        items.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        for (s, mark) in items {
-            out = redact_one(&out, s, mark);
-        }
-        out
-    }
-
-    /// The error with its message and code scrubbed, the message cut to
-    /// [`MAX_ERROR_CHARS`].
-    pub fn error(&self, mut e: ProviderError) -> ProviderError {
-        let mut message = self.text(&e.message);
-        if message.chars().count() > MAX_ERROR_CHARS {
-            message = message.chars().take(MAX_ERROR_CHARS - 1).collect();
-            message.push('…');
-        }
-        e.message = message;
-        e.code = e.code.map(|c| self.text(&c));
-        e
-    }
-}
-
 /// The error for an answer whose body says nothing more precise than its
 /// status: [`kind_for_status`], with the provider's wait hint on 429 and 5xx.
 /// Without a `message` (the body was not in the provider's documented
@@ -556,13 +410,6 @@ pub fn with_hint(e: ProviderError, headers: &HeaderMap) -> ProviderError {
     }
 }
 
-/// Remove secrets from an error's message and code before it leaves the adapter.
-pub fn scrub(mut e: ProviderError, secrets: &[&str]) -> ProviderError {
-    e.message = redact(&e.message, secrets);
-    e.code = e.code.map(|c| redact(&c, secrets));
-    e
-}
-
 /// `base` (settings) or the provider's default, without a trailing slash.
 pub fn base_url(configured: Option<&str>, default: &str) -> String {
     configured
@@ -598,16 +445,6 @@ mod tests {
     }
 
     #[test]
-    fn redact_removes_every_copy_of_a_secret() {
-        assert_eq!(
-            redact("key s3cr3t! and s3cr3t! again", &["s3cr3t!"]),
-            "key [redacted] and [redacted] again"
-        );
-        assert_eq!(redact("a=s3%2Fcr3t", &["s3/cr3t"]), "a=[redacted]");
-        assert_eq!(redact("cut at s3cr", &["s3cr3t!"]), "cut at [redacted]");
-    }
-
-    #[test]
     fn a_503_with_retry_after_is_transient_with_the_hint() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7"));
@@ -615,28 +452,6 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(e.code.as_deref(), Some("503"));
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn redacting_a_long_secret_in_a_long_text_stays_cheap() {
-        let secret = "k".repeat(200_000);
-        let text = "x".repeat(200_000);
-        let started = std::time::Instant::now();
-        assert_eq!(redact(&text, &[&secret]), text);
-        assert!(started.elapsed() < Duration::from_secs(2));
-    }
-
-    #[test]
-    fn a_cut_secret_is_found_even_when_the_text_is_shorter_than_the_secret() {
-        assert_eq!(redact("s3cr3", &["s3cr3t-and-more"]), "[redacted]");
-    }
-
-    #[test]
-    fn redact_removes_a_secret_echoed_with_json_escaped_slashes() {
-        assert_eq!(
-            redact(r#"{"m":"key a\/b+c\/d0"}"#, &["a/b+c/d0"]),
-            r#"{"m":"key [redacted]"}"#
-        );
     }
 
     #[test]
@@ -671,14 +486,6 @@ mod tests {
     }
 
     #[test]
-    fn an_excerpt_of_an_echoed_secret_is_scrubbed() {
-        let body = format!("{{\"oops\": \"token={}\"}}", "s3cr3t-token");
-        let e = status_error("x", 500, &HeaderMap::new(), None, "", body.as_bytes());
-        let e = scrub(e, &["s3cr3t-token"]);
-        assert_eq!(e.message, r#"x: HTTP 500: {"oops": "token=[redacted]"}"#);
-    }
-
-    #[test]
     fn a_rustls_certificate_error_inside_an_io_error_is_found() {
         let io = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -688,6 +495,14 @@ mod tests {
         assert_eq!(
             certificate_problem(&outer).as_deref(),
             Some("unknown issuer")
+        );
+        assert_eq!(
+            certificate_code("unknown issuer"),
+            "certificate_unknown_issuer"
+        );
+        assert_eq!(
+            certificate_code("invalid peer certificate: Other(CaUsedAsEndEntity)"),
+            "certificate_invalid"
         );
     }
 

@@ -162,10 +162,10 @@ impl Provider for Meta {
             .bearer_auth(self.access_token.expose_secret())
             .json(&body);
         let answer = http::execute("meta", &self.net, request).await?;
-        let scrubber = http::Scrubber::new()
+        let scrubber = super::scrub::Scrubber::new()
             .secret(self.access_token.expose_secret())
             .job(job);
-        outcome(&answer).map_err(|e| scrubber.error(e))
+        scrubber.read(answer, outcome)
     }
 }
 

@@ -10,6 +10,7 @@ pub mod http;
 pub mod meta;
 pub mod net;
 pub mod sandbox;
+pub mod scrub;
 pub mod sendgrid;
 pub mod ses;
 pub mod settings;

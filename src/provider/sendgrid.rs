@@ -164,10 +164,10 @@ impl Provider for Sendgrid {
             .bearer_auth(self.api_key.expose_secret())
             .json(&body);
         let answer = http::execute("sendgrid", &self.net, request).await?;
-        let scrubber = http::Scrubber::new()
+        let scrubber = super::scrub::Scrubber::new()
             .secret(self.api_key.expose_secret())
             .job(job);
-        outcome(&answer).map_err(|e| scrubber.error(e))
+        scrubber.read(answer, outcome)
     }
 }
 

@@ -248,8 +248,8 @@ impl Provider for Ses {
         }
         let answer = http::execute("ses", &self.net, request.body(body)).await?;
         let secret = self.credentials.secret_access_key();
-        let scrubber = http::Scrubber::new().secret(secret).job(job);
-        outcome(&answer).map_err(|e| scrubber.error(e))
+        let scrubber = super::scrub::Scrubber::new().secret(secret).job(job);
+        scrubber.read(answer, outcome)
     }
 }
 

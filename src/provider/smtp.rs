@@ -242,7 +242,7 @@ impl Provider for Smtp {
 
     async fn send(&self, job: &Job) -> Result<Receipt, ProviderError> {
         let (msg, message_id) = self.message(job)?;
-        let mut scrubber = super::http::Scrubber::new().job(job);
+        let mut scrubber = super::scrub::Scrubber::new().job(job);
         if let Some(p) = &self.password {
             scrubber = scrubber.smtp_auth(
                 self.username.as_deref().unwrap_or_default(),
@@ -370,7 +370,8 @@ pub fn classify_reply(code: u16, text: &str) -> ErrorKind {
 }
 
 /// Classify an SMTP failure: a negative reply by [`classify_reply`]; without
-/// a reply, a server certificate that does not verify is Config (found in
+/// a reply, a server certificate that does not verify is Config, its code
+/// the reason in words (`certificate_unknown_issuer`; found in
 /// the error's source chain: lettre reports a failed STARTTLS handshake as a
 /// connection error, not `is_tls()`), a timeout or connection trouble is
 /// Transient, other TLS trouble is Provider. `host` names the server in the
@@ -381,7 +382,7 @@ pub fn classify(e: &lettre::transport::smtp::Error, host: &str) -> ProviderError
         if let Some(why) = super::http::certificate_problem(e) {
             return ProviderError::new(
                 ErrorKind::Config,
-                None,
+                Some(super::http::certificate_code(&why)),
                 format!(
                     "smtp: certificate for {host} does not verify ({why}): fix the server certificate or set ca_file"
                 ),

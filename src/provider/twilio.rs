@@ -169,10 +169,10 @@ impl Provider for Twilio {
             .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
             .form(&form);
         let answer = http::execute("twilio", &self.net, request).await?;
-        let scrubber = http::Scrubber::new()
+        let scrubber = super::scrub::Scrubber::new()
             .basic(&self.account_sid, self.auth_token.expose_secret())
             .job(job);
-        outcome(&answer).map_err(|e| scrubber.error(e))
+        scrubber.read(answer, outcome)
     }
 }
 

@@ -149,10 +149,10 @@ impl Provider for Vonage {
         form.push(("api_secret", self.api_secret.expose_secret().to_owned()));
         let request = self.http.post(&self.endpoint).form(&form);
         let answer = http::execute("vonage", &self.net, request).await?;
-        let scrubber = http::Scrubber::new()
+        let scrubber = super::scrub::Scrubber::new()
             .secret(self.api_secret.expose_secret())
             .job(job);
-        outcome(&answer).map_err(|e| scrubber.error(e))
+        scrubber.read(answer, outcome)
     }
 }
 

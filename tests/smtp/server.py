@@ -4,7 +4,10 @@
 - Every accepted message is appended as one JSON line to --out
   ({"mail_from", "rcpt_tos", "data"}).
 - Recipients whose local part starts with "greylist" get
-  451 4.7.1 (greylisting), "tempfail" get 451 4.3.0, "unknown" get 550.
+  451 4.7.1 (greylisting), "tempfail" get 451 4.3.0, "unknown" get 550,
+  "echo-rcpt" get 550 quoting the address in lower case; a message to
+  "echo-body" is refused at DATA with 554 quoting its first body lines as
+  they came over the wire (servers that echo what they refuse).
 - --rcpt-log appends one line per RCPT: "<address> <reply code>".
 - --conn-log appends one line per TCP connection accepted ("connect"),
   including the controller's own start-up probe.
@@ -31,6 +34,8 @@ class Handler:
             return "451 4.3.0 Temporary failure, try again later"
         if local.startswith("unknown"):
             return "550 5.1.1 User unknown"
+        if local.lower().startswith("echo-rcpt"):
+            return "550 5.1.1 <%s>: Recipient address rejected" % address.lower()
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -43,6 +48,10 @@ class Handler:
         return reply
 
     async def handle_DATA(self, server, session, envelope):
+        if any(r.lower().startswith("echo-body") for r in envelope.rcpt_tos):
+            body = envelope.original_content.split(b"\r\n\r\n", 1)[-1]
+            lines = [l for l in body.decode("ascii", "replace").split("\r\n") if l][:2]
+            return "554 5.6.0 Message refused: %s" % " ".join(lines)
         with open(self.out, "a") as f:
             f.write(json.dumps({
                 "mail_from": envelope.mail_from,
