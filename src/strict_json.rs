@@ -30,7 +30,10 @@ pub fn opt_object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<String, 
     match Option::<Strict>::deserialize(d)? {
         None => Ok(None),
         Some(Strict(Value::Object(m))) => Ok(Some(m)),
-        Some(_) => Err(de::Error::custom("expected an object")),
+        Some(_) => Err(de::Error::invalid_type(
+            de::Unexpected::Other("a value that is not an object"),
+            &"a map",
+        )),
     }
 }
 
