@@ -475,20 +475,21 @@ fn record_isolating(pool: &PgPool, recs: Vec<Record>) -> futures::future::BoxFut
 }
 
 impl Record {
-    /// This record without the values PostgreSQL may refuse: every value
-    /// that came from outside (the job's metadata and content, the
-    /// provider's message id, error code and text, the attempts' codes),
-    /// the error text replaced by why they were dropped.
+    /// This record without the values PostgreSQL may refuse: the free-form
+    /// ones (metadata, content, the provider's error text, replaced by why
+    /// they were dropped) and the short values from outside (the
+    /// provider's message id and codes) unless they are short, printable
+    /// and NUL-free.
     fn stripped(&self, why: &str) -> Record {
         let mut r = self.clone();
         r.metadata = None;
         r.content = None;
-        r.provider_message_id = None;
+        r.provider_message_id = r.provider_message_id.and_then(|m| short(&m, 256));
         for a in &mut r.new_attempts {
-            a.code = None;
+            a.code = a.code.as_deref().and_then(|c| short(c, 64));
         }
         if let Some(e) = &mut r.error {
-            e.code = None;
+            e.code = e.code.as_deref().and_then(|c| short(c, 64));
             e.message = format!(
                 "(the error text could not be stored: {})",
                 why.replace('\0', "")
@@ -496,6 +497,13 @@ impl Record {
         }
         r
     }
+}
+
+/// `v` without NULs, if it is then at most `max` characters without
+/// control characters.
+fn short(v: &str, max: usize) -> Option<String> {
+    let v = v.replace('\0', "");
+    (v.chars().count() <= max && !v.chars().any(char::is_control)).then_some(v)
 }
 
 /// The outcome replaces the open row of its job; the attempt log grows.
@@ -642,7 +650,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stripped_record_keeps_the_outcome_and_drops_every_value_from_outside() {
+    fn a_stripped_record_keeps_the_outcome_and_short_codes_and_drops_what_may_be_refused() {
         let rec = Record {
             job_id: "j-1".into(),
             tenant_id: Some("clinic-1".into()),
@@ -687,11 +695,15 @@ mod tests {
                 true
             )
         );
-        assert_eq!(s.provider_message_id, None);
-        assert_eq!(s.new_attempts[0].code, None);
+        assert_eq!(s.provider_message_id, None, "too long to keep");
+        assert_eq!(s.new_attempts[0].code, None, "too long to keep");
         assert_eq!(s.new_attempts[0].kind, Some(ErrorKind::Recipient));
         let e = s.error.unwrap();
-        assert_eq!((e.kind, e.code), (ErrorKind::Recipient, None));
+        assert_eq!(
+            (e.kind, e.code.as_deref()),
+            (ErrorKind::Recipient, Some("21211")),
+            "a short code is kept"
+        );
         assert!(!e.message.contains("provider's words"));
         assert!(s.content.is_none() && s.metadata.is_none());
     }
