@@ -72,6 +72,12 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         directory.clone(),
         listener_stop.clone(),
     ));
+    let limiter = Arc::new(RateLimiter::new(Some(pool.clone())));
+    let pauses_task = tokio::spawn(crate::ratelimit::follow_pauses(
+        pool.clone(),
+        limiter.clone(),
+        listener_stop.clone(),
+    ));
     let health = Arc::new(Health::new(pool.clone()));
     let probe_stop = CancellationToken::new();
     let probe_task = health.spawn_probe(probe_stop.clone());
@@ -132,7 +138,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         directory,
         policy: Policy {
             quick: quick_retry,
-            limiter: Some(Arc::new(RateLimiter::new(Some(pool.clone())))),
+            limiter: Some(limiter),
             breakers: Some(breakers),
             max_inline_wait: settings.max_inline_wait(),
         },
@@ -171,6 +177,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         let _ = t.await;
     }
     let _ = listener_task.await;
+    let _ = pauses_task.await;
     pool.close().await;
     Ok(())
 }

@@ -12,8 +12,11 @@
 //! not one per send, and there is one query in flight per bucket set.
 //!
 //! A provider's 429 *pauses* an account until its `Retry-After`: recorded in
-//! this process (so its next jobs skip the account at once) and on the
-//! account's buckets (so other workers taking from them see it too).
+//! this process (so its next jobs skip the account at once), on the
+//! account's buckets (so other workers taking from them see it too) and
+//! announced to every worker with `NOTIFY outreach_pauses` ([`follow_pauses`]),
+//! so an account without a rate limit, which never touches a bucket, is
+//! paused in every worker as well, at no cost per send.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -244,11 +247,14 @@ impl RateLimiter {
 
     /// A provider said "not before `for_`" for this account.
     pub async fn pause(&self, set: &LimitSet, for_: Duration) -> Result<(), sqlx::Error> {
-        let until = Instant::now() + for_;
-        {
-            let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-            let e = paused.entry(set.scope.clone()).or_insert(until);
-            *e = (*e).max(until);
+        self.pause_here(&set.scope, for_);
+        if let Some(pool) = &self.pool {
+            // Every worker, whether or not the account has buckets.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(PAUSES_CHANNEL)
+                .bind(format!("{} {}", for_.as_millis(), set.scope))
+                .execute(pool)
+                .await?;
         }
         if let (Some(pool), false) = (&self.pool, set.is_unlimited()) {
             let keys: Vec<String> = set.limits.iter().map(|l| set.bucket_key(l)).collect();
@@ -262,6 +268,14 @@ impl RateLimiter {
             .await?;
         }
         Ok(())
+    }
+
+    /// Pause `scope` in this process only (a pause another worker announced).
+    pub fn pause_here(&self, scope: &str, for_: Duration) {
+        let until = Instant::now() + for_;
+        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let e = paused.entry(Arc::from(scope)).or_insert(until);
+        *e = (*e).max(until);
     }
 
     /// Remaining pause of a scope seen by this process.
@@ -294,6 +308,49 @@ impl RateLimiter {
                     .map(|not_until| not_until.wait_time_from(now))
             })
             .max()
+    }
+}
+
+/// Where workers announce a pause: `<millis> <scope>`.
+pub const PAUSES_CHANNEL: &str = "outreach_pauses";
+
+/// Until `shutdown`: apply the pauses other workers announce to `limiter`
+/// (a LISTEN connection of its own; reconnects after a second). A pause
+/// announced while it was not listening is missed: that worker learns it
+/// from its own 429, as before.
+pub async fn follow_pauses(
+    pool: PgPool,
+    limiter: Arc<RateLimiter>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let following = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(PAUSES_CHANNEL).await?;
+            loop {
+                if let Some(n) = l.try_recv().await?
+                    && let Some((ms, scope)) = n.payload().split_once(' ')
+                    && let Ok(ms) = ms.parse::<u64>()
+                {
+                    // Clamped like a provider's hint.
+                    let for_ =
+                        Duration::from_millis(ms).min(crate::provider::error::MAX_RETRY_AFTER);
+                    limiter.pause_here(scope, for_);
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = following => if let Err(e) = r {
+                tracing::warn!(error = %e, "pause listener failed; retrying");
+            },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -344,3 +344,47 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
     let _ = tokio::time::timeout(Duration::from_secs(60), worker).await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_429_on_an_account_without_a_rate_limit_pauses_it_in_every_worker() {
+    use outreach::ratelimit::{LimitSet, RateLimiter, follow_pauses};
+    use std::sync::Arc;
+    let env = TestEnv::new().await;
+    // Two workers' limiters on one database; the second follows announcements.
+    let first = RateLimiter::new(Some(env.pool.clone()));
+    let second = Arc::new(RateLimiter::new(Some(env.pool.clone())));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let following = tokio::spawn(follow_pauses(
+        env.pool.clone(),
+        second.clone(),
+        stop.clone(),
+    ));
+    // The shipped `providers.rates.sendgrid = 0`: no bucket for this account.
+    let account = LimitSet::new("tenant:clinic-1:email:0", vec![]);
+    eventually(
+        Duration::from_secs(10),
+        "the second worker to learn of the 429",
+        || async {
+            first
+                .pause(&account, Duration::from_secs(30))
+                .await
+                .unwrap();
+            second.paused_for("tenant:clinic-1:email:0").is_some()
+        },
+    )
+    .await;
+
+    let left = second.paused_for("tenant:clinic-1:email:0").unwrap();
+    assert!(
+        left > Duration::from_secs(20),
+        "until the provider's hint: {left:?}"
+    );
+    assert_eq!(
+        second.paused_for("tenant:clinic-2:email:0"),
+        None,
+        "that account only"
+    );
+    stop.cancel();
+    following.await.unwrap();
+    env.cleanup().await;
+}
