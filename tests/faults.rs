@@ -683,7 +683,6 @@ async fn workers_move_to_another_node_when_theirs_hangs_and_send_every_job_once(
     let mut vars = worker_env(&env);
     vars.insert("OUTREACH__AMQP__SHUFFLE_NODES".into(), "false".into());
     let record = env.record_emails(&mut vars);
-    vars.insert("RUST_LOG".into(), "info".into());
     let worker = Binary::worker(&vars);
     eventually(
         Duration::from_secs(60),
