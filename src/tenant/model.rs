@@ -172,6 +172,20 @@ impl ChannelConfig {
                 ));
             }
         }
+        // The shape of an IANA zone name (`Europe/London`, `Etc/GMT+1`);
+        // that the zone exists is checked when quiet hours are enforced.
+        if let Some(tz) = &self.time_zone
+            && (tz.is_empty()
+                || tz.len() > 64
+                || !tz
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b)))
+        {
+            return Err(ConfigError::new(
+                "time_zone",
+                "expected an IANA time zone name such as Europe/London",
+            ));
+        }
         if let Some(q) = &self.quiet_hours {
             for (name, v) in [("start", &q.start), ("end", &q.end)] {
                 if !is_hh_mm(v) {
@@ -413,6 +427,28 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field, "enabled");
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_time_zone_that_is_not_a_zone_name_is_refused_and_a_zone_name_kept() {
+        for bad in [
+            "x".repeat(60_000),
+            "Europe/London\r\n".into(),
+            "".into(),
+            "Mars Base".into(),
+        ] {
+            let e = ChannelConfig::from_json(json!({"time_zone": bad}), Channel::Sms).unwrap_err();
+            assert_eq!(e.field, "time_zone");
+        }
+        for zone in [
+            "Europe/London",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+1",
+            "UTC",
+        ] {
+            let c = ChannelConfig::from_json(json!({"time_zone": zone}), Channel::Sms).unwrap();
+            assert_eq!(c.time_zone.as_deref(), Some(zone));
+        }
     }
 
     #[test]

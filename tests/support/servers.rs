@@ -101,7 +101,10 @@ impl OwnRabbit {
             .env("RABBITMQ_PID_FILE", d.join("pid"))
             // As config/rabbitmq/advanced.config ships it: peers take a hung
             // node for down within ~10 s instead of ~60 s.
-            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel net_ticktime 10")
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel net_ticktime 10",
+            )
             .stdin(Stdio::null());
     }
 
