@@ -8,6 +8,7 @@
 //! "error_subcode", "fbtrace_id", "is_transient"}}`.
 
 use super::http::{self, Answer};
+use super::scrub::Scrubber;
 use super::settings::{SettingsError, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Content, Job};
@@ -162,10 +163,11 @@ impl Provider for Meta {
             .bearer_auth(self.access_token.expose_secret())
             .json(&body);
         let answer = http::execute("meta", &self.net, request).await?;
-        let scrubber = super::scrub::Scrubber::new()
-            .secret(self.access_token.expose_secret())
-            .job(job);
-        scrubber.read(answer, outcome)
+        Scrubber::read(answer, outcome, || {
+            Scrubber::new()
+                .secret(self.access_token.expose_secret())
+                .job(job)
+        })
     }
 }
 

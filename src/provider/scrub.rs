@@ -37,11 +37,12 @@ pub const WINDOW: usize = 12;
 
 /// What must not appear in provider error text before it is logged, stored
 /// or published. The adapters feed it what they sent.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Scrubber {
     items: Vec<Item>,
 }
 
+#[derive(Clone)]
 struct Item {
     /// Every spelling, in lower case ([`fold`]), at least [`MIN_LEN`] bytes.
     spellings: Vec<String>,
@@ -172,16 +173,26 @@ impl Scrubber {
     /// `read(answer)`; on an error, its kind, code and wait hint as read
     /// from the answer, its message as read from the answer scrubbed (so
     /// every excerpt and cut `read` makes sees scrubbed text), then
-    /// [`Self::error`].
+    /// [`Self::error`]. The scrubber is built by `scrubber`, only for an
+    /// error: a success (the hot path) computes no spellings.
     pub fn read<T>(
-        &self,
         answer: Answer,
         read: impl Fn(&Answer) -> Result<T, ProviderError>,
+        scrubber: impl FnOnce() -> Scrubber,
     ) -> Result<T, ProviderError> {
         let first = match read(&answer) {
             Ok(receipt) => return Ok(receipt),
             Err(e) => e,
         };
+        scrubber().scrubbed(answer, read, first)
+    }
+
+    fn scrubbed<T>(
+        &self,
+        answer: Answer,
+        read: impl Fn(&Answer) -> Result<T, ProviderError>,
+        first: ProviderError,
+    ) -> Result<T, ProviderError> {
         // A JSON answer is scrubbed value by value, so its shape survives
         // for `read` (a copy found across an escape could take a quote).
         let body = match serde_json::from_slice::<serde_json::Value>(&answer.body) {
@@ -406,7 +417,9 @@ mod tests {
         let read = |a: &Answer| -> Result<(), ProviderError> {
             Err(status_error("x", a.status, &a.headers, None, "", &a.body))
         };
-        scrubber.read(answer, read).unwrap_err().message
+        Scrubber::read(answer, read, || scrubber.clone())
+            .unwrap_err()
+            .message
     }
 
     #[test]
@@ -508,7 +521,7 @@ mod tests {
             ))
         };
         assert_eq!(
-            s.read(answer, read).unwrap_err().message,
+            Scrubber::read(answer, read, || s).unwrap_err().message,
             r#"x: {"content":[{"value":"[content]"},{"value":"[content]"}]}"#
         );
     }

@@ -6,6 +6,7 @@
 //! `custom_args` ride on the personalization so event webhooks carry them.
 
 use super::http::{self, Answer};
+use super::scrub::Scrubber;
 use super::settings::{
     MAX_DISPLAY_NAME, SettingsError, email, header_text, opt_header_text, opt_url,
 };
@@ -164,10 +165,11 @@ impl Provider for Sendgrid {
             .bearer_auth(self.api_key.expose_secret())
             .json(&body);
         let answer = http::execute("sendgrid", &self.net, request).await?;
-        let scrubber = super::scrub::Scrubber::new()
-            .secret(self.api_key.expose_secret())
-            .job(job);
-        scrubber.read(answer, outcome)
+        Scrubber::read(answer, outcome, || {
+            Scrubber::new()
+                .secret(self.api_key.expose_secret())
+                .job(job)
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 //! mean accepted.
 
 use super::http::{self, Answer};
+use super::scrub::Scrubber;
 use super::settings::{
     MAX_DISPLAY_NAME, SettingsError, email, is_aws_region, non_empty, opt_header_text, opt_url,
 };
@@ -248,8 +249,7 @@ impl Provider for Ses {
         }
         let answer = http::execute("ses", &self.net, request.body(body)).await?;
         let secret = self.credentials.secret_access_key();
-        let scrubber = super::scrub::Scrubber::new().secret(secret).job(job);
-        scrubber.read(answer, outcome)
+        Scrubber::read(answer, outcome, || Scrubber::new().secret(secret).job(job))
     }
 }
 

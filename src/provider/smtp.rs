@@ -1,6 +1,7 @@
 //! SMTP through lettre: pooled async transport per account, plain / STARTTLS /
 //! implicit TLS, AUTH, and reply codes classified.
 
+use super::scrub::Scrubber;
 use super::settings::{MAX_DISPLAY_NAME, email, header_text, non_empty, opt_header_text};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
@@ -242,13 +243,17 @@ impl Provider for Smtp {
 
     async fn send(&self, job: &Job) -> Result<Receipt, ProviderError> {
         let (msg, message_id) = self.message(job)?;
-        let mut scrubber = super::scrub::Scrubber::new().job(job);
-        if let Some(p) = &self.password {
-            scrubber = scrubber.smtp_auth(
-                self.username.as_deref().unwrap_or_default(),
-                p.expose_secret(),
-            );
-        }
+        // Built only for an error: a success computes no spellings.
+        let scrubber = || {
+            let s = Scrubber::new().job(job);
+            match &self.password {
+                Some(p) => s.smtp_auth(
+                    self.username.as_deref().unwrap_or_default(),
+                    p.expose_secret(),
+                ),
+                None => s,
+            }
+        };
         // One bound on everything: resolving and checking the relay's
         // addresses, connecting, the greeting, TLS, AUTH and the whole
         // transaction. lettre's own timeout (connect_timeout) applies to each
@@ -272,7 +277,7 @@ impl Provider for Smtp {
         let reply = tokio::time::timeout(self.timeout, send)
             .await
             .map_err(|_| ProviderError::transient("smtp: timed out"))?
-            .map_err(|e| scrubber.error(e))?;
+            .map_err(|e| scrubber().error(e))?;
         let queued = reply.message().find_map(queue_id);
         Ok(Receipt {
             message_id: Some(queued.unwrap_or(message_id)),

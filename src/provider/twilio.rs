@@ -6,6 +6,7 @@
 //! required, then `From` or `MessagingServiceSid`, `Body`, `StatusCallback`.
 
 use super::http::{self, Answer};
+use super::scrub::Scrubber;
 use super::settings::{SettingsError, is_sid, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Channel, Content, Job, is_e164};
@@ -169,10 +170,11 @@ impl Provider for Twilio {
             .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
             .form(&form);
         let answer = http::execute("twilio", &self.net, request).await?;
-        let scrubber = super::scrub::Scrubber::new()
-            .basic(&self.account_sid, self.auth_token.expose_secret())
-            .job(job);
-        scrubber.read(answer, outcome)
+        Scrubber::read(answer, outcome, || {
+            Scrubber::new()
+                .basic(&self.account_sid, self.auth_token.expose_secret())
+                .job(job)
+        })
     }
 }
 

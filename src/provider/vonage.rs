@@ -6,6 +6,7 @@
 //! The secret travels in the body, so every error is scrubbed of it.
 
 use super::http::{self, Answer};
+use super::scrub::Scrubber;
 use super::settings::{SettingsError, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Content, Job};
@@ -149,10 +150,11 @@ impl Provider for Vonage {
         form.push(("api_secret", self.api_secret.expose_secret().to_owned()));
         let request = self.http.post(&self.endpoint).form(&form);
         let answer = http::execute("vonage", &self.net, request).await?;
-        let scrubber = super::scrub::Scrubber::new()
-            .secret(self.api_secret.expose_secret())
-            .job(job);
-        scrubber.read(answer, outcome)
+        Scrubber::read(answer, outcome, || {
+            Scrubber::new()
+                .secret(self.api_secret.expose_secret())
+                .job(job)
+        })
     }
 }
 
