@@ -81,11 +81,10 @@ pub const EVENTS_PUBLISHED: &str = "outreach_events_published_total";
 pub const EVENT_CONFIRM_DURATION: &str = "outreach_event_confirm_seconds";
 /// Final outcomes of the tenants listed in `metrics.tenant_labels`.
 pub const TENANT_OUTCOMES: &str = "outreach_tenant_outcomes_total";
-/// Panics caught while handling a job or a request (`place`: provider,
-/// pipeline, admin_api): each is a defect; the job ends `failed` (`internal`).
-pub const PANICS: &str = "outreach_panics_total";
-/// Where a panic can be caught, for [`PANICS`]'s `place` label.
-pub const PANIC_PLACES: [&str; 3] = ["provider", "pipeline", "admin_api"];
+/// Panics caught while handling a job or a request: named in
+/// [`crate::panics`], a leaf module, so that the provider guard can count
+/// them without depending on this module.
+pub use crate::panics::{PANIC_PLACES, PANICS};
 /// Version and commit of the running binary, value 1.
 pub const BUILD_INFO: &str = "outreach_build_info";
 

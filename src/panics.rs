@@ -9,9 +9,14 @@
 //! (`panic!("…")` without arguments): a formatted message may hold a
 //! recipient, message content or a credential.
 
-use crate::metrics as m;
 use std::any::Any;
 use std::sync::Once;
+
+/// Panics caught while handling a job or a request (`place`: one of
+/// [`PANIC_PLACES`]): each is a defect; the job ends `failed` (`internal`).
+pub const PANICS: &str = "outreach_panics_total";
+/// Where a panic can be caught, for [`PANICS`]'s `place` label.
+pub const PANIC_PLACES: [&str; 3] = ["provider", "pipeline", "admin_api"];
 
 /// Log panics through `tracing` instead of stderr text (idempotent). The
 /// binary installs it at start; a test process keeps the default hook, so
@@ -41,10 +46,10 @@ pub fn literal(payload: &(dyn Any + Send)) -> &'static str {
         .unwrap_or("(formatted message withheld: it may hold job data)")
 }
 
-/// Count a caught panic at `place` (one of [`m::PANIC_PLACES`]).
+/// Count a caught panic at `place` (one of [`PANIC_PLACES`]).
 pub fn caught(place: &'static str) {
-    debug_assert!(m::PANIC_PLACES.contains(&place));
-    metrics::counter!(m::PANICS, "place" => place).increment(1);
+    debug_assert!(PANIC_PLACES.contains(&place));
+    metrics::counter!(PANICS, "place" => place).increment(1);
 }
 
 #[cfg(test)]
