@@ -30,6 +30,7 @@
 //! never enters the shared work queues, and nobody has to move it out job by
 //! job. Every other key falls through to the alternate exchange.
 
+mod letter;
 mod nodes;
 mod settings;
 
@@ -39,6 +40,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
+pub use letter::Letter;
 pub use nodes::{Node, Nodes, NodesError};
 pub use settings::{AmqpSettings, QueueType};
 

@@ -186,9 +186,6 @@ pub fn sendgrid(body: &[u8]) -> Result<Parsed, Malformed> {
 
 // --- Twilio ---------------------------------------------------------------
 
-/// Twilio's "the recipient replied STOP" error: the number opted out.
-const TWILIO_OPTED_OUT: &str = "21610";
-
 /// A Twilio callback (form parameters): a status callback, or an inbound message.
 pub fn twilio(params: &[(String, String)]) -> Result<Parsed, Malformed> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -213,7 +210,8 @@ pub fn twilio(params: &[(String, String)]) -> Result<Parsed, Malformed> {
             "read" => Some(DeliveryStatus::Read),
             _ => None,
         };
-        let suppress = (error_code.as_deref() == Some(TWILIO_OPTED_OUT)).then_some(Reason::OptOut);
+        let opted_out = crate::provider::twilio::OPTED_OUT.to_string();
+        let suppress = (error_code.as_ref() == Some(&opted_out)).then_some(Reason::OptOut);
         out.events.push(ProviderEvent {
             provider: ProviderKind::Twilio,
             event_key: format!("{sid}:{raw}"),

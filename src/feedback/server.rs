@@ -23,6 +23,7 @@ use super::apply::{Publisher, Recorder};
 use super::parse::{self, Parsed};
 use super::throttle::Throttle;
 use super::verify::{self, Refusal};
+use crate::enum_names::parse_name;
 use crate::job::{Channel, TenantId};
 use crate::metrics as m;
 use crate::provider::{ProviderKind, ProviderSettings};
@@ -196,14 +197,56 @@ async fn read_body(s: &WebhookState, body: Body) -> Result<Bytes, Refusal> {
     }
 }
 
-/// Whether the request's Content-Type is the one `kind` posts (media type
+/// The providers whose webhooks this receiver takes. [`Hook::of`] is an
+/// exhaustive match over [`ProviderKind`], so a new provider does not
+/// compile until it says whether it posts webhooks; one that does gets a
+/// variant here, and each match over `Hook` below then asks how its
+/// requests are checked and answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Sendgrid,
+    Twilio,
+    Meta,
+    Vonage,
+    Ses,
+}
+
+impl Hook {
+    fn of(kind: ProviderKind) -> Option<Hook> {
+        match kind {
+            ProviderKind::Sendgrid => Some(Hook::Sendgrid),
+            ProviderKind::Twilio => Some(Hook::Twilio),
+            ProviderKind::Meta => Some(Hook::Meta),
+            ProviderKind::Vonage => Some(Hook::Vonage),
+            ProviderKind::Ses => Some(Hook::Ses),
+            ProviderKind::Sandbox | ProviderKind::Smtp => None,
+        }
+    }
+
+    /// The `{provider}` of a webhook path.
+    fn named(provider: &str) -> Option<Hook> {
+        parse_name::<ProviderKind>(provider).ok().and_then(Hook::of)
+    }
+
+    fn kind(self) -> ProviderKind {
+        match self {
+            Hook::Sendgrid => ProviderKind::Sendgrid,
+            Hook::Twilio => ProviderKind::Twilio,
+            Hook::Meta => ProviderKind::Meta,
+            Hook::Vonage => ProviderKind::Vonage,
+            Hook::Ses => ProviderKind::Ses,
+        }
+    }
+}
+
+/// Whether the request's Content-Type is the one `hook` posts (media type
 /// only, any case, parameters such as `charset` ignored). Vonage posts a
 /// form or JSON (a dashboard choice) and SNS `text/plain`: not checked.
-fn content_type_ok(kind: ProviderKind, h: &HeaderMap) -> bool {
-    let wanted = match kind {
-        ProviderKind::Twilio => "application/x-www-form-urlencoded",
-        ProviderKind::Sendgrid | ProviderKind::Meta => "application/json",
-        _ => return true,
+fn content_type_ok(hook: Hook, h: &HeaderMap) -> bool {
+    let wanted = match hook {
+        Hook::Twilio => "application/x-www-form-urlencoded",
+        Hook::Sendgrid | Hook::Meta => "application/json",
+        Hook::Vonage | Hook::Ses => return true,
     };
     header_str(h, "content-type")
         .and_then(|c| c.split(';').next())
@@ -268,38 +311,33 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let kind = match provider.as_str() {
-        "sendgrid" => ProviderKind::Sendgrid,
-        "twilio" => ProviderKind::Twilio,
-        "meta" => ProviderKind::Meta,
-        "vonage" => ProviderKind::Vonage,
-        "ses" => ProviderKind::Ses,
-        _ => return StatusCode::NOT_FOUND.into_response(),
+    let Some(hook) = Hook::named(&provider) else {
+        return StatusCode::NOT_FOUND.into_response();
     };
-    if !content_type_ok(kind, &headers) {
+    if !content_type_ok(hook, &headers) {
         return refuse(&s, &provider, t.name(), Refusal::ContentType);
     }
     let body = match read_body(&s, body).await {
         Ok(b) => b,
         Err(r) => return refuse(&s, &provider, t.name(), r),
     };
-    let accounts = match s.accounts(&t, kind).await {
+    let accounts = match s.accounts(&t, hook.kind()).await {
         Ok(a) => a,
         Err(e) => return unavailable(&provider, &e),
     };
-    let verified = match kind {
-        ProviderKind::Sendgrid => check_sendgrid(&s, &accounts, &headers, &body),
-        ProviderKind::Twilio => check_twilio(&s, &accounts, &uri, &headers, &body),
-        ProviderKind::Vonage => check_vonage(&s, &accounts, &vonage_params(&headers, &body)),
-        ProviderKind::Ses => match check_ses(&s, &accounts, &body).await {
+    let verified = match hook {
+        Hook::Sendgrid => check_sendgrid(&s, &accounts, &headers, &body),
+        Hook::Twilio => check_twilio(&s, &accounts, &uri, &headers, &body),
+        Hook::Vonage => check_vonage(&s, &accounts, &vonage_params(&headers, &body)),
+        Hook::Ses => match check_ses(&s, &accounts, &body).await {
             // A subscription confirmed (or an unsubscribe noted): nothing to apply.
             Ok(None) => return StatusCode::OK.into_response(),
             Ok(Some(parsed)) => Ok(parsed),
             Err(r) => Err(r),
         },
-        _ => check_meta(&accounts, &headers, &body),
+        Hook::Meta => check_meta(&accounts, &headers, &body),
     };
-    finish(&s, &t, &provider, kind, verified).await
+    finish(&s, &t, &provider, hook, verified).await
 }
 
 /// After the check: refuse, or apply what the body says and answer 200.
@@ -307,7 +345,7 @@ async fn finish(
     s: &WebhookState,
     who: &Addressee,
     provider: &str,
-    kind: ProviderKind,
+    hook: Hook,
     verified: Checked,
 ) -> Response {
     let tenant = who.name();
@@ -349,14 +387,14 @@ async fn finish(
             return unavailable(provider, &e);
         }
     }
-    match kind {
+    match hook {
         // An empty TwiML answer: no auto-reply to an inbound message.
-        ProviderKind::Twilio => (
+        Hook::Twilio => (
             [(header::CONTENT_TYPE, "text/xml")],
             "<Response></Response>",
         )
             .into_response(),
-        _ => StatusCode::OK.into_response(),
+        Hook::Sendgrid | Hook::Meta | Hook::Vonage | Hook::Ses => StatusCode::OK.into_response(),
     }
 }
 
@@ -580,20 +618,24 @@ async fn answer_get(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let tenant = t.name().to_owned();
-    if provider == "vonage" {
-        // Vonage's default: receipts and inbound messages as GET parameters.
-        let params: Vec<(String, String)> =
-            url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-                .into_owned()
-                .collect();
-        let verified = match s.accounts(&t, ProviderKind::Vonage).await {
-            Ok(a) => check_vonage(&s, &a, &params),
-            Err(e) => return unavailable(&provider, &e),
-        };
-        return finish(&s, &t, &provider, ProviderKind::Vonage, verified).await;
-    }
-    if provider != "meta" {
-        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    match Hook::named(&provider) {
+        Some(Hook::Vonage) => {
+            // Vonage's default: receipts and inbound messages as GET parameters.
+            let params: Vec<(String, String)> =
+                url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                    .into_owned()
+                    .collect();
+            let verified = match s.accounts(&t, ProviderKind::Vonage).await {
+                Ok(a) => check_vonage(&s, &a, &params),
+                Err(e) => return unavailable(&provider, &e),
+            };
+            return finish(&s, &t, &provider, Hook::Vonage, verified).await;
+        }
+        // Meta's subscription check, below.
+        Some(Hook::Meta) => {}
+        Some(Hook::Sendgrid | Hook::Twilio | Hook::Ses) | None => {
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        }
     }
     let accounts = match s.accounts(&t, ProviderKind::Meta).await {
         Ok(a) => a,

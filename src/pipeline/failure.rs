@@ -161,6 +161,12 @@ impl Failure {
         }
     }
 
+    /// Whether the provider said the recipient opted out (its adapter
+    /// marked the error [`ProviderError::opted_out`]).
+    pub fn opted_out(&self) -> bool {
+        matches!(self, Failure::Provider(e) if e.opted_out)
+    }
+
     /// The provider's (or the pipeline's) code, as recorded.
     pub fn code(&self) -> Option<String> {
         self.recorded().code

@@ -7,14 +7,13 @@
 use super::failure::Failure;
 use super::fate::{DeadLetterReason, Fate};
 use super::{HandleError, Shared};
-use crate::broker::{self, headers};
+use crate::broker::{self, Letter, headers};
 use crate::delivery_log::{Attempt, DeliveryStatus, LogError, LogRow, Record};
 use crate::events::DeliveryEvent;
 use crate::job::{Job, JobError, Salvaged};
 use crate::metrics as m;
 use crate::provider::ProviderKind;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use time::OffsetDateTime;
 
@@ -160,19 +159,16 @@ async fn end_round(at: &At<'_>, job: &Job, rec: Record, fate: Fate) -> Result<()
             // Not an outage: handing the job back would send it again.
             // Dead-letter it with what happened, for a person to read.
             tracing::error!(status = status.as_str(), error = %why, "job outcome cannot be stored; dead-lettering it");
-            let mut headers = dead_letter_headers(
-                at.delivery,
-                DeadLetterReason::Unrecordable,
-                &format!("outcome {} could not be stored: {why}", status.as_str()),
-                Some(job.id.as_str()),
-                Some(job.tenant_id.as_str()),
-                attempt as u64,
-            );
-            headers.insert(
-                headers::STATUS.into(),
-                broker::string_header(status.as_str()),
-            );
-            return publish_dead_letter(at, headers).await;
+            let error = format!("outcome {} could not be stored: {why}", status.as_str());
+            let letter = Letter {
+                reason: DeadLetterReason::Unrecordable.as_str(),
+                error: &error,
+                job_id: Some(job.id.as_str()),
+                tenant_id: Some(job.tenant_id.as_str()),
+                attempts: attempt as u64,
+                status: Some(status.as_str()),
+            };
+            return publish_dead_letter(at, &letter).await;
         }
         Err(e) => return Err(e.into()),
         Ok(None) => return report_winner(at, job).await,
@@ -250,18 +246,19 @@ fn count_round(job: &Job, rec: &Record, fate: &Fate) {
     }
 }
 
-/// Twilio refused the send because the recipient replied STOP (21610): put
-/// them on the tenant's list, so later jobs end `suppressed` without a call.
+/// The provider refused the send because the recipient opted out (its
+/// adapter marked the error, as Twilio's does for 21610): put them on the
+/// tenant's list, so later jobs end `suppressed` without a call.
 async fn opted_out(
     shared: &Shared,
     job: &Job,
     failure: &Failure,
     provider: Option<&str>,
 ) -> Result<(), HandleError> {
-    if provider != Some("twilio") || failure.code().as_deref() != Some("21610") {
+    if !failure.opted_out() {
         return Ok(());
     }
-    let source = "provider:twilio";
+    let source = format!("provider:{}", provider.unwrap_or("unknown"));
     let tenant = job.tenant_id.as_str();
     let reason = crate::suppression::Reason::OptOut;
     match crate::suppression::add(
@@ -270,7 +267,7 @@ async fn opted_out(
         job.channel,
         &job.recipient,
         reason,
-        source,
+        &source,
     )
     .await
     {
@@ -361,15 +358,15 @@ pub async fn invalid(at: &At<'_>, e: JobError) -> Result<(), HandleError> {
                 .await?
         }
     }
-    let headers = dead_letter_headers(
-        at.delivery,
-        reason,
-        &error.message,
-        salvaged.job_id.as_ref().map(|j| j.as_str()),
-        salvaged.tenant_id.as_ref().map(|t| t.as_str()),
-        0,
-    );
-    publish_dead_letter(at, headers).await
+    let letter = Letter {
+        reason: reason.as_str(),
+        error: &error.message,
+        job_id: salvaged.job_id.as_ref().map(|j| j.as_str()),
+        tenant_id: salvaged.tenant_id.as_ref().map(|t| t.as_str()),
+        attempts: 0,
+        status: None,
+    };
+    publish_dead_letter(at, &letter).await
 }
 
 /// Handling the job panicked (a defect, caught by the worker): its row
@@ -399,91 +396,37 @@ async fn dead_letter(
     failure: &Failure,
     row: &LogRow,
 ) -> Result<(), HandleError> {
-    let headers = dead_letter_headers(
-        at.delivery,
-        reason,
-        &failure.to_string(),
-        Some(&row.job_id),
-        row.tenant_id.as_deref(),
-        row.attempts as u64,
-    );
-    publish_dead_letter(at, headers).await
+    let error = failure.to_string();
+    let letter = Letter {
+        reason: reason.as_str(),
+        error: &error,
+        job_id: Some(&row.job_id),
+        tenant_id: row.tenant_id.as_deref(),
+        attempts: row.attempts as u64,
+        status: None,
+    };
+    publish_dead_letter(at, &letter).await
 }
 
-/// The original headers with why and when the job was dead-lettered.
-pub fn dead_letter_headers(
-    delivery: &Delivery,
-    reason: DeadLetterReason,
-    error: &str,
-    job_id: Option<&str>,
-    tenant_id: Option<&str>,
-    attempts: u64,
-) -> FieldTable {
-    let mut h = delivery.properties.headers().clone().unwrap_or_default();
-    let s = broker::string_header;
-    h.insert(headers::REASON.into(), s(reason.as_str()));
-    h.insert(headers::ERROR.into(), s(error));
-    if let Some(j) = job_id {
-        h.insert(headers::JOB_ID.into(), s(j));
-    }
-    if let Some(t) = tenant_id {
-        h.insert(headers::TENANT_ID.into(), s(t));
-    }
-    h.insert(
-        headers::ATTEMPT.into(),
-        AMQPValue::LongLongInt(attempts as i64),
-    );
-    let now = OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    h.insert(headers::FAILED_AT.into(), s(&now));
-    h
-}
-
-async fn publish_dead_letter(at: &At<'_>, headers: FieldTable) -> Result<(), HandleError> {
-    let props = at
-        .delivery
-        .properties
-        .clone()
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    broker::publish_confirmed(
-        at.publish,
-        &at.shared.topology.dead_letter_exchange,
-        "",
-        &at.delivery.data,
-        props,
-    )
-    .await?;
+/// The delivery to the dead-letter queue with `letter` (why and when).
+async fn publish_dead_letter(at: &At<'_>, letter: &Letter<'_>) -> Result<(), HandleError> {
+    at.shared
+        .topology
+        .dead_letter(at.publish, at.delivery, letter)
+        .await?;
     Ok(())
 }
 
 /// Send the original payload to a delay tier; it comes back to the work queue
 /// when the tier's TTL expires.
 async fn republish_delayed(at: &At<'_>, tier: u64, attempt: u32) -> Result<(), HandleError> {
-    let delivery = at.delivery;
-    let mut h = delivery.properties.headers().clone().unwrap_or_default();
-    h.insert(
-        headers::ATTEMPT.into(),
-        AMQPValue::LongLongInt(attempt as i64),
-    );
-    if broker::header_u64(&delivery.properties, headers::FIRST_SEEN).is_none() {
-        h.insert(
-            headers::FIRST_SEEN.into(),
-            AMQPValue::LongLongInt(unix_now() as i64),
-        );
-    }
-    let props = delivery
-        .properties
-        .clone()
-        .with_delivery_mode(2)
-        .with_headers(h);
+    let d = at.delivery;
     // Keyed by its tenant and channel (whichever queue it came from, held
     // ones included), so it returns to its tenant's work or held queue.
-    let key = crate::job::routing_key(&delivery.data);
+    let key = crate::job::routing_key(&d.data);
     at.shared
         .topology
-        .publish_delayed(at.publish, tier, &key, &delivery.data, props)
+        .send_back(at.publish, tier, &key, d, attempt, unix_now())
         .await?;
     Ok(())
 }

@@ -149,6 +149,11 @@ pub struct ProviderError {
     /// When the provider said to come back (`Retry-After` and the like), clamped.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_secs", default)]
     pub retry_after: Option<Duration>,
+    /// The provider refused because the recipient opted out (replied STOP
+    /// to this sender): the pipeline puts them on the tenant's suppression
+    /// list. Set by the adapter whose provider says so ([`Self::with_opt_out`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub opted_out: bool,
 }
 
 impl ProviderError {
@@ -161,11 +166,18 @@ impl ProviderError {
             code,
             message: message.into(),
             retry_after: None,
+            opted_out: false,
         }
     }
 
     pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
         self.retry_after = after.map(|d| d.min(MAX_RETRY_AFTER));
+        self
+    }
+
+    /// Marked as the recipient having opted out, when `opted_out`.
+    pub fn with_opt_out(mut self, opted_out: bool) -> Self {
+        self.opted_out = opted_out;
         self
     }
 
@@ -191,5 +203,23 @@ mod opt_secs {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.map(Duration::from_secs_f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opt_out_is_serialized_only_when_set_and_older_json_still_reads() {
+        let plain = ProviderError::new(ErrorKind::Recipient, Some("21211".into()), "bad number");
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("opted_out").is_none(), "{json}");
+        let old = r#"{"kind":"recipient","code":"21211","message":"bad number"}"#;
+        assert_eq!(serde_json::from_str::<ProviderError>(old).unwrap(), plain);
+        let stop = plain.with_opt_out(true);
+        let json = serde_json::to_value(&stop).unwrap();
+        assert_eq!(json["opted_out"], true);
+        assert_eq!(serde_json::from_value::<ProviderError>(json).unwrap(), stop);
     }
 }

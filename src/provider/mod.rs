@@ -42,7 +42,8 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    /// Every kind, for metrics exported at zero.
+    /// Every kind, for metrics exported at zero and the list of names a
+    /// wrong one is told (a unit test checks it against the enum).
     pub const ALL: [ProviderKind; 7] = [
         ProviderKind::Sandbox,
         ProviderKind::Smtp,
@@ -68,7 +69,15 @@ impl ProviderKind {
     /// Whether an accepted message reaches anyone. The sandbox only
     /// records: its acceptances are logged `simulated`, never `sent`.
     pub fn delivers(self) -> bool {
-        self != ProviderKind::Sandbox
+        match self {
+            ProviderKind::Sandbox => false,
+            ProviderKind::Smtp
+            | ProviderKind::Sendgrid
+            | ProviderKind::Ses
+            | ProviderKind::Twilio
+            | ProviderKind::Meta
+            | ProviderKind::Vonage => true,
+        }
     }
 
     /// Channels the provider can carry.
@@ -202,6 +211,17 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_kind_in_declaration_order() {
+        // serde names every variant, in order, when it refuses a name.
+        let refused = crate::enum_names::parse_name::<ProviderKind>("?").unwrap_err();
+        let named: Vec<String> = ProviderKind::ALL.iter().map(|k| format!("`{k}`")).collect();
+        assert!(
+            refused.ends_with(&format!("expected one of {}", named.join(", "))),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn an_email_adapter_refuses_a_job_that_is_not_an_email_naming_itself() {

@@ -197,6 +197,12 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// Twilio's "the recipient replied STOP" (21610): the number opted out of
+/// this sender. A send refused with it is marked
+/// [`ProviderError::opted_out`]; a status callback with it suppresses the
+/// number (`feedback::parse`).
+pub const OPTED_OUT: u32 = 21610;
+
 /// The kind of a Twilio error code, when the code decides it.
 ///
 /// Sources: twilio.com/docs/api/errors/<code> for each code below.
@@ -269,6 +275,8 @@ fn config_fix(code: u32) -> Option<(&'static str, &'static str)> {
 /// | 21211, 21610, 21614, 63016            | Recipient   | recipient |
 /// | 21602, 21617, 21619, 21658            | Content     | message   |
 /// | anything else                         | by HTTP status | |
+///
+/// 21610 ([`OPTED_OUT`]) is also marked as an opt-out.
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
     let message = parsed.message.unwrap_or_default();
@@ -281,6 +289,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
         .and_then(kind_for_code)
         .unwrap_or_else(|| http::kind_for_status(status));
     http::answer_error("twilio", kind, status, headers, code, &message, body)
+        .with_opt_out(parsed.code == Some(OPTED_OUT))
 }
 
 #[cfg(test)]
@@ -381,6 +390,14 @@ mod tests {
             e.message,
             "twilio: credentials refused: check the account's account_sid and auth_token; the provider said: Authenticate"
         );
+    }
+
+    #[test]
+    fn only_21610_marks_the_recipient_as_opted_out() {
+        let stop = classify(400, &HeaderMap::new(), &error(400, 21610, "unsubscribed"));
+        assert!(stop.opted_out, "{stop:?}");
+        let bad = classify(400, &HeaderMap::new(), &error(400, 21211, "invalid To"));
+        assert!(!bad.opted_out, "{bad:?}");
     }
 
     #[test]

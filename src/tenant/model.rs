@@ -1,8 +1,9 @@
 //! A tenant's config of one channel, as written by operators (TOML or JSON
 //! file, admin API body) and validated before anything is stored.
 
+use crate::enum_names::parse_name;
 use crate::job::Channel;
-use crate::provider::{ProviderSettings, SettingsError};
+use crate::provider::{ProviderKind, ProviderSettings, SettingsError};
 use serde::{Deserialize, Serialize};
 
 /// An invalid config: `field` is a path such as `chain[1].api_key`; the reason
@@ -217,7 +218,21 @@ fn parse_entry(entry: serde_json::Value) -> Result<ProviderSettings, (String, St
     let serde_json::Value::Object(mut fields) = entry else {
         return Err((String::new(), "expected an object".into()));
     };
-    let tag = fields.remove("provider");
+    let kind = match fields.remove("provider") {
+        None => return Err(("provider".into(), "missing field".into())),
+        // By serde's own names; the refused value is never quoted back.
+        Some(tag) => tag
+            .as_str()
+            .and_then(|t| parse_name::<ProviderKind>(t).ok())
+            .ok_or_else(|| {
+                let names: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
+                let expected = names.join(", ");
+                (
+                    "provider".into(),
+                    format!("unknown provider, expected one of {expected}"),
+                )
+            })?,
+    };
     let rest = serde_json::Value::Object(fields);
     fn de<T: serde::de::DeserializeOwned>(
         v: serde_json::Value,
@@ -227,32 +242,15 @@ fn parse_entry(entry: serde_json::Value) -> Result<ProviderSettings, (String, St
             .map(wrap)
             .map_err(|e| (path_of(&e.path().to_string()), safe_reason(e.inner())))
     }
-    match tag.as_ref().and_then(|t| t.as_str()) {
-        Some("sandbox") => de(
-            rest,
-            ProviderSettings::Sandbox as fn(ps::SandboxSettings) -> _,
-        ),
-        Some("smtp") => de(rest, ProviderSettings::Smtp as fn(ps::SmtpSettings) -> _),
-        Some("sendgrid") => de(
-            rest,
-            ProviderSettings::Sendgrid as fn(ps::SendgridSettings) -> _,
-        ),
-        Some("ses") => de(rest, ProviderSettings::Ses as fn(ps::SesSettings) -> _),
-        Some("twilio") => de(
-            rest,
-            ProviderSettings::Twilio as fn(ps::TwilioSettings) -> _,
-        ),
-        Some("meta") => de(rest, ProviderSettings::Meta as fn(ps::MetaSettings) -> _),
-        Some("vonage") => de(
-            rest,
-            ProviderSettings::Vonage as fn(ps::VonageSettings) -> _,
-        ),
-        None if tag.is_none() => Err(("provider".into(), "missing field".into())),
-        _ => Err((
-            "provider".into(),
-            "unknown provider, expected one of sandbox, smtp, sendgrid, ses, twilio, meta, vonage"
-                .into(),
-        )),
+    // Exhaustive: a new provider does not compile until it is read here.
+    match kind {
+        ProviderKind::Sandbox => de::<ps::SandboxSettings>(rest, ProviderSettings::Sandbox),
+        ProviderKind::Smtp => de::<ps::SmtpSettings>(rest, ProviderSettings::Smtp),
+        ProviderKind::Sendgrid => de::<ps::SendgridSettings>(rest, ProviderSettings::Sendgrid),
+        ProviderKind::Ses => de::<ps::SesSettings>(rest, ProviderSettings::Ses),
+        ProviderKind::Twilio => de::<ps::TwilioSettings>(rest, ProviderSettings::Twilio),
+        ProviderKind::Meta => de::<ps::MetaSettings>(rest, ProviderSettings::Meta),
+        ProviderKind::Vonage => de::<ps::VonageSettings>(rest, ProviderSettings::Vonage),
     }
 }
 
@@ -449,6 +447,17 @@ mod tests {
             let c = ChannelConfig::from_json(json!({"time_zone": zone}), Channel::Sms).unwrap();
             assert_eq!(c.time_zone.as_deref(), Some(zone));
         }
+    }
+
+    #[test]
+    fn an_unknown_provider_is_told_every_known_one() {
+        let e = ChannelConfig::from_json(json!({"chain": [{"provider": "nope"}]}), Channel::Sms)
+            .unwrap_err();
+        assert_eq!(e.field, "chain[0].provider");
+        assert_eq!(
+            e.reason,
+            "unknown provider, expected one of sandbox, smtp, sendgrid, ses, twilio, meta, vonage"
+        );
     }
 
     #[test]
