@@ -301,7 +301,7 @@ impl KeyRing {
     /// True when `stored` was not encrypted with the active key, i.e. when
     /// `outreach keys rotate` should rewrite it. Also true for values that are
     /// not in the stored format (or when no key is active), so that rotation
-    /// reports them through [`KeyRing::rotate`]'s error instead of skipping them.
+    /// reports them (decrypting them fails) instead of skipping them.
     pub fn needs_rotation(&self, stored: &str) -> bool {
         match Sealed::parse(stored) {
             Ok(sealed) => self.active_kid() != Some(sealed.kid),

@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool, database creation and the embedded migrations.
 
 use crate::settings::DatabaseSettings;
+use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
@@ -19,7 +20,7 @@ pub enum DbError {
     #[error("cannot create database {name}: {source}")]
     Create { name: String, source: sqlx::Error },
     #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] MigrateError),
 }
 
 fn options(url: &str) -> Result<PgConnectOptions, DbError> {
@@ -82,7 +83,23 @@ pub async fn connect_creating(s: &DatabaseSettings) -> Result<PgPool, DbError> {
 /// Apply the embedded migrations. Safe from several processes at once: sqlx
 /// holds a PostgreSQL advisory lock while it migrates, so the others wait
 /// and then find nothing left to do.
+///
+/// Quietly: over a connection of its own that asks PostgreSQL for warnings
+/// and errors only, since every run would otherwise log the NOTICE
+/// `relation "_sqlx_migrations" already exists, skipping` (sqlx logs
+/// notices at INFO), while the pool's connections keep their settings.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
+    let quiet = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("client_min_messages", "warning")]);
+    let migrating = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(quiet)
+        .await
+        .map_err(MigrateError::from)?;
+    let done = MIGRATOR.run(&migrating).await;
+    migrating.close().await;
+    Ok(done?)
 }

@@ -22,6 +22,7 @@ mod provider_ses;
 mod provider_smtp;
 mod provider_twilio;
 mod provider_vonage;
+mod quiet_cli;
 mod rate_limit_accounting;
 mod rate_limits;
 mod reconciler;

@@ -1,4 +1,5 @@
-//! Tenant config store, encryption and resolution against a real PostgreSQL.
+//! Tenant config store, encryption, key rotation and resolution against a
+//! real PostgreSQL.
 
 use crate::support;
 
@@ -7,13 +8,15 @@ use outreach::job::{Channel, TenantId};
 use outreach::provider::{ErrorKind, ProviderKind};
 use outreach::tenant::{ChannelConfig, Directory, StoreError, TenantStore, rotate};
 use secrecy::ExposeSecret;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
-use support::TestEnv;
+use support::{TestEnv, cli_output};
 
+const K0: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const SECRET: &str = "SG.tenant-secret-value-0123456789";
+const SMTP_PASSWORD: &str = "smtp-password-123";
 
 fn ring(keys: &[(&str, &str)], active: Option<&str>) -> Arc<KeyRing> {
     let keys: Vec<(String, secrecy::SecretString)> = keys
@@ -31,7 +34,7 @@ fn sendgrid(api_key: &str, fallback: bool) -> ChannelConfig {
     ChannelConfig::from_json(
         json!({"fallback_to_system": fallback, "chain": [
             {"provider": "sendgrid", "api_key": api_key, "from_email": "a@clinic.example", "from_name": "Clinic"},
-            {"provider": "smtp", "host": "127.0.0.1", "security": "none", "username": "u", "password": "smtp-password-123", "from_email": "a@clinic.example"}
+            {"provider": "smtp", "host": "127.0.0.1", "security": "none", "username": "u", "password": SMTP_PASSWORD, "from_email": "a@clinic.example"}
         ], "rate_limits": {"per_second": 10}}),
         Channel::Email,
     )
@@ -174,6 +177,132 @@ async fn an_interrupted_rotation_resumes_and_leaves_every_value_on_the_new_key()
     for row in new_only.list().await.unwrap() {
         let chain = new_only.open_chain(&row).unwrap();
         assert_eq!(chain[0].secret("api_key").unwrap().expose_secret(), SECRET);
+    }
+    env.cleanup().await;
+}
+
+async fn chain(env: &TestEnv, t: &str) -> Vec<Value> {
+    let raw: sqlx::types::Json<Vec<Value>> =
+        sqlx::query_scalar("SELECT chain FROM tenant_channel_configs WHERE tenant_id = $1")
+            .bind(t)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    raw.0
+}
+
+async fn set_chain(env: &TestEnv, t: &str, chain: &[Value]) {
+    sqlx::query("UPDATE tenant_channel_configs SET chain = $2 WHERE tenant_id = $1")
+        .bind(t)
+        .bind(sqlx::types::Json(chain))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+}
+
+/// The key id a stored value was encrypted with.
+fn kid(value: &Value) -> &str {
+    value.as_str().unwrap().split(':').nth(1).unwrap()
+}
+
+#[tokio::test]
+async fn keys_rotate_re_encrypts_every_readable_value_lists_each_unreadable_one_and_exits_non_zero()
+{
+    let env = TestEnv::new().await;
+    // clinic-b's values are on k0, which will not be configured.
+    for (t, kid, key) in [
+        ("clinic-a", "k1", K1),
+        ("clinic-b", "k0", K0),
+        ("clinic-c", "k1", K1),
+        ("clinic-d", "k1", K1),
+        ("clinic-e", "k1", K1),
+    ] {
+        TenantStore::new(env.pool.clone(), ring(&[(kid, key)], None))
+            .put(&tenant(t), Channel::Email, &sendgrid(SECRET, true), "t")
+            .await
+            .unwrap();
+    }
+    // clinic-c: its API key's ciphertext altered (its password is intact).
+    let mut c = chain(&env, "clinic-c").await;
+    let (sealed, ciphertext) = c[0]["api_key"].as_str().unwrap().rsplit_once(':').unwrap();
+    let other = if ciphertext.starts_with('A') {
+        "B"
+    } else {
+        "A"
+    };
+    c[0]["api_key"] = Value::String(format!("{sealed}:{other}{}", &ciphertext[1..]));
+    set_chain(&env, "clinic-c", &c).await;
+    // clinic-e: clinic-a's values copied over (bound to another tenant).
+    let a = chain(&env, "clinic-a").await;
+    set_chain(&env, "clinic-e", &a).await;
+
+    let mut vars = env.env_vars();
+    vars.insert(
+        "OUTREACH_ENCRYPTION_KEYS".into(),
+        format!("k1:{K1},k2:{K2}"),
+    );
+    let out = cli_output(&vars, &["keys", "rotate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}{stderr}");
+
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    // Every row was gone through, and every readable value moved to k2.
+    assert!(
+        stdout.contains("[3/5] clinic-c email: 1 value(s) re-encrypted, 1 could not be decrypted"),
+        "{all}"
+    );
+    assert!(
+        stdout.contains("done: 5 row(s), 5 value(s) re-encrypted, 5 could not be decrypted"),
+        "{all}"
+    );
+    let on_k2 = TenantStore::new(env.pool.clone(), ring(&[("k2", K2)], None));
+    for t in ["clinic-a", "clinic-d"] {
+        let row = on_k2
+            .get(&tenant(t), Channel::Email)
+            .await
+            .unwrap()
+            .unwrap();
+        let opened = on_k2.open_chain(&row).unwrap();
+        assert_eq!(opened[0].secret("api_key").unwrap().expose_secret(), SECRET);
+        assert_eq!(
+            opened[1].secret("password").unwrap().expose_secret(),
+            SMTP_PASSWORD
+        );
+    }
+    let c = chain(&env, "clinic-c").await;
+    assert_eq!(
+        (kid(&c[0]["api_key"]), kid(&c[1]["password"])),
+        ("k1", "k2")
+    );
+    let b = chain(&env, "clinic-b").await;
+    assert_eq!(
+        (kid(&b[0]["api_key"]), kid(&b[1]["password"])),
+        ("k0", "k0")
+    );
+
+    // Each failure named by tenant, channel and field, with its cause.
+    let names = |t: &str, field: &str, cause: &str| {
+        stderr
+            .lines()
+            .any(|l| l.contains(t) && l.contains(field) && l.contains(cause))
+    };
+    for (t, field, cause) in [
+        ("clinic-b", "email.chain.0.api_key", "not configured"),
+        ("clinic-b", "email.chain.1.password", "not configured"),
+        ("clinic-c", "email.chain.0.api_key", "cannot decrypt"),
+        ("clinic-e", "email.chain.0.api_key", "cannot decrypt"),
+        ("clinic-e", "email.chain.1.password", "cannot decrypt"),
+    ] {
+        assert!(names(t, field, cause), "{t} {field} not listed:\n{all}");
+    }
+    assert!(!names("clinic-c", "email.chain.1.password", ""), "{all}");
+    assert!(
+        stderr.contains("5 value(s) could not be re-encrypted"),
+        "{all}"
+    );
+    for secret in [SECRET, SMTP_PASSWORD, K0, K1, K2] {
+        assert!(!all.contains(secret), "output shows a secret:\n{all}");
     }
     env.cleanup().await;
 }

@@ -16,6 +16,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Roles of a worker's long-lived connections, whose (re)connects its log
+/// reports at INFO. Other roles are commands' one-off connections
+/// (`publisher`, `dlq list`, ...): plumbing, logged at DEBUG.
+const WORKER_ROLES: [&str; 2] = ["worker", "webhooks"];
+
 /// One node: its URL (secret) and `host:port`.
 #[derive(Clone)]
 pub struct Node {
@@ -149,7 +154,11 @@ impl Nodes {
             .await;
             match attempt {
                 Ok(Ok(conn)) => {
-                    tracing::info!(node = %node.addr, role, "connected to RabbitMQ");
+                    if WORKER_ROLES.contains(&role) {
+                        tracing::info!(node = %node.addr, role, "connected to RabbitMQ");
+                    } else {
+                        tracing::debug!(node = %node.addr, role, "connected to RabbitMQ");
+                    }
                     return Ok((conn, i));
                 }
                 Ok(Err(e)) => {

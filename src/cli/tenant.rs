@@ -192,17 +192,46 @@ pub async fn keys(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<()> {
                 .context("no encryption key configured")?
                 .to_owned();
             println!("re-encrypting stored credentials with key {active}");
-            let report = rotate::rotate_all(&store, &actor(), |done, total, t, c, n| {
-                println!("[{done}/{total}] {t} {c}: {n} value(s) re-encrypted");
+            let report = rotate::rotate_all(&store, &actor(), |done, total, t, c, row| {
+                println!(
+                    "[{done}/{total}] {t} {c}: {} value(s) re-encrypted{}",
+                    row.rotated,
+                    not_decrypted(row.failures.len())
+                );
             })
             .await?;
             println!(
-                "done: {} row(s), {} value(s) re-encrypted",
-                report.rows, report.values
+                "done: {} row(s), {} value(s) re-encrypted{}",
+                report.rows,
+                report.values,
+                not_decrypted(report.failures.len())
             );
+            if !report.failures.is_empty() {
+                // Each error names tenant, channel and field, and the key
+                // id: never the value or the key.
+                eprintln!("not re-encrypted (left as stored):");
+                for f in &report.failures {
+                    eprintln!("  {}", f.error);
+                }
+                bail!(
+                    "{} value(s) could not be re-encrypted (listed above); configure their \
+                     key or store them again with `outreach tenant set`, then run \
+                     `outreach keys rotate` again",
+                    report.failures.len()
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// `, N could not be decrypted`, or nothing when none failed.
+fn not_decrypted(n: usize) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(", {n} could not be decrypted")
+    }
 }
 
 pub fn admin(cmd: AdminCommand) {

@@ -421,13 +421,19 @@ impl Drop for Binary {
     }
 }
 
-/// Run `outreach <args>` to completion; returns stdout.
-pub fn run_cli(env: &HashMap<String, String>, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outreach"))
+/// Run `outreach <args>` to completion; returns its exit status, stdout
+/// and stderr, whether it succeeded or not.
+pub fn cli_output(env: &HashMap<String, String>, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_outreach"))
         .args(args)
         .envs(env)
         .output()
-        .expect("run outreach");
+        .expect("run outreach")
+}
+
+/// Run `outreach <args>` to completion; returns stdout.
+pub fn run_cli(env: &HashMap<String, String>, args: &[&str]) -> String {
+    let out = cli_output(env, args);
     assert!(
         out.status.success(),
         "outreach {args:?} failed: {}",

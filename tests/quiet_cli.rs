@@ -1,0 +1,46 @@
+//! Commands other than `worker` print their answer, and nothing about
+//! their plumbing (migrations already applied, broker connections).
+
+use crate::support;
+
+use support::{TestEnv, cli_output};
+
+#[tokio::test]
+async fn cli_commands_say_nothing_about_migrations_or_broker_connections() {
+    let env = TestEnv::new().await;
+    let mut vars = env.env_vars();
+    vars.insert(
+        "OUTREACH_ENCRYPTION_KEYS".into(),
+        format!("k1:{}", support::tenants::KEY),
+    );
+    let commands: [&[&str]; 6] = [
+        &["tenant", "list"],
+        &["keys", "rotate"],
+        &["suppression", "list", "clinic-1"],
+        &[
+            "enqueue",
+            "--tenant",
+            "clinic-1",
+            "--channel",
+            "sms",
+            "--to",
+            "+447700900123",
+            "--text",
+            "See you Tuesday.",
+        ],
+        &["dlq", "list"],
+        &["dlq", "replay", "--dry-run"],
+    ];
+    for args in commands {
+        let out = cli_output(&vars, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "outreach {args:?} failed: {stderr}");
+        for plumbing in ["_sqlx_migrations", "connected to RabbitMQ"] {
+            assert!(
+                !stderr.contains(plumbing),
+                "outreach {args:?} logged {plumbing:?}:\n{stderr}"
+            );
+        }
+    }
+    env.cleanup().await;
+}
