@@ -641,10 +641,12 @@ async fn jobs_asking_for_what_version_1_does_not_do_are_dead_lettered_as_unknown
 #[tokio::test]
 async fn a_message_id_too_long_to_store_leaves_the_send_recorded_without_it() {
     let env = TestEnv::new().await;
-    // 202 Accepted with an X-Message-Id far over any real one (and over
-    // PostgreSQL's btree row size for its index).
-    let answer =
-        wiremock::ResponseTemplate::new(202).insert_header("x-message-id", "m".repeat(8000));
+    // 202 Accepted with an X-Message-Id far over any real one, and over
+    // PostgreSQL's btree row size for its index even compressed (random hex).
+    let long_id: String = (0..250)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    let answer = wiremock::ResponseTemplate::new(202).insert_header("x-message-id", long_id);
     let sendgrid = fake::serve("/v3/mail/send", Always(answer)).await;
     set_tenant(
         &env,
