@@ -163,9 +163,13 @@ impl OwnRabbit {
 
 impl Drop for OwnRabbit {
     fn drop(&mut self) {
-        // A frozen node would not answer `stop`.
-        if self.path("pid").exists() {
-            self.signal("-CONT");
+        // A frozen node would not answer `stop`; a killed one has no
+        // process left to wake (so the answer is not checked).
+        if let Ok(pid) = std::fs::read_to_string(self.path("pid")) {
+            let _ = Command::new("kill")
+                .args(["-CONT", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
         }
         self.stop();
     }
