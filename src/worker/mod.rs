@@ -108,6 +108,8 @@ async fn session(
     // own channel, so events and retries of other jobs do not queue behind them.
     let moves = broker::confirm_channel(&conn).await?;
     let consume = conn.create_channel().await?;
+    // The liveness probe's own channel (a failed passive declare closes it).
+    let probe = conn.create_channel().await?;
     // Per consumer: each work queue may have `prefetch` deliveries out.
     consume
         .basic_qos(cfg.prefetch, BasicQosOptions::default())
@@ -197,7 +199,6 @@ async fn session(
         });
     }
     let ours = [("publishing", &publish), ("moves", &moves)];
-    let probe = conn.create_channel().await?;
     let hung = unresponsive(
         &probe,
         &shared.topology.work_queues[0],
