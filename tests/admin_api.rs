@@ -210,11 +210,7 @@ async fn an_invalid_config_is_refused_with_422_naming_the_field_and_not_echoing_
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["field"], "chain[0].api_key");
     assert!(!body.contains("not-a-sendgrid-key"));
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 0);
+    assert_eq!(stored_configs(&env).await, 0);
     env.cleanup().await;
 }
 
@@ -225,6 +221,14 @@ const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
 fn twilio_entry(base_url: &str) -> Value {
     json!({"provider": "twilio", "account_sid": TWILIO_SID, "auth_token": "tok-0123456789",
         "from": "+14155550100", "base_url": base_url})
+}
+
+/// Channel configs stored, for every tenant.
+async fn stored_configs(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
 }
 
 fn field_of(body: &str) -> Value {
@@ -268,11 +272,7 @@ async fn a_tenant_token_may_not_configure_the_sandbox_or_its_record_file() {
     assert!(!body.contains(&path), "{body}");
     assert_eq!(test, 200);
     assert!(!std::path::Path::new(&path).exists());
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 0);
+    assert_eq!(stored_configs(&env).await, 0);
     env.cleanup().await;
 }
 
@@ -701,11 +701,7 @@ async fn a_header_value_with_a_line_break_is_refused_naming_the_field_and_nothin
         assert_eq!(field_of(&body), field, "{body}");
         assert!(!body.contains("Bcc"), "the value is not echoed: {body}");
     }
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_channel_configs")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 0);
+    assert_eq!(stored_configs(&env).await, 0);
     env.cleanup().await;
 }
 

@@ -184,6 +184,24 @@ fn recording_worker(
     (record, stop, worker)
 }
 
+/// Publish the valid job `id` and wait until the sandbox took it.
+async fn send_the_real_job(
+    t: &TestEnv,
+    publisher: &outreach::enqueue::JobPublisher,
+    id: &str,
+) -> serde_json::Value {
+    let good = email_payload(id, "clinic-1", "pat@example.com");
+    publisher
+        .publish(&serde_json::to_vec(&good).unwrap())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the real job is sent", || {
+        t.is_simulated(id)
+    })
+    .await;
+    good
+}
+
 fn sends_of(record: &str, job_id: &str) -> usize {
     std::fs::read_to_string(record)
         .unwrap_or_default()
@@ -224,16 +242,7 @@ async fn an_invalid_copy_published_before_the_real_job_does_not_stop_it_being_se
             .any(|(j, s, _)| j == "appt-1" && s == "failed")
     })
     .await;
-    let good = email_payload("appt-1", "clinic-1", "pat@example.com");
-    publisher
-        .publish(&serde_json::to_vec(&good).unwrap())
-        .await
-        .unwrap();
-
-    eventually(Duration::from_secs(20), "the real job is sent", || {
-        t.is_simulated("appt-1")
-    })
-    .await;
+    send_the_real_job(&t, &publisher, "appt-1").await;
     assert_eq!(
         sends_of(&record, "appt-1"),
         1,
@@ -263,16 +272,7 @@ async fn a_copy_with_a_duplicate_key_is_read_as_no_job_and_the_real_job_is_sent(
     let twice = br#"{"version":1,"job_id":"x","job_id":"g-1999","tenant_id":"clinic-1","channel":"email","recipient":"pat@example.com","content":{"subject":"s","text":"t"}}"#;
 
     publisher.publish_raw(twice, None).await.unwrap();
-    let good = email_payload("g-1999", "clinic-1", "pat@example.com");
-    publisher
-        .publish(&serde_json::to_vec(&good).unwrap())
-        .await
-        .unwrap();
-
-    eventually(Duration::from_secs(20), "the real job is sent", || {
-        t.is_simulated("g-1999")
-    })
-    .await;
+    send_the_real_job(&t, &publisher, "g-1999").await;
     assert_eq!(sends_of(&record, "g-1999"), 1);
     assert_eq!(
         t.log_rows().await,
@@ -293,15 +293,7 @@ async fn an_invalid_copy_after_the_real_job_leaves_its_row_and_sends_nothing() {
     let t = TestEnv::new().await;
     let (record, stop, worker) = recording_worker(&t);
     let publisher = t.publisher().await;
-    let good = email_payload("appt-2", "clinic-1", "pat@example.com");
-    publisher
-        .publish(&serde_json::to_vec(&good).unwrap())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(20), "the real job is sent", || {
-        t.is_simulated("appt-2")
-    })
-    .await;
+    let good = send_the_real_job(&t, &publisher, "appt-2").await;
 
     let mut bad = good.clone();
     bad["recipient"] = "not an address".into();

@@ -97,14 +97,7 @@ pub async fn after_panic(
     moves: &lapin::Channel,
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
-    let at = At {
-        shared,
-        publish,
-        moves,
-        delivery,
-        consumed_at: std::time::Instant::now(),
-        unrecorded: std::sync::Mutex::new(None),
-    };
+    let at = At::new(shared, publish, moves, delivery);
     settle::panicked(&at).await
 }
 
@@ -124,14 +117,7 @@ pub async fn handle(
     delivery: &Delivery,
     source: Source,
 ) -> Result<(), HandleError> {
-    let at = At {
-        shared,
-        publish,
-        moves,
-        delivery,
-        consumed_at: std::time::Instant::now(),
-        unrecorded: std::sync::Mutex::new(None),
-    };
+    let at = At::new(shared, publish, moves, delivery);
     // 1. Decode.
     let job = match Job::decode(&delivery.data) {
         Ok(job) => job,

@@ -31,6 +31,25 @@ pub struct At<'a> {
     pub unrecorded: std::sync::Mutex<Option<tokio::sync::SemaphorePermit<'a>>>,
 }
 
+impl<'a> At<'a> {
+    /// A delivery that has just arrived.
+    pub fn new(
+        shared: &'a Shared,
+        publish: &'a lapin::Channel,
+        moves: &'a lapin::Channel,
+        delivery: &'a Delivery,
+    ) -> Self {
+        Self {
+            shared,
+            publish,
+            moves,
+            delivery,
+            consumed_at: Instant::now(),
+            unrecorded: std::sync::Mutex::new(None),
+        }
+    }
+}
+
 /// Carry out `fate` for `job` in round `attempt` (as far as known: the
 /// header's before the claim), with the round's `attempts`.
 pub async fn settle(
