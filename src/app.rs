@@ -66,15 +66,11 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
             .context("system default providers")?
             .with_store(store.clone()),
     );
+    let limiter = Arc::new(RateLimiter::new(Some(pool.clone())));
     let listener_stop = CancellationToken::new();
     let listener_task = tokio::spawn(tenant::listener::run(
         pool.clone(),
         directory.clone(),
-        listener_stop.clone(),
-    ));
-    let limiter = Arc::new(RateLimiter::new(Some(pool.clone())));
-    let pauses_task = tokio::spawn(crate::ratelimit::follow_pauses(
-        pool.clone(),
         limiter.clone(),
         listener_stop.clone(),
     ));
@@ -177,7 +173,6 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         let _ = t.await;
     }
     let _ = listener_task.await;
-    let _ = pauses_task.await;
     pool.close().await;
     Ok(())
 }

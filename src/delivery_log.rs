@@ -484,7 +484,9 @@ impl Record {
         let mut r = self.clone();
         r.metadata = None;
         r.content = None;
-        r.provider_message_id = r.provider_message_id.and_then(|m| short(&m, 256));
+        r.provider_message_id = r
+            .provider_message_id
+            .and_then(|m| short(&m, crate::provider::guard::MAX_MESSAGE_ID));
         for a in &mut r.new_attempts {
             a.code = a.code.as_deref().and_then(|c| short(c, 64));
         }

@@ -14,7 +14,8 @@
 //! A provider's 429 *pauses* an account until its `Retry-After`: recorded in
 //! this process (so its next jobs skip the account at once), on the
 //! account's buckets (so other workers taking from them see it too) and
-//! announced to every worker with `NOTIFY outreach_pauses` ([`follow_pauses`]),
+//! announced to every worker with `NOTIFY outreach_pauses` (each worker's
+//! [`crate::tenant::listener`] applies it with [`RateLimiter::announced`]),
 //! so an account without a rate limit, which never touches a bucket, is
 //! paused in every worker as well, at no cost per send.
 
@@ -270,6 +271,17 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Apply a pause another worker announced on [`PAUSES_CHANNEL`]
+    /// (`<millis> <scope>`), clamped like a provider's hint.
+    pub fn announced(&self, payload: &str) {
+        if let Some((ms, scope)) = payload.split_once(' ')
+            && let Ok(ms) = ms.parse::<u64>()
+        {
+            let for_ = Duration::from_millis(ms).min(crate::provider::error::MAX_RETRY_AFTER);
+            self.pause_here(scope, for_);
+        }
+    }
+
     /// Pause `scope` in this process only (a pause another worker announced).
     pub fn pause_here(&self, scope: &str, for_: Duration) {
         let until = Instant::now() + for_;
@@ -313,46 +325,6 @@ impl RateLimiter {
 
 /// Where workers announce a pause: `<millis> <scope>`.
 pub const PAUSES_CHANNEL: &str = "outreach_pauses";
-
-/// Until `shutdown`: apply the pauses other workers announce to `limiter`
-/// (a LISTEN connection of its own; reconnects after a second). A pause
-/// announced while it was not listening is missed: that worker learns it
-/// from its own 429, as before.
-pub async fn follow_pauses(
-    pool: PgPool,
-    limiter: Arc<RateLimiter>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let following = async {
-            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            l.listen(PAUSES_CHANNEL).await?;
-            loop {
-                if let Some(n) = l.try_recv().await?
-                    && let Some((ms, scope)) = n.payload().split_once(' ')
-                    && let Ok(ms) = ms.parse::<u64>()
-                {
-                    // Clamped like a provider's hint.
-                    let for_ =
-                        Duration::from_millis(ms).min(crate::provider::error::MAX_RETRY_AFTER);
-                    limiter.pause_here(scope, for_);
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = following => if let Err(e) = r {
-                tracing::warn!(error = %e, "pause listener failed; retrying");
-            },
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

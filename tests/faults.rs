@@ -448,6 +448,20 @@ fn cluster_test_jobs() -> usize {
         .unwrap_or(20_000)
 }
 
+/// A 3-node cluster of the test's own, a test world on it, and the worker
+/// environment (sandbox sends recorded; all three addresses tried as listed,
+/// so every worker starts on node 1): (cluster, node 1's address, world,
+/// worker environment, record file).
+async fn cluster_world() -> (OwnCluster, String, TestEnv, HashMap<String, String>, String) {
+    let cluster = OwnCluster::start(3);
+    let first = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let env = TestEnv::on_broker(&cluster.urls()).await;
+    let mut vars = worker_env(&env);
+    vars.insert("OUTREACH__AMQP__SHUFFLE_NODES".into(), "false".into());
+    let record = env.record_emails(&mut vars);
+    (cluster, first, env, vars, record)
+}
+
 /// The node a worker says it consumes through (`outreach_broker_connected{node} 1`).
 async fn connected_node(worker: &Binary) -> Option<String> {
     let (_, body) = http_get(&format!("http://127.0.0.1:{}/metrics", worker.http_port)).await;
@@ -461,13 +475,7 @@ async fn connected_node(worker: &Binary) -> Option<String> {
 async fn workers_fail_over_to_another_node_when_theirs_is_killed_and_send_every_job_once() {
     const WORKERS: usize = 2;
     let jobs = cluster_test_jobs();
-    let cluster = OwnCluster::start(3);
-    let first = format!("127.0.0.1:{}", cluster.nodes[0].port);
-    let env = TestEnv::on_broker(&cluster.urls()).await;
-    let mut vars = worker_env(&env);
-    // All three addresses, tried as listed: every worker starts on node 1.
-    vars.insert("OUTREACH__AMQP__SHUFFLE_NODES".into(), "false".into());
-    let record = env.record_emails(&mut vars);
+    let (cluster, first, env, vars, record) = cluster_world().await;
     let payloads = email_payloads("c", jobs);
     env.publisher().await.publish_many(&payloads).await.unwrap();
     let workers: Vec<Binary> = (0..WORKERS).map(|_| Binary::worker(&vars)).collect();
@@ -677,12 +685,7 @@ async fn a_hung_broker_makes_readyz_503_and_the_worker_is_back_soon_after_it_ans
 #[ignore = "fault suite: scripts/test.sh runs it serially"]
 async fn workers_move_to_another_node_when_theirs_hangs_and_send_every_job_once() {
     const JOBS_DURING_HANG: usize = 200;
-    let cluster = OwnCluster::start(3);
-    let first = format!("127.0.0.1:{}", cluster.nodes[0].port);
-    let env = TestEnv::on_broker(&cluster.urls()).await;
-    let mut vars = worker_env(&env);
-    vars.insert("OUTREACH__AMQP__SHUFFLE_NODES".into(), "false".into());
-    let record = env.record_emails(&mut vars);
+    let (cluster, first, env, vars, record) = cluster_world().await;
     let worker = Binary::worker(&vars);
     eventually(
         Duration::from_secs(60),

@@ -347,15 +347,24 @@ async fn once_its_held_queue_is_empty_a_tenant_s_jobs_take_the_work_queue_again(
 
 #[tokio::test]
 async fn a_429_on_an_account_without_a_rate_limit_pauses_it_in_every_worker() {
-    use outreach::ratelimit::{LimitSet, RateLimiter, follow_pauses};
+    use outreach::ratelimit::{LimitSet, RateLimiter};
+    use outreach::tenant::{Directory, listener};
     use std::sync::Arc;
     let env = TestEnv::new().await;
-    // Two workers' limiters on one database; the second follows announcements.
+    // Two workers' limiters on one database; the second listens as a worker does.
     let first = RateLimiter::new(Some(env.pool.clone()));
     let second = Arc::new(RateLimiter::new(Some(env.pool.clone())));
+    let directory = Arc::new(
+        Directory::new(
+            &env.settings,
+            &outreach::app::provider_context(&env.settings),
+        )
+        .unwrap(),
+    );
     let stop = tokio_util::sync::CancellationToken::new();
-    let following = tokio::spawn(follow_pauses(
+    let following = tokio::spawn(listener::run(
         env.pool.clone(),
+        directory,
         second.clone(),
         stop.clone(),
     ));

@@ -233,9 +233,8 @@ async fn session(
     } else {
         cfg.shutdown_grace
     };
-    // A hung node answers no cancel or close: they get this long, so a
+    // A hung node answers no cancel or close: they get CLOSE_PATIENCE, so a
     // lost session's wind-down always ends.
-    let patience = |d: Duration| async move { tokio::time::sleep(d).await };
     let wind_down = async move {
         let cancels = async {
             for tag in tags {
@@ -244,10 +243,7 @@ async fn session(
                     .await;
             }
         };
-        tokio::select! {
-            _ = cancels => {}
-            _ = patience(CLOSE_PATIENCE) => {}
-        }
+        let _ = tokio::time::timeout(CLOSE_PATIENCE, cancels).await;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(
                 grace_secs = grace.as_secs(),
@@ -264,10 +260,7 @@ async fn session(
             let _ = probe.close(200, "bye".into()).await;
             let _ = conn.close(200, "bye".into()).await;
         };
-        tokio::select! {
-            _ = closes => {}
-            _ = patience(CLOSE_PATIENCE) => {}
-        }
+        let _ = tokio::time::timeout(CLOSE_PATIENCE, closes).await;
     };
     if ended.is_ok() {
         wind_down.await;
@@ -318,10 +311,7 @@ async fn unresponsive(probe: &lapin::Channel, queue: &str, timeout: Duration) ->
 
 /// `d` give or take a fifth, so that workers spread their reconnects.
 fn jittered(d: Duration) -> Duration {
-    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    let spread = nanos / 5;
-    let offset = (uuid::Uuid::new_v4().as_u128() as u64) % (2 * spread + 1);
-    Duration::from_nanos(nanos - spread + offset)
+    d.mul_f64(rand::random_range(0.8..=1.2))
 }
 
 /// Resolves when the connection reports an error (the node went away, a
