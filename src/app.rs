@@ -115,6 +115,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         pool.clone(),
         settings.delivery_log.batch_size,
         settings.delivery_log.concurrent_batches,
+        settings.delivery_log.record_batches,
         w.lease_secs,
     );
     let topology = Topology::new(&settings.amqp, &w.retry_delays_secs);
@@ -128,6 +129,11 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     );
     let shared = Arc::new(Shared {
         log,
+        suppressions: crate::suppression::Checks::new(
+            pool.clone(),
+            settings.delivery_log.batch_size,
+            settings.delivery_log.concurrent_batches,
+        ),
         leases,
         unrecorded: tokio::sync::Semaphore::new(settings.delivery_log.max_unrecorded),
         record_patience: Duration::from_secs(settings.delivery_log.record_patience_secs),

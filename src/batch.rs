@@ -35,7 +35,8 @@ impl<Req, Resp> Clone for Batcher<Req, Resp> {
 impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// Start the writer. `write` gets a batch and must answer each item, in order.
     /// The task ends (after writing what it holds) when every handle is dropped.
-    pub fn spawn<F, Fut>(max_batch: usize, concurrency: usize, write: F) -> Self
+    /// `kind` labels the batch-size histogram (`claims`, `records`, ...).
+    pub fn spawn<F, Fut>(kind: &'static str, max_batch: usize, concurrency: usize, write: F) -> Self
     where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<Vec<Resp>>> + Send + 'static,
@@ -68,7 +69,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                 tokio::spawn(async move {
                     let (reqs, replies): (Vec<Req>, Vec<_>) = items.into_iter().unzip();
                     let n = reqs.len();
-                    metrics::histogram!(crate::metrics::LOG_BATCH_SIZE).record(n as f64);
+                    metrics::histogram!(crate::metrics::LOG_BATCH_SIZE, "kind" => kind)
+                        .record(n as f64);
                     match write(reqs).await {
                         Ok(resps) if resps.len() == n => {
                             for (reply, r) in replies.into_iter().zip(resps) {
@@ -120,7 +122,7 @@ mod tests {
     async fn every_caller_gets_its_own_answer_and_items_are_batched() {
         let batches = Arc::new(AtomicUsize::new(0));
         let b2 = batches.clone();
-        let batcher = Batcher::spawn(64, 1, move |items: Vec<u32>| {
+        let batcher = Batcher::spawn("test", 64, 1, move |items: Vec<u32>| {
             let b2 = b2.clone();
             async move {
                 b2.fetch_add(1, Ordering::SeqCst);
@@ -146,7 +148,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_callers() {
-        let batcher = Batcher::spawn(8, 1, |_: Vec<u32>| async {
+        let batcher = Batcher::spawn("test", 8, 1, |_: Vec<u32>| async {
             Err::<Vec<u32>, _>(anyhow::anyhow!("db down"))
         });
         assert!(matches!(batcher.call(1).await, Err(BatchError::Failed(_))));

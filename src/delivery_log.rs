@@ -239,20 +239,30 @@ pub struct DeliveryLog {
 }
 
 impl DeliveryLog {
-    /// `lease_secs`: how long a claim keeps other deliveries of the job away.
+    /// `claim_batches` and `record_batches`: batches of each kind written at
+    /// the same time. `lease_secs`: how long a claim keeps other deliveries
+    /// of the job away.
     pub fn new(
         pool: PgPool,
         batch_size: usize,
-        concurrent_batches: usize,
+        claim_batches: usize,
+        record_batches: usize,
         lease_secs: u64,
     ) -> Self {
         let p = pool.clone();
-        let claims = Batcher::spawn(batch_size, concurrent_batches, move |reqs| {
+        let claims = Batcher::spawn("claims", batch_size, claim_batches, move |reqs| {
             let p = p.clone();
             async move { claim_batch(&p, reqs, lease_secs).await }
         });
-        let p = pool.clone();
-        let records = Batcher::spawn(batch_size, concurrent_batches, move |recs| {
+        // Outcomes have connections of their own: a record batch must not
+        // queue behind the per-job reads and claims that share the main
+        // pool (under load that queue was seconds long), since every job
+        // sent and not yet recorded is sent again if the worker dies.
+        let p = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(record_batches as u32)
+            .acquire_timeout(pool.options().get_acquire_timeout())
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let records = Batcher::spawn("records", batch_size, record_batches, move |recs| {
             let p = p.clone();
             async move { Ok(record_isolating(&p, recs).await) }
         });

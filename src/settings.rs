@@ -259,6 +259,7 @@ pub struct DeliveryLogSettings {
     pub max_unrecorded: usize,
     pub record_patience_secs: u64,
     pub concurrent_batches: usize,
+    pub record_batches: usize,
     pub store_content: bool,
 }
 
@@ -624,10 +625,13 @@ impl Settings {
         if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
             return bad("amqp.prefix", "must be a non-empty name without spaces");
         }
-        if self.delivery_log.batch_size == 0 || self.delivery_log.concurrent_batches == 0 {
+        if self.delivery_log.batch_size == 0
+            || self.delivery_log.concurrent_batches == 0
+            || self.delivery_log.record_batches == 0
+        {
             return bad(
                 "delivery_log.batch_size",
-                "batch_size and concurrent_batches must be at least 1",
+                "batch_size, concurrent_batches and record_batches must be at least 1",
             );
         }
         if self.rate_limits.held_prefetch == 0 {

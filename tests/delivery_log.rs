@@ -41,7 +41,7 @@ async fn a_row_postgresql_refuses_is_stored_without_its_free_form_values_and_its
  {
     let t = TestEnv::new().await;
     // One writer: records that arrive together share a batch.
-    let log = DeliveryLog::new(t.pool.clone(), 64, 1, 60);
+    let log = DeliveryLog::new(t.pool.clone(), 64, 1, 1, 60);
     for i in 0..20 {
         let granted = log.claim(claim(&format!("j-{i}"))).await.unwrap();
         assert!(matches!(granted, Claim::Granted { .. }));
@@ -90,7 +90,7 @@ async fn a_row_postgresql_refuses_is_stored_without_its_free_form_values_and_its
 #[tokio::test]
 async fn a_job_id_another_tenant_already_used_is_claimed_as_this_tenant_s_own_job() {
     let t = TestEnv::new().await;
-    let log = DeliveryLog::new(t.pool.clone(), 16, 1, 60);
+    let log = DeliveryLog::new(t.pool.clone(), 16, 1, 1, 60);
     let of = |tenant: &str| ClaimRequest {
         job_id: JobId::parse("reminder-1").unwrap(),
         tenant_id: TenantId::parse(tenant).unwrap(),
@@ -121,7 +121,7 @@ async fn a_job_id_another_tenant_already_used_is_claimed_as_this_tenant_s_own_jo
 #[tokio::test]
 async fn an_invalid_payload_reusing_a_job_s_id_leaves_that_job_s_row_alone() {
     let t = TestEnv::new().await;
-    let log = DeliveryLog::new(t.pool.clone(), 16, 1, 60);
+    let log = DeliveryLog::new(t.pool.clone(), 16, 1, 1, 60);
     assert!(matches!(
         log.claim(claim("in-flight")).await.unwrap(),
         Claim::Granted { .. }

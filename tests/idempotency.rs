@@ -47,7 +47,7 @@ async fn a_job_published_twice_is_sent_once_and_its_event_is_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_arriving_while_the_job_is_leased_is_delayed_not_sent() {
     let t = TestEnv::new().await;
-    let log = outreach::delivery_log::DeliveryLog::new(t.pool.clone(), 16, 1, 60);
+    let log = outreach::delivery_log::DeliveryLog::new(t.pool.clone(), 16, 1, 1, 60);
     let req = || outreach::delivery_log::ClaimRequest {
         job_id: outreach::job::JobId::parse("leased").unwrap(),
         tenant_id: outreach::job::TenantId::parse("clinic-1").unwrap(),

@@ -13,6 +13,7 @@ use crate::delivery_log::{Attempt, LogError, SkipReason};
 use crate::job::Job;
 use crate::metrics as m;
 use crate::ratelimit::{LimitSet, Take};
+use crate::suppression::Check;
 use crate::tenant::ResolvedChannel;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,15 +68,20 @@ pub async fn admit(shared: &Shared, job: &Job, source: Source) -> Result<Admissi
     // A recipient on the tenant's suppression list is never sent to; checked
     // before the limits are taken from. (A recipient that does not normalise
     // was refused at validation.)
-    if let Ok(r) = crate::suppression::normalise(job.channel, &job.recipient)
-        && let Some(entry) =
-            crate::suppression::find(shared.log.pool(), job.tenant_id.as_str(), job.channel, &r)
-                .await
-                .map_err(LogError::from)?
+    if let Ok(recipient) = crate::suppression::normalise(job.channel, &job.recipient)
+        && let Some(reason) = shared
+            .suppressions
+            .reason(Check {
+                tenant: job.tenant_id.to_string(),
+                channel: job.channel,
+                recipient,
+            })
+            .await
+            .map_err(LogError::from)?
     {
         return Ok(stop(Failure::Suppressed {
             channel: job.channel,
-            reason: entry.reason,
+            reason,
         }));
     }
     if expired() {

@@ -45,6 +45,8 @@ use tokio::sync::Semaphore;
 /// What every job task shares.
 pub struct Shared {
     pub log: DeliveryLog,
+    /// Suppression-list checks, batched.
+    pub suppressions: crate::suppression::Checks,
     /// Claims of jobs in this worker, renewed while they live.
     pub leases: Arc<lease::Leases>,
     /// Jobs between their provider call and their recorded outcome

@@ -17,6 +17,7 @@
 //! (`src/admin_api/suppressions.rs`); on the command line: `outreach
 //! suppression list / add / remove` (`src/cli/suppression.rs`).
 
+use crate::batch::{BatchError, Batcher};
 use crate::job::{Channel, TenantId, is_e164};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};
@@ -109,22 +110,71 @@ pub struct Entry {
     pub created_at: OffsetDateTime,
 }
 
-/// The entry for an (already normalised) recipient, if listed.
-pub async fn find(
-    db: impl PgExecutor<'_>,
-    tenant: &str,
-    channel: Channel,
-    recipient: &str,
-) -> Result<Option<Entry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT channel, recipient, reason, source, created_at FROM suppressions \
-         WHERE tenant_id = $1 AND channel = $2 AND recipient = $3",
+/// The pipeline's checks, batched: every job asks before its provider call,
+/// so the checks waiting at one time go to PostgreSQL as one statement (as
+/// the log's claims and records do) instead of one query and one pooled
+/// connection each.
+#[derive(Clone)]
+pub struct Checks {
+    batcher: Batcher<Check, Option<String>>,
+}
+
+/// One job's question: is this (already normalised) recipient listed?
+pub struct Check {
+    pub tenant: String,
+    pub channel: Channel,
+    pub recipient: String,
+}
+
+impl Checks {
+    pub fn new(pool: PgPool, batch_size: usize, concurrency: usize) -> Self {
+        let batcher = Batcher::spawn(
+            "suppression_checks",
+            batch_size,
+            concurrency,
+            move |checks| {
+                let pool = pool.clone();
+                async move { Ok(listed(&pool, checks).await?) }
+            },
+        );
+        Self { batcher }
+    }
+
+    /// The reason the recipient is listed, if it is.
+    pub async fn reason(&self, check: Check) -> Result<Option<String>, BatchError> {
+        self.batcher.call(check).await
+    }
+}
+
+/// For each check, in order, the reason its recipient is listed.
+async fn listed(pool: &PgPool, checks: Vec<Check>) -> Result<Vec<Option<String>>, sqlx::Error> {
+    let mut tenants = Vec::with_capacity(checks.len());
+    let mut channels = Vec::with_capacity(checks.len());
+    let mut recipients = Vec::with_capacity(checks.len());
+    for c in &checks {
+        tenants.push(c.tenant.as_str());
+        channels.push(c.channel.as_str());
+        recipients.push(c.recipient.as_str());
+    }
+    let found: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT q.i, s.reason
+           FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(tenant, channel, recipient, i)
+           JOIN suppressions s
+             ON s.tenant_id = q.tenant AND s.channel = q.channel::channel AND s.recipient = q.recipient",
     )
-    .bind(tenant)
-    .bind(channel)
-    .bind(recipient)
-    .fetch_optional(db)
-    .await
+    .bind(&tenants)
+    .bind(&channels)
+    .bind(&recipients)
+    .fetch_all(pool)
+    .await?;
+    let mut reasons = vec![None; checks.len()];
+    for (i, reason) in found {
+        // ORDINALITY counts from 1.
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| reasons.get_mut(i)) {
+            *slot = Some(reason);
+        }
+    }
+    Ok(reasons)
 }
 
 /// Add a recipient (normalised here); `false` when it was already listed
