@@ -7,6 +7,7 @@ use cli::dlq::{self as dlq_cli, DlqCommand};
 use cli::enqueue::EnqueueArgs;
 use cli::tenant::{self as tenant_cli, AdminCommand, KeysCommand, TenantCommand};
 use cli::{bench, demo};
+use outreach::broker::{self, Topology};
 use outreach::settings::Settings;
 use outreach::{app, db, health, telemetry};
 use std::path::PathBuf;
@@ -28,8 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the database if needed and apply the embedded migrations.
-    Migrate,
+    /// Create the database if needed, apply the embedded migrations and
+    /// declare the broker's exchanges and queues, so upstream apps can
+    /// publish jobs before any worker has started.
+    Migrate {
+        /// Only the database (the broker is declared by the first worker).
+        #[arg(long)]
+        database_only: bool,
+    },
     /// Consume and deliver jobs until SIGTERM / SIGINT.
     Worker {
         /// Do not apply migrations at start (overrides worker.migrate_on_start).
@@ -115,10 +122,21 @@ fn run() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Migrate => {
+            Command::Migrate { database_only } => {
                 let pool = db::connect_creating(&settings.database).await?;
                 db::migrate(&pool).await?;
                 println!("migrations applied");
+                if !database_only {
+                    let topology =
+                        Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
+                    let conn = broker::connect(&settings.amqp.nodes(), "migrate").await?;
+                    topology.declare(&conn.create_channel().await?).await?;
+                    let _ = conn.close(200, "declared".into()).await;
+                    println!(
+                        "broker topology declared: publish jobs to exchange {}",
+                        topology.jobs_exchange
+                    );
+                }
                 Ok(())
             }
             Command::Worker { no_migrate } => {

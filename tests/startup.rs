@@ -16,7 +16,7 @@ fn processes_started_together_on_a_fresh_database_all_create_and_migrate_it() {
         let children: Vec<_> = (0..3)
             .map(|_| {
                 Command::new(env!("CARGO_BIN_EXE_outreach"))
-                    .arg("migrate")
+                    .args(["migrate", "--database-only"])
                     .env("OUTREACH__DATABASE__URL", &url)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -83,5 +83,77 @@ async fn the_health_command_passes_once_the_worker_is_ready_and_fails_without_on
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     drop(_worker);
+    env.cleanup().await;
+}
+
+/// An upstream app publishing with a client of its own (no declarations)
+/// right after `outreach migrate`, before any worker has ever run.
+#[tokio::test]
+async fn after_migrate_a_job_published_before_any_worker_started_is_routed_and_sent() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let env = support::TestEnv::new().await;
+    let mut vars = env.env_vars();
+    let record = env.record_emails(&mut vars);
+    let out = support::cli_output(&vars, &["migrate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{}.jobs", env.prefix)),
+        "migrate names the exchange: {stdout}"
+    );
+
+    let conn = lapin::Connection::connect(&env.amqp_url, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let payload = support::email_payload("early-1", "clinic-1", "patient@example.org").to_string();
+    // Mandatory: a job no queue takes comes back instead of vanishing.
+    let confirm = ch
+        .basic_publish(
+            format!("{}.jobs", env.prefix).as_str().into(),
+            "clinic-1.email".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            payload.as_bytes(),
+            outreach::broker::persistent_json(),
+        )
+        .await
+        .expect("the jobs exchange exists")
+        .await
+        .unwrap();
+    assert!(confirm.is_ack(), "the broker refused the job: {confirm:?}");
+    assert!(confirm.take_message().is_none(), "no queue took the job");
+    conn.close(200, "bye".into()).await.unwrap();
+
+    let worker = support::Binary::worker(&vars);
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the early job to be final",
+        || async {
+            let status: Option<String> = sqlx::query_scalar(
+                "SELECT status::text FROM outreach_logs WHERE job_id = 'early-1'",
+            )
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap();
+            status.as_deref() == Some("simulated")
+        },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap().lines().count(),
+        1,
+        "sent once"
+    );
+    assert!(worker.terminate().success());
     env.cleanup().await;
 }
