@@ -160,7 +160,7 @@ pub async fn handle(
         Err(early) => return settle(&at, &job, rounds_so_far, vec![], early).await,
     };
     // Renewed until this function returns, i.e. after the outcome is recorded.
-    let _lease = shared.leases.hold(job.tenant_id.as_str(), job.id.as_str());
+    let _lease = shared.leases.keep(job.tenant_id.as_str(), job.id.as_str());
     // Test builds only: a stand-in for a defect in the pipeline itself,
     // with the claim taken (so its release is what is tested).
     #[cfg(feature = "fault-injection")]
