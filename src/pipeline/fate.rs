@@ -1,6 +1,8 @@
 //! What becomes of a job: every fate is chosen here, from what the earlier
-//! steps found ([`of_claim`], [`of_round`]; a payload that is not a job is
-//! [`Fate::Invalid`] at once). [`super::settle`] then carries it out.
+//! steps found ([`of_admission`], [`of_claim`], [`of_round`], [`of_panic`]).
+//! [`super::settle`] then carries it out. (A payload that is not a job has
+//! no fate to choose: [`super::settle::invalid`] ends it at once, as the
+//! table's first row below says.)
 //!
 //! After a round through the chain ([`super::chain`]), by the error kind the
 //! adapter gave the provider's answer:
@@ -34,18 +36,20 @@
 //! | recipient suppressed | `suppressed`; no dead letter |
 //! | `not_after` passed (also after waiting for the limit) | `expired`, dead letter `expired` |
 //! | channel disabled, no provider, tenant config unreadable | `failed`, dead letter `channel_disabled`, `no_provider`, `config` |
-//! | tenant config unavailable (database down), every step skipped (circuit open, paused) | back through a delay tier |
+//! | tenant config unavailable (database down), every step skipped (circuit open, paused, rate limiter unavailable) | back through a delay tier |
 //!
 //! And after: an outcome the log refuses to store ends in the dead-letter
 //! queue as `unrecordable` (see [`super::settle`]). A panic anywhere else
 //! while handling the job (caught by the worker) ends it `failed`, dead
 //! letter `internal` ([`super::settle::panicked`]), unless its row is final.
 
+use super::admit::{Admission, Admitted};
+use super::chain::StepInfo;
 use super::failure::Failure;
 use super::retry::{self, RetryBudget};
 use crate::delivery_log::{Claim, LogRow};
-use crate::job::{Invalid, JobError};
-use crate::provider::{Disposition, ErrorKind, ProviderKind, Receipt};
+use crate::job::Invalid;
+use crate::provider::{Disposition, ErrorKind, Receipt};
 use std::fmt;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -53,16 +57,14 @@ use time::OffsetDateTime;
 /// A job's fate after this delivery.
 #[derive(Debug)]
 pub enum Fate {
-    /// Not a valid job.
-    Invalid(JobError),
     /// Its row is final already: never send twice; report that row again.
     AlreadyFinal(Box<LogRow>),
     /// Another delivery of the job holds a live claim: come back later.
     Busy {
         delay_secs: u64,
     },
-    /// Wait for the tenant's limit in its held queue.
-    Held,
+    /// Moved to its tenant's held queue, to wait for the limit there.
+    ToHeldQueue,
     /// The recipient is on the tenant's suppression list.
     Suppressed {
         failure: Failure,
@@ -88,13 +90,6 @@ pub enum Fate {
     },
 }
 
-/// Which chain step answered.
-#[derive(Debug, Clone)]
-pub struct StepInfo {
-    pub kind: ProviderKind,
-    pub step: u16,
-}
-
 /// The round a job is in, and its time left.
 #[derive(Debug, Clone)]
 pub struct Round {
@@ -105,6 +100,17 @@ pub struct Round {
     pub not_after: Option<OffsetDateTime>,
 }
 
+/// Before the claim: go on to it with what admit found (a stop is then the
+/// round's outcome, recorded as [`of_round`] says), or move the job to its
+/// tenant's held queue now, without a row.
+pub fn of_admission(admission: Admission) -> Result<Admitted, Fate> {
+    match admission {
+        Admission::Go(start) => Ok(Ok(start)),
+        Admission::Stop(report) => Ok(Err(report)),
+        Admission::ToHeldQueue => Err(Fate::ToHeldQueue),
+    }
+}
+
 /// Go on with round `Ok(attempt)`, or what the claim says instead.
 pub fn of_claim(claim: Claim, tiers: &[u64]) -> Result<u32, Fate> {
     match claim {
@@ -113,6 +119,16 @@ pub fn of_claim(claim: Claim, tiers: &[u64]) -> Result<u32, Fate> {
         Claim::Busy => Err(Fate::Busy {
             delay_secs: retry::tier_for(tiers, 1, None),
         }),
+    }
+}
+
+/// Handling the job panicked outside an adapter (a defect, caught by the
+/// worker): `failed`, dead letter `internal`, never retried (a provider may
+/// have been reached).
+pub fn of_panic() -> Fate {
+    Fate::Failed {
+        failure: Failure::Panicked,
+        reason: DeadLetterReason::Internal,
     }
 }
 
@@ -294,7 +310,7 @@ impl std::str::FromStr for DeadLetterReason {
 mod tests {
     use super::*;
     use crate::pipeline::failure::Skip;
-    use crate::provider::ProviderError;
+    use crate::provider::{ProviderError, ProviderKind};
 
     const TIERS: [u64; 3] = [5, 30, 120];
 

@@ -18,16 +18,16 @@ type Key = (String, String);
 /// The jobs this worker has claimed and not yet recorded.
 #[derive(Default)]
 pub struct Leases {
-    held: Mutex<HashSet<Key>>,
+    kept: Mutex<HashSet<Key>>,
 }
 
 /// Keeps a job's lease renewed until dropped.
-pub struct Held<'a> {
+pub struct Kept<'a> {
     leases: &'a Leases,
     key: Key,
 }
 
-impl Drop for Held<'_> {
+impl Drop for Kept<'_> {
     fn drop(&mut self) {
         self.leases.lock().remove(&self.key);
     }
@@ -36,14 +36,14 @@ impl Drop for Held<'_> {
 impl Leases {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Key>> {
         // A panic while holding it leaves a set that is still valid.
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Renew the lease of `tenant`'s job `job` while the guard lives.
-    pub fn hold(&self, tenant: &str, job: &str) -> Held<'_> {
+    pub fn keep(&self, tenant: &str, job: &str) -> Kept<'_> {
         let key = (tenant.to_owned(), job.to_owned());
         self.lock().insert(key.clone());
-        Held { leases: self, key }
+        Kept { leases: self, key }
     }
 
     pub fn len(&self) -> usize {
@@ -54,7 +54,7 @@ impl Leases {
         self.len() == 0
     }
 
-    /// Renew every held lease every `lease / 3` until `stop` fires.
+    /// Renew every kept lease every `lease / 3` until `stop` fires.
     pub fn spawn_renewal(
         self: &Arc<Self>,
         pool: PgPool,
@@ -95,7 +95,7 @@ impl Leases {
                 if let Err(e) = renewed {
                     // Another worker cannot claim them either while the
                     // database is down; the next round tries again.
-                    tracing::warn!(error = %e, held = jobs.len(), "could not renew leases");
+                    tracing::warn!(error = %e, kept = jobs.len(), "could not renew leases");
                 }
             }
         })

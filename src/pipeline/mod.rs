@@ -35,7 +35,6 @@ use crate::events::EventPublisher;
 use crate::job::Job;
 use crate::metrics as m;
 use crate::tenant::Directory;
-use admit::Admission;
 use lapin::message::Delivery;
 use settle::{At, settle};
 use std::sync::Arc;
@@ -86,9 +85,9 @@ pub enum HandleError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// The shared work queue: a job that must wait long moves to its held queue.
-    Work,
+    WorkQueue,
     /// Its tenant's held queue: waits for the limit here.
-    Held,
+    HeldQueue,
 }
 
 /// After [`handle`] panicked on `delivery` (the worker caught it): fail the
@@ -138,14 +137,9 @@ pub async fn handle(
         broker::header_u64(&delivery.properties, headers::ATTEMPT).unwrap_or(0) as u32;
 
     // 2. Admit.
-    let admitted = match admit::admit(shared, &job, source).await? {
-        Admission::Hold => return settle(&at, &job, rounds_so_far, vec![], Fate::Held).await,
-        Admission::Go {
-            chain,
-            from,
-            skipped,
-        } => Ok((chain, from, skipped)),
-        Admission::Stop { failure, skipped } => Err((failure, skipped)),
+    let admitted = match fate::of_admission(admit::admit(shared, &job, source).await?) {
+        Ok(admitted) => admitted,
+        Err(now) => return settle(&at, &job, rounds_so_far, vec![], now).await,
     };
 
     // 3. Claim.
@@ -162,7 +156,7 @@ pub async fn handle(
         Err(early) => return settle(&at, &job, rounds_so_far, vec![], early).await,
     };
     // Renewed until this function returns, i.e. after the outcome is recorded.
-    let _lease = shared.leases.hold(job.tenant_id.as_str(), job.id.as_str());
+    let _lease = shared.leases.keep(job.tenant_id.as_str(), job.id.as_str());
     // Test builds only: a stand-in for a defect in the pipeline itself,
     // with the claim taken (so its release is what is tested).
     #[cfg(feature = "fault-injection")]
@@ -190,17 +184,17 @@ pub async fn handle(
     *at.unrecorded.lock().expect("not poisoned") =
         Some(shared.unrecorded.acquire().await.expect("never closed"));
     let report = match admitted {
-        Ok((chain, from, skipped)) => {
+        Ok(start) => {
             // A slot only for the provider calls: the claim, the record and
             // the event are batched or pipelined and do not hold one, so
             // `worker.concurrency` sends stay in flight.
             let _slot = shared.sends.acquire().await.expect("never closed");
-            shared.policy.walk(&job, &chain, from, skipped).await
+            shared
+                .policy
+                .walk(&job, &start.chain, start.from, start.skipped)
+                .await
         }
-        Err((failure, skipped)) => Report {
-            outcome: Err(failure),
-            attempts: skipped,
-        },
+        Err(stopped) => stopped,
     };
 
     // 5. Its fate, 6. carried out.

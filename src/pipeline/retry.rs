@@ -3,18 +3,14 @@
 //! tiers a job goes back to the broker through between rounds
 //! ([`tier_for`]), bounded by [`RetryBudget`]. Which errors are retried at
 //! all is [`super::fate`]'s table.
+//!
+//! A leaf: it knows provider errors and time, nothing of chains, accounts
+//! or jobs ([`super::chain`] brings those to [`QuickRetry::run`]).
 
-use super::chain::Policy;
-use crate::circuit::Verdict;
-use crate::delivery_log::Attempt;
-use crate::job::Job;
-use crate::metrics as m;
-use crate::provider::{Disposition, ProviderError, Receipt};
-use crate::tenant::ChainStep;
+use crate::provider::{Disposition, ProviderError};
 use backon::{ExponentialBuilder, Retryable};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use time::OffsetDateTime;
+use std::future::Future;
+use std::time::Duration;
 
 /// Quick in-process retries: `times` more calls after the first, jittered,
 /// well under a second in all. Anything longer goes back to the broker
@@ -62,51 +58,24 @@ pub fn tier_for(tiers: &[u64], retry_number: u32, at_least: Option<Duration>) ->
     }
 }
 
-impl Policy {
-    /// One step: the first call, then at most `quick.times` more while the
-    /// error is retryable in place (transient, or a wait hint under
-    /// [`QuickRetry::MAX_INLINE_WAIT`]) and the account's circuit is closed.
-    /// Every call goes into `attempts`, the breaker and the metrics.
-    pub(super) async fn send_with_quick_retries(
+impl QuickRetry {
+    /// Call `once`, then at most `times` more while the error is retryable
+    /// in place (transient, or a wait hint under [`Self::MAX_INLINE_WAIT`])
+    /// and `still_worth` it (the caller's say: the account's circuit still
+    /// closed). A longer provider hint than our own delay is honoured.
+    pub async fn run<T, Fut>(
         &self,
-        job: &Job,
-        step: &ChainStep,
-        attempts: &Mutex<Vec<Attempt>>,
-    ) -> Result<Receipt, ProviderError> {
-        let once = || async {
-            let started = Instant::now();
-            let result = step.provider.send(job).await;
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(e) => e.kind.as_str(),
-            };
-            metrics::histogram!(m::SEND_DURATION, "channel" => job.channel.as_str(), "provider" => step.kind.as_str(), "outcome" => outcome)
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!(m::PROVIDER_CALLS, "provider" => step.kind.as_str(), "outcome" => outcome).increment(1);
-            let err = result.as_ref().err();
-            if let Some(b) = &self.breakers {
-                b.record(&step.account, step.kind, Verdict::of_result(err));
-            }
-            attempts.lock().expect("not poisoned").push(Attempt {
-                provider: step.kind,
-                step: step.step,
-                kind: err.map(|e| e.kind),
-                code: err.and_then(|e| e.code.clone()),
-                at: OffsetDateTime::now_utc(),
-                skipped: None,
-            });
-            result
-        };
-        once.retry(self.quick.backoff())
+        once: impl FnMut() -> Fut,
+        still_worth: impl Fn(&ProviderError) -> bool,
+    ) -> Result<T, ProviderError>
+    where
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        once.retry(self.backoff())
             .when(|e: &ProviderError| {
                 e.disposition() == Disposition::Retry
-                    && e.retry_after
-                        .is_none_or(|d| d <= QuickRetry::MAX_INLINE_WAIT)
-                    // An account whose circuit just opened gets no more calls.
-                    && !self
-                        .breakers
-                        .as_ref()
-                        .is_some_and(|b| b.is_open(&step.account))
+                    && e.retry_after.is_none_or(|d| d <= Self::MAX_INLINE_WAIT)
+                    && still_worth(e)
             })
             // The provider's hint, if longer than our own delay. `None`
             // means the retries are used up: it must stay `None`.

@@ -61,7 +61,6 @@ pub async fn settle(
 ) -> Result<(), HandleError> {
     let shared = at.shared;
     match fate {
-        Fate::Invalid(e) => invalid(at, e).await,
         Fate::AlreadyFinal(row) => {
             metrics::counter!(m::JOBS_DUPLICATE, "channel" => job.channel.as_str()).increment(1);
             tracing::info!(
@@ -75,7 +74,7 @@ pub async fn settle(
             tracing::info!("job is being sent by another delivery; delaying this copy");
             republish_delayed(at, delay_secs, attempt).await
         }
-        Fate::Held => {
+        Fate::ToHeldQueue => {
             shared
                 .holds
                 .divert(at.moves, at.delivery, &job.tenant_id, job.channel)
@@ -151,7 +150,7 @@ pub fn record_of(
             rec.error = Some(failure.recorded());
             rec.content = None;
         }
-        Fate::Invalid(_) | Fate::AlreadyFinal(_) | Fate::Busy { .. } | Fate::Held => {}
+        Fate::AlreadyFinal(_) | Fate::Busy { .. } | Fate::ToHeldQueue => {}
     }
     rec
 }
@@ -401,10 +400,7 @@ pub async fn panicked(at: &At<'_>) -> Result<(), HandleError> {
     let attempt = broker::header_u64(&at.delivery.properties, headers::ATTEMPT).unwrap_or(0) as u32;
     tracing::error!(job_id = %job.id, tenant_id = %job.tenant_id,
         "handling the job panicked: failing it (internal) and dead-lettering it");
-    let fate = Fate::Failed {
-        failure: Failure::Panicked,
-        reason: DeadLetterReason::Internal,
-    };
+    let fate = super::fate::of_panic();
     let rec = record_of(&job, attempt, vec![], &fate, at.shared.store_content);
     end_round(at, &job, rec, fate).await
 }
@@ -481,7 +477,7 @@ async fn record_patiently(shared: &Shared, rec: Record) -> Result<Option<LogRow>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::fate::StepInfo;
+    use crate::pipeline::chain::StepInfo;
     use crate::provider::{ErrorKind, ProviderError, Receipt};
 
     fn job() -> Job {

@@ -7,9 +7,9 @@
 //! Template Text"; errors `{"error": {"message", "type", "code",
 //! "error_subcode", "fbtrace_id", "is_transient"}}`.
 
+use super::field::{SettingsError, non_empty, opt_url};
 use super::http::{self, Answer};
 use super::scrub::Scrubber;
-use super::settings::{SettingsError, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Content, Job};
 use async_trait::async_trait;

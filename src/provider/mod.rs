@@ -5,6 +5,7 @@
 //! retry (and when), fall back to the next provider, or give up.
 
 pub mod error;
+pub mod field;
 pub mod guard;
 pub mod http;
 pub mod meta;
@@ -26,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{Disposition, ErrorKind, ProviderError};
-pub use settings::{ProviderSettings, SettingsError};
+pub use field::SettingsError;
+pub use settings::ProviderSettings;
 
 /// The providers this service can send through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -5,11 +5,9 @@
 //! and `from` are required, `content` lists `text/plain` before `text/html`,
 //! `custom_args` ride on the personalization so event webhooks carry them.
 
+use super::field::{MAX_DISPLAY_NAME, SettingsError, email, header_text, opt_header_text, opt_url};
 use super::http::{self, Answer};
 use super::scrub::Scrubber;
-use super::settings::{
-    MAX_DISPLAY_NAME, SettingsError, email, header_text, opt_header_text, opt_url,
-};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     email_parts,

@@ -2,11 +2,11 @@
 //! with SigV4 (service `ses`) by the `aws-sigv4` crate. 200 and a `MessageId`
 //! mean accepted.
 
-use super::http::{self, Answer};
-use super::scrub::Scrubber;
-use super::settings::{
+use super::field::{
     MAX_DISPLAY_NAME, SettingsError, email, is_aws_region, non_empty, opt_header_text, opt_url,
 };
+use super::http::{self, Answer};
+use super::scrub::Scrubber;
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     email_parts,

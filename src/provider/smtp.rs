@@ -1,8 +1,8 @@
 //! SMTP through lettre: pooled async transport per account, plain / STARTTLS /
 //! implicit TLS, AUTH, and reply codes classified.
 
+use super::field::{MAX_DISPLAY_NAME, email, header_text, non_empty, opt_header_text};
 use super::scrub::Scrubber;
-use super::settings::{MAX_DISPLAY_NAME, email, header_text, non_empty, opt_header_text};
 use super::{
     EmailParts, ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt,
     SettingsError, email_parts,

@@ -5,9 +5,9 @@
 //! Wire format from `twilio_api_v2010.json` (twilio/twilio-oai): `To` is
 //! required, then `From` or `MessagingServiceSid`, `Body`, `StatusCallback`.
 
+use super::field::{SettingsError, is_sid, non_empty, opt_url};
 use super::http::{self, Answer};
 use super::scrub::Scrubber;
-use super::settings::{SettingsError, is_sid, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Channel, Content, Job, is_e164};
 use async_trait::async_trait;

@@ -5,9 +5,9 @@
 //!
 //! The secret travels in the body, so every error is scrubbed of it.
 
+use super::field::{SettingsError, non_empty, opt_url};
 use super::http::{self, Answer};
 use super::scrub::Scrubber;
-use super::settings::{SettingsError, non_empty, opt_url};
 use super::{ErrorKind, Provider, ProviderContext, ProviderError, ProviderKind, Receipt};
 use crate::job::{Content, Job};
 use async_trait::async_trait;

@@ -18,8 +18,7 @@ pub mod sealed;
 pub mod store;
 pub mod view;
 
-use crate::job::Channel;
-use crate::provider::{ErrorKind, Provider, ProviderError, ProviderKind};
+use crate::provider::{Provider, ProviderError, ProviderKind};
 use std::sync::Arc;
 
 pub use directory::Directory;
@@ -67,13 +66,4 @@ pub struct UnusableStep {
     pub step: u16,
     /// Why (a `Config` error naming the field, never a value).
     pub error: ProviderError,
-}
-
-/// The error for a channel a tenant switched off.
-pub fn disabled(channel: Channel) -> ProviderError {
-    ProviderError::new(
-        ErrorKind::Config,
-        Some("channel_disabled".into()),
-        format!("{channel} is disabled for this tenant"),
-    )
 }

@@ -192,7 +192,7 @@ async fn session(
                     let _counted = InFlight::start();
                     tokio::select! {
                         _ = abandon.cancelled() => {}
-                        _ = ack_or_requeue(&shared, &publish, &moves, delivery, Source::Work) => {}
+                        _ = ack_or_requeue(&shared, &publish, &moves, delivery, Source::WorkQueue) => {}
                     }
                 });
             }
@@ -453,7 +453,7 @@ async fn consume_held(
                                 let (shared, publish, moves) =
                                     (shared.clone(), publish.clone(), moves.clone());
                                 jobs.spawn(async move {
-                                    ack_or_requeue(&shared, &publish, &moves, delivery, Source::Held).await;
+                                    ack_or_requeue(&shared, &publish, &moves, delivery, Source::HeldQueue).await;
                                 });
                             }
                             _ => break,

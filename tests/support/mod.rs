@@ -41,6 +41,84 @@ pub struct TestEnv {
     pub settings: Settings,
     pub topology: Topology,
     pub dir: tempfile::TempDir,
+    /// Removes the world when the test ends without [`Self::cleanup`]
+    /// (a failed assertion, a panic, an early return).
+    pub teardown: Teardown,
+}
+
+/// What a test's world leaves on the servers: its database, and its
+/// exchanges and queues (delay tiers and held queues included).
+#[derive(Clone)]
+struct World {
+    amqp_url: String,
+    postgres: String,
+    db_name: String,
+    db_url: String,
+    topology: Topology,
+}
+
+impl World {
+    /// Delete the broker's names (on `amqp_url`), then the database. The
+    /// held queues are listed in the database: read through `pool`, or a
+    /// connection of its own.
+    async fn remove(&self, amqp_url: &str, pool: Option<&PgPool>) {
+        let own = match pool {
+            Some(_) => None,
+            None => PgPool::connect(&self.db_url).await.ok(),
+        };
+        let nodes: Result<outreach::broker::Nodes, _> = amqp_url.parse();
+        if let Some(pool) = pool.or(own.as_ref())
+            && let Ok(nodes) = nodes
+            && let Ok(conn) = outreach::broker::connect(&nodes, "test-cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            // Tenants' held queues (rate limits), if any were made.
+            let held: Vec<String> = sqlx::query_scalar("SELECT queue FROM held_queues")
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+            let _ = self.topology.delete(&ch, &held).await;
+        }
+        if let Some(own) = own {
+            own.close().await;
+        }
+        if let Some(pool) = pool {
+            pool.close().await;
+        }
+        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", self.postgres)).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+/// Removes its world when dropped, unless disarmed by [`TestEnv::cleanup`].
+pub struct Teardown(Option<World>);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let Some(world) = self.0.take() else { return };
+        // Drop cannot await, and runs inside the test's runtime (which may
+        // be unwinding): a thread with a runtime of its own, waited for.
+        let removed = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                let remove = world.remove(&world.amqp_url, None);
+                let _ = tokio::time::timeout(Duration::from_secs(30), remove).await;
+            });
+        })
+        .join();
+        if removed.is_err() {
+            eprintln!("could not remove a test's database and queues");
+        }
+    }
 }
 
 impl TestEnv {
@@ -86,6 +164,13 @@ impl TestEnv {
             .unwrap();
         outreach::db::migrate(&pool).await.unwrap();
         let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
+        let teardown = Teardown(Some(World {
+            amqp_url: amqp_url.to_owned(),
+            postgres: postgres.to_owned(),
+            db_name: db_name.clone(),
+            db_url: db_url.clone(),
+            topology: topology.clone(),
+        }));
         Self {
             amqp_url: amqp_url.to_owned(),
             postgres: postgres.to_owned(),
@@ -96,6 +181,7 @@ impl TestEnv {
             settings,
             topology,
             dir: tempfile::tempdir().unwrap(),
+            teardown,
         }
     }
 
@@ -287,25 +373,11 @@ impl TestEnv {
     }
 
     /// Remove this test's queues, exchanges and database.
-    pub async fn cleanup(self) {
-        if let Ok(conn) = outreach::broker::connect(&self.nodes(), "test-cleanup").await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            // Tenants' held queues (rate limits), if any were made.
-            let held: Vec<String> = sqlx::query_scalar("SELECT queue FROM held_queues")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
-            let _ = self.topology.delete(&ch, &held).await;
-        }
-        self.pool.close().await;
-        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", self.postgres)).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            )))
-            .execute(&admin)
-            .await;
+    pub async fn cleanup(mut self) {
+        if let Some(world) = self.teardown.0.take() {
+            // Its broker as the test last set it (a cluster test may have
+            // moved it to other nodes).
+            world.remove(&self.amqp_url, Some(&self.pool)).await;
         }
     }
 }
