@@ -93,6 +93,9 @@ pub enum SkipReason {
     Paused,
     /// At its rate limit for longer than a step may wait in place.
     RateLimit,
+    /// Its rate limiter could not be asked (its database down): not taken
+    /// for a free limit.
+    LimiterUnavailable,
     /// The tenant's entry cannot be used (credentials that do not decrypt,
     /// settings that do not build).
     Unusable,
@@ -104,6 +107,7 @@ impl SkipReason {
             SkipReason::CircuitOpen => "circuit_open",
             SkipReason::Paused => "paused",
             SkipReason::RateLimit => "rate_limit",
+            SkipReason::LimiterUnavailable => "limiter_unavailable",
             SkipReason::Unusable => "unusable",
         }
     }

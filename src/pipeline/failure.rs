@@ -59,7 +59,8 @@ impl Skip {
         match self {
             Skip::CircuitOpen => SkipReason::CircuitOpen,
             Skip::Paused { .. } => SkipReason::Paused,
-            Skip::AtRateLimit { .. } | Skip::LimiterUnavailable(_) => SkipReason::RateLimit,
+            Skip::AtRateLimit { .. } => SkipReason::RateLimit,
+            Skip::LimiterUnavailable(_) => SkipReason::LimiterUnavailable,
         }
     }
 }
