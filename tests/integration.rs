@@ -7,6 +7,7 @@ mod support;
 
 mod admin_api;
 mod bad_input;
+mod bench_cli;
 mod crash_and_delay_tiers;
 mod delivery_log;
 mod dlq;
