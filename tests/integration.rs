@@ -31,6 +31,7 @@ mod reconnect;
 mod startup;
 mod suppression;
 mod tenant_boundaries;
+mod tenant_cli;
 mod tenant_config;
 mod tenant_workers;
 mod truthful_outcomes;
