@@ -147,3 +147,38 @@ async fn health_json_says_not_ready_and_where_it_asked_when_no_worker_answers() 
     assert!(doc["error"].is_string(), "{doc}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_sandbox_record_file_in_a_missing_folder_is_refused_when_stored() {
+    let env = TestEnv::new().await;
+    let vars = worker_env(&env);
+    let set = |record: &str| {
+        let file = env.path("sandbox.json");
+        let cfg = json!({"chain": [{"provider": "sandbox", "record_file": record}]});
+        std::fs::write(&file, cfg.to_string()).unwrap();
+        cli_output(
+            &vars,
+            &[
+                "tenant",
+                "set",
+                "clinic-1",
+                "--channel",
+                "sms",
+                "--file",
+                &file,
+            ],
+        )
+    };
+
+    let missing = env.path("no-such-folder/sent.jsonl");
+    let out = set(&missing);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "stored: {}", text(&out.stdout));
+    assert!(
+        said.contains("chain[0].record_file") && said.contains("folder does not exist"),
+        "{said}"
+    );
+    let out = set(&env.path("sent.jsonl"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.cleanup().await;
+}
