@@ -68,6 +68,10 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     );
     let limiter = Arc::new(RateLimiter::new(Some(pool.clone())));
     let listener_stop = CancellationToken::new();
+    // Start-up failing below (a port taken…) stops what was started: a
+    // process exits anyway, but the bench runs workers in its own process
+    // and goes on to clean up. On the way out these were cancelled already.
+    let _stop_listener = listener_stop.clone().drop_guard();
     let listener_task = tokio::spawn(tenant::listener::run(
         pool.clone(),
         directory.clone(),
@@ -76,6 +80,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     ));
     let health = Arc::new(Health::new(pool.clone()));
     let probe_stop = CancellationToken::new();
+    let _stop_probe = probe_stop.clone().drop_guard();
     let probe_task = health.spawn_probe(probe_stop.clone());
 
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
@@ -101,6 +106,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
         )),
     });
     let http_stop = CancellationToken::new();
+    let _stop_http = http_stop.clone().drop_guard();
     let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
     // Provider webhooks: a listener of its own (webhooks.bind), stopped with http.
     let webhooks_task = crate::feedback::server::spawn(

@@ -40,6 +40,24 @@ pub async fn ask(url: &str) -> anyhow::Result<String> {
     }
 }
 
+/// `outreach health --json`: what [`ask`] found, as one JSON object:
+/// `{url, ready: true, broker, database}` from the worker's answer, or
+/// `{url, ready: false, error}`.
+pub fn as_json(url: &str, answer: &anyhow::Result<String>) -> serde_json::Value {
+    match answer {
+        Ok(body) => {
+            let mut doc = serde_json::json!({ "url": url, "ready": true });
+            if let (Ok(serde_json::Value::Object(parts)), Some(d)) =
+                (serde_json::from_str(body), doc.as_object_mut())
+            {
+                d.extend(parts);
+            }
+            doc
+        }
+        Err(e) => serde_json::json!({ "url": url, "ready": false, "error": format!("{e:#}") }),
+    }
+}
+
 /// How often the database is probed, and how long one probe may take.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 

@@ -76,6 +76,10 @@ enum Command {
         /// Whole URL to ask instead of http.bind's /readyz.
         #[arg(long)]
         url: Option<String>,
+        /// One JSON object: `{url, ready, broker, database}` or `{url,
+        /// ready: false, error}` (the exit code is the same).
+        #[arg(long)]
+        json: bool,
     },
     /// Measure throughput, latency, CPU and memory against a broker-only baseline.
     Bench(Box<bench::BenchOptions>),
@@ -154,11 +158,18 @@ fn run() -> anyhow::Result<()> {
             Command::Dlq(cmd) => dlq_cli::dlq(&settings, cmd).await,
             Command::Suppression(cmd) => cli::suppression::suppression(&settings, cmd).await,
             Command::Bench(opts) => bench::run(settings, *opts).await,
-            Command::Health { url } => {
+            Command::Health { url, json } => {
                 let url = url.unwrap_or_else(|| health::readyz_url(&settings.http.bind));
-                let answer = health::ask(&url).await?;
-                println!("{answer}");
-                Ok(())
+                let answer = health::ask(&url).await;
+                if json {
+                    println!("{}", health::as_json(&url, &answer));
+                }
+                if let Ok(body) = &answer
+                    && !json
+                {
+                    println!("{body}");
+                }
+                answer.map(drop)
             }
             Command::Demo {
                 jobs,

@@ -442,3 +442,60 @@ async fn dlq_replay_with_a_limit_replays_the_oldest_and_keeps_the_rest_in_order(
     assert_eq!(work_depth(&t).await, 1);
     t.cleanup().await;
 }
+
+/// `OutreachEnqueueToFinalSlow` reads `outreach_job_enqueue_to_final_seconds`:
+/// a job dead-lettered hours ago and replayed now is timed from its replay,
+/// or every replay would page as a slow pipeline.
+#[tokio::test]
+async fn a_replayed_job_is_timed_from_its_replay_not_its_first_publish() {
+    let t = TestEnv::new().await;
+    let two_hours_ago = OffsetDateTime::now_utc() - time::Duration::hours(2);
+    let published_ms = (two_hours_ago.unix_timestamp_nanos() / 1_000_000).to_string();
+    dead_letter_with(
+        &t,
+        &sms_payload("j-1", "clinic-1"),
+        "j-1",
+        "max_attempts",
+        two_hours_ago,
+        &[(broker::headers::PUBLISHED_MS, &published_ms)],
+    )
+    .await;
+    let out = run_cli(&t.env_vars(), &["dlq", "replay"]);
+    assert!(out.contains("replayed 1, skipped 0, left 0"), "{out}");
+
+    let worker = Binary::worker(&t.env_vars());
+    let url = format!("http://127.0.0.1:{}/metrics", worker.http_port);
+    let series = |scrape: &str, name: &str, le: Option<&str>| -> Option<f64> {
+        scrape.lines().find_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            let wanted = s.starts_with(name)
+                && s.contains("status=\"simulated\"")
+                && le.is_none_or(|le| s.contains(&format!("le=\"{le}\"")));
+            wanted.then(|| v.parse().ok())?
+        })
+    };
+    let started = std::time::Instant::now();
+    let scrape = loop {
+        let (code, body) = http_get(&url).await;
+        let count = series(&body, "outreach_job_enqueue_to_final_seconds_count", None);
+        if code == 200 && count == Some(1.0) {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the replayed job never became final:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        series(
+            &scrape,
+            "outreach_job_enqueue_to_final_seconds_bucket",
+            Some("300")
+        ),
+        Some(1.0),
+        "the replayed job was timed from its first publish:\n{scrape}"
+    );
+    drop(worker);
+    t.cleanup().await;
+}

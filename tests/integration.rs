@@ -7,6 +7,7 @@ mod support;
 
 mod admin_api;
 mod bad_input;
+mod bench_cli;
 mod crash_and_delay_tiers;
 mod delivery_log;
 mod dlq;
@@ -30,6 +31,7 @@ mod reconnect;
 mod startup;
 mod suppression;
 mod tenant_boundaries;
+mod tenant_cli;
 mod tenant_config;
 mod tenant_workers;
 mod truthful_outcomes;

@@ -358,6 +358,12 @@ async fn a_tenant_encrypted_with_an_unknown_key_fails_alone_while_another_tenant
             (1, ProviderKind::Smtp, ErrorKind::Config)
         ]
     );
+    // The error says what to do: configure the key the values were sealed with.
+    let said = &old.unusable[0].error.message;
+    assert!(
+        said.contains("add key \"k1\" to crypto.keys (or OUTREACH_ENCRYPTION_KEYS)"),
+        "{said}"
+    );
     let kinds: Vec<_> = ok.steps.iter().map(|s| (s.kind, s.is_system)).collect();
     assert_eq!(
         kinds,

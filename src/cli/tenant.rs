@@ -24,11 +24,21 @@ pub enum TenantCommand {
         #[arg(long)]
         file: PathBuf,
     },
-    /// Show a tenant's configs with secrets masked.
-    Show { tenant: String },
+    /// Show a tenant's configs with secrets masked (exit 1 when it has none).
+    Show {
+        tenant: String,
+        /// One JSON document `{tenant, channels}`, as the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
     /// List every stored config.
-    List,
-    /// Delete one channel's config, or the tenant with all of them.
+    List {
+        /// One JSON object per config and line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one channel's config, or the tenant with all of them (exit 1
+    /// when there is nothing to delete).
     Delete {
         tenant: String,
         #[arg(long)]
@@ -42,6 +52,9 @@ pub enum TenantCommand {
         /// Email address or E.164 number.
         #[arg(long)]
         to: String,
+        /// The result as one JSON object on one line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -101,25 +114,47 @@ pub async fn tenant(settings: &Settings, cmd: TenantCommand) -> anyhow::Result<(
             let version = store.put(&t, channel, &cfg, &actor()).await?;
             println!("{tenant} {channel}: stored version {version}");
         }
-        TenantCommand::Show { tenant } => {
+        TenantCommand::Show { tenant, json } => {
             let rows = store.get_tenant(&tenant_id(&tenant)?).await?;
             if rows.is_empty() {
-                println!("{tenant}: no config (system defaults)");
+                // As a missing config is an error from the admin API's
+                // DELETE; its jobs use the system defaults.
+                bail!("{tenant}: no config stored (its jobs use the system defaults)");
             }
-            for r in rows {
+            if json {
+                let channels: serde_json::Map<String, serde_json::Value> = rows
+                    .iter()
+                    .map(|r| (r.channel.to_string(), view::masked(&store, r)))
+                    .collect();
+                let doc = serde_json::json!({ "tenant": tenant, "channels": channels });
+                println!("{}", serde_json::to_string(&doc)?);
+            }
+            for r in rows.iter().filter(|_| !json) {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&view::masked(&store, &r))?
+                    serde_json::to_string_pretty(&view::masked(&store, r))?
                 );
             }
         }
-        TenantCommand::List => {
+        TenantCommand::List { json } => {
             for r in store.list().await? {
                 let providers: Vec<String> = r
                     .providers()
                     .iter()
                     .map(|p| p.map_or("?".into(), |k| k.to_string()))
                     .collect();
+                if json {
+                    let row = serde_json::json!({
+                        "tenant": r.tenant,
+                        "channel": r.channel,
+                        "enabled": r.enabled,
+                        "chain": providers,
+                        "fallback_to_system": r.fallback_to_system,
+                        "version": r.version,
+                    });
+                    println!("{}", serde_json::to_string(&row)?);
+                    continue;
+                }
                 println!(
                     "{}\t{}\t{}\tchain=[{}]\tfallback_to_system={}\tv{}",
                     r.tenant,
@@ -135,19 +170,20 @@ pub async fn tenant(settings: &Settings, cmd: TenantCommand) -> anyhow::Result<(
             let found = store
                 .delete(&tenant_id(&tenant)?, channel, &actor())
                 .await?;
-            println!(
-                "{}",
-                if found {
-                    "deleted"
-                } else {
-                    "nothing to delete"
+            if !found {
+                // The admin API answers 404 here.
+                match channel {
+                    Some(c) => bail!("{tenant}: nothing to delete (no {c} config stored)"),
+                    None => bail!("{tenant}: nothing to delete (no config stored)"),
                 }
-            );
+            }
+            println!("deleted");
         }
         TenantCommand::Test {
             tenant,
             channel,
             to,
+            json,
         } => {
             let t = tenant_id(&tenant)?;
             app::install_crypto();
@@ -161,7 +197,11 @@ pub async fn tenant(settings: &Settings, cmd: TenantCommand) -> anyhow::Result<(
                 base: Duration::from_millis(settings.worker.quick_retry_base_ms),
             };
             let result = admin_api::send_test(&directory, &job, &quick).await;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            if json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            }
             if result["simulated"] == true {
                 eprintln!("the sandbox accepted the test message: nothing was delivered");
             } else if result["sent"] != true {

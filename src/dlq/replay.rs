@@ -198,9 +198,12 @@ fn provider_accepted(status: Option<&str>) -> bool {
     matches!(status, Some("sent" | "simulated"))
 }
 
-/// The message's properties without its previous life's headers.
+/// The message's properties without its previous life's headers, stamped
+/// as published now: `outreach_job_enqueue_to_final_seconds` (and the
+/// `OutreachEnqueueToFinalSlow` alert) then time the replay, not the hours
+/// the job spent dead-lettered before someone fixed its cause.
 fn fresh(props: &BasicProperties) -> BasicProperties {
-    let kept: std::collections::BTreeMap<_, _> = props
+    let mut kept: std::collections::BTreeMap<_, _> = props
         .headers()
         .as_ref()
         .map(|h| {
@@ -211,10 +214,18 @@ fn fresh(props: &BasicProperties) -> BasicProperties {
                 .collect()
         })
         .unwrap_or_default();
-    props
+    let stamped = broker::job_properties();
+    if let Some(h) = stamped.headers() {
+        kept.extend(h.inner().iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let mut fresh = props
         .clone()
         .with_delivery_mode(2)
-        .with_headers(FieldTable::from(kept))
+        .with_headers(FieldTable::from(kept));
+    if let Some(t) = stamped.timestamp() {
+        fresh = fresh.with_timestamp(*t);
+    }
+    fresh
 }
 
 /// Step 2: publish `mandatory`, so a job that no queue would take comes back
@@ -271,8 +282,22 @@ mod tests {
             .keys()
             .map(|k| k.as_str())
             .collect();
-        assert_eq!(kept, vec!["traceparent", headers::JOB_ID]);
+        assert_eq!(
+            kept,
+            vec!["traceparent", headers::JOB_ID, headers::PUBLISHED_MS]
+        );
         assert_eq!(out.message_id().as_ref().unwrap().as_str(), "j-1");
         assert_eq!(*out.delivery_mode(), Some(2));
+    }
+
+    #[test]
+    fn a_replayed_job_is_stamped_as_published_at_its_replay() {
+        let mut h = FieldTable::default();
+        h.insert(headers::PUBLISHED_MS.into(), AMQPValue::LongLongInt(1_000));
+        let props = BasicProperties::default().with_timestamp(1).with_headers(h);
+        let before = broker::published_ms(&broker::job_properties()).unwrap();
+        let out = fresh(&props);
+        assert!(broker::published_ms(&out).unwrap() >= before);
+        assert!(out.timestamp().unwrap() >= before / 1000);
     }
 }

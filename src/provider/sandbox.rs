@@ -38,6 +38,30 @@ impl SandboxSettings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         Ok(())
     }
+
+    /// The `record_file`'s folder exists on this machine: checked when a
+    /// config is stored, so a typo is refused then rather than found when
+    /// a worker first builds the account. (Not part of [`Self::validate`],
+    /// which runs before an admin API caller's rights are checked: it would
+    /// tell anyone whether a folder exists. The path is never quoted.)
+    pub fn check_folder(&self) -> Result<(), SettingsError> {
+        let Some(path) = &self.record_file else {
+            return Ok(());
+        };
+        let folder = match std::path::Path::new(path).parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if folder.is_dir() {
+            Ok(())
+        } else {
+            Err(SettingsError::new(
+                "record_file",
+                "its folder does not exist on this machine: create it, or name a file in an \
+                 existing folder",
+            ))
+        }
+    }
 }
 
 pub struct Sandbox {

@@ -10,6 +10,7 @@
 
 use super::sealed::{self, SealError};
 use super::{ChainStep, ResolvedChannel, StoredConfig, TenantStore, UnusableStep};
+use crate::crypto::CryptoError;
 use crate::job::{Channel, TenantId};
 use crate::metrics as m;
 use crate::provider::{self, ErrorKind, Provider, ProviderContext, ProviderError};
@@ -211,7 +212,7 @@ impl Directory {
             ProviderError::new(
                 ErrorKind::Config,
                 Some("tenant_config".into()),
-                format!("tenant config unreadable: {e}; store the channel's config again"),
+                format!("tenant config unreadable: {e}; {}", remedy(&e)),
             )
         })?;
         // Logged and counted once per load (a cached chain is reused by
@@ -276,15 +277,14 @@ impl Directory {
             let (fp, p) = match opened {
                 Ok(ok) => ok,
                 Err(e) => {
+                    let remedy = remedy(&e);
                     unusable.push(UnusableStep {
                         kind,
                         step: i as u16,
                         error: ProviderError::new(
                             ErrorKind::Config,
                             Some("tenant_config".into()),
-                            format!(
-                                "chain entry {i} ({kind}) cannot be used: {e}; store the channel's config again"
-                            ),
+                            format!("chain entry {i} ({kind}) cannot be used: {e}; {remedy}"),
                         ),
                     });
                     continue;
@@ -346,6 +346,18 @@ fn account_limits(rates: &ProviderRates, kind: provider::ProviderKind) -> Vec<Li
     Limit::new(rates.of(kind), Duration::from_secs(1))
         .into_iter()
         .collect()
+}
+
+/// What a person does about an entry that cannot be opened: a value sealed
+/// with a key this worker lacks needs that key (by id), not a new config.
+fn remedy(e: &ChainError) -> String {
+    match e {
+        ChainError::Seal(SealError::Crypto(CryptoError::UnknownKey { kid, .. })) => format!(
+            "add key {kid:?} to crypto.keys (or OUTREACH_ENCRYPTION_KEYS) on every worker, \
+             or store the channel's config again"
+        ),
+        _ => "store the channel's config again".into(),
+    }
 }
 
 /// Why a stored chain could not be built; names the field, never a value.

@@ -136,6 +136,18 @@ impl ChannelConfig {
         Self::from_json(value, channel)
     }
 
+    /// Paths on this machine that the config names exist (a sandbox's
+    /// `record_file` folder); checked when the config is stored.
+    pub fn check_paths(&self) -> Result<(), ConfigError> {
+        for (i, s) in self.chain.iter().enumerate() {
+            if let ProviderSettings::Sandbox(sb) = s {
+                sb.check_folder()
+                    .map_err(|e| ConfigError::new(format!("chain[{i}].{}", e.field), e.reason))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every rule, the error naming the first bad field by its path.
     pub fn validate(&self, channel: Channel) -> Result<(), ConfigError> {
         for (i, s) in self.chain.iter().enumerate() {

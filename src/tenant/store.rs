@@ -154,6 +154,7 @@ impl TenantStore {
     ) -> Result<i64, StoreError> {
         self.check_chain_len(cfg.chain.len())?;
         cfg.validate(channel)?;
+        cfg.check_paths()?;
         let chain = cfg
             .chain
             .iter()

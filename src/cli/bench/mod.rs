@@ -147,14 +147,24 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
                 0.0
             }),
     };
+    // Before anything is made: from here on SIGINT / SIGTERM end the run
+    // through the clean-up below instead of killing the process.
+    let mut signals = Signals::install()?;
+    let db_name = format!("outreach_bench_{run_id}");
+    // Under the configured prefix (so a broker's permissions and policies
+    // for it apply), one level down so nothing of a deployment's is touched.
+    let base = format!("{}.bench-{run_id}", settings.amqp.prefix);
+    let prefixes = [base.clone(), format!("{base}-base")];
+    eprintln!(
+        "bench {run_id}: database {db_name}, queues and exchanges {base}.* and {base}-base.* \
+         (under amqp.prefix); all removed when it ends"
+    );
     let stop = CancellationToken::new();
     let aux = aux_runtime(stop.clone())?;
     let fake = aux
         .spawn(fake::FakeProvider::start(behaviour, stop.clone()))
         .await??;
     setup::point_defaults_at(&mut settings, &fake.base_url)?;
-    let db_name = format!("outreach_bench_{run_id}");
-    let prefixes = [format!("bench-{run_id}"), format!("bench-{run_id}-base")];
 
     let ctx = Ctx {
         opts: &opts,
@@ -163,20 +173,40 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
         behaviour,
         run_id: &run_id,
         bar: progress_bar(),
+        workers: setup::Fleet::default(),
     };
-    let outcome = if opts.scenario == Scenario::Soak {
-        ctx.bar.finish_and_clear();
-        ctx.soak(&mut settings, &db_name, &prefixes[0])
-            .await
-            .map(Outcome::Soak)
-    } else {
-        ctx.run(&mut settings, &db_name, &prefixes)
-            .await
-            .map(|r| Outcome::Report(Box::new(r)))
+    let mut interrupted = false;
+    let outcome = tokio::select! {
+        outcome = async {
+            if opts.scenario == Scenario::Soak {
+                ctx.bar.finish_and_clear();
+                ctx.soak(&mut settings, &db_name, &prefixes[0])
+                    .await
+                    .map(Outcome::Soak)
+            } else {
+                ctx.run(&mut settings, &db_name, &prefixes)
+                    .await
+                    .map(|r| Outcome::Report(Box::new(r)))
+            }
+        } => outcome,
+        signal = signals.recv() => {
+            interrupted = true;
+            Err(anyhow::anyhow!("interrupted by {signal}"))
+        }
     };
     ctx.bar.finish_and_clear();
+    if interrupted {
+        signals.exit_on_next(&run_id, &base);
+    }
 
-    // Clean up whatever happened.
+    // Clean up whatever happened: the workers first (a running worker
+    // would declare its queues again), then queues, exchanges, database.
+    if let Err(e) = &outcome {
+        eprintln!("bench {run_id}: ended early ({e}); removing its queues and database");
+    }
+    if let Err(e) = ctx.workers.stop().await {
+        eprintln!("stopping the bench's workers: {e:#}");
+    }
     let held = setup::held_queues(&settings).await;
     for p in &prefixes {
         let mut s = settings.amqp.clone();
@@ -212,6 +242,46 @@ pub async fn run(mut settings: Settings, opts: BenchOptions) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// SIGINT and SIGTERM, caught from the start of a run.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+
+    /// A second signal during the clean-up exits at once (a broker or
+    /// database that does not answer must not make the bench unkillable),
+    /// saying what is left.
+    fn exit_on_next(mut self, run_id: &str, base: &str) {
+        let (run_id, base) = (run_id.to_owned(), base.to_owned());
+        tokio::spawn(async move {
+            let signal = self.recv().await;
+            eprintln!(
+                "bench {run_id}: {signal} again, exiting without cleaning up: delete its queues \
+                 and exchanges ({base}.*, {base}-base.*) and database outreach_bench_{run_id} \
+                 by hand"
+            );
+            std::process::exit(130);
+        });
+    }
 }
 
 /// What a bench run gives.
@@ -256,6 +326,7 @@ struct Ctx<'a> {
     behaviour: fake::FakeBehaviour,
     run_id: &'a str,
     bar: ProgressBar,
+    workers: setup::Fleet,
 }
 
 impl Ctx<'_> {
@@ -321,7 +392,7 @@ impl Ctx<'_> {
         if !live {
             self.enqueue(&publisher, 0..n, &*tenant_of).await?;
         }
-        let (workers, procs) = self.start_workers(settings)?;
+        let procs = self.start_workers(settings).await?;
         // A live backlog is published as fast as the broker takes it, while
         // the workers run and the quiet tenants' jobs trickle in.
         let backlog = live.then(|| {
@@ -340,14 +411,7 @@ impl Ctx<'_> {
                 load::enqueue_paced(&p, &run, n..n + extra, &*t, QUIET_PER_SEC).await
             })
         });
-        let drained = self.drain("pipeline", &collector, 0..n, &procs).await;
-        let pipeline = match drained {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = workers.stop().await;
-                return Err(e);
-            }
-        };
+        let pipeline = self.drain("pipeline", &collector, 0..n, &procs).await?;
         if let Some(b) = backlog {
             b.await??;
         }
@@ -383,7 +447,7 @@ impl Ctx<'_> {
                 )
             }
         };
-        workers.stop().await?;
+        self.workers.stop().await?;
         let _ = events_conn.close(200, "bye".into()).await;
         let final_states: Vec<(String, i64)> = sqlx::query_as(
             "SELECT status::text, count(*) FROM outreach_logs GROUP BY 1 ORDER BY 1",
@@ -445,8 +509,9 @@ impl Ctx<'_> {
         })
     }
 
-    /// The workers under test (`--processes` or `--workers`), and what to sample.
-    fn start_workers(&self, settings: &Settings) -> anyhow::Result<(setup::Workers, WorkerProcs)> {
+    /// Start the workers under test (`--processes` or `--workers`) in
+    /// [`Ctx::workers`]; returns what to sample.
+    async fn start_workers(&self, settings: &Settings) -> anyhow::Result<WorkerProcs> {
         let workers = match self.opts.processes {
             Some(p) => setup::Workers::processes(settings, &self.fake.base_url, p)?,
             None => setup::Workers::in_process(settings, self.opts.workers),
@@ -454,7 +519,8 @@ impl Ctx<'_> {
         let procs = workers
             .pids()
             .map_or(WorkerProcs::InProcess, WorkerProcs::Children);
-        Ok((workers, procs))
+        self.workers.start(workers).await;
+        Ok(procs)
     }
 
     /// The soak scenario (see [`soak`]).
@@ -475,7 +541,7 @@ impl Ctx<'_> {
         setup::configure_tenants(&pool, 0..tenants).await?;
         settings.amqp.prefix = prefix.to_owned();
         let (topology, publisher, collector, events_conn) = self.prepare(settings, n).await?;
-        let (workers, procs) = self.start_workers(settings)?;
+        let procs = self.start_workers(settings).await?;
         let started = Instant::now();
         let offer = {
             let (p, run) = (publisher.clone(), self.run_id.to_owned());
@@ -504,6 +570,9 @@ impl Ctx<'_> {
         eprintln!("{}", soak::Sample::HEADER);
         let mut samples = Vec::new();
         let outcome = loop {
+            if let Err(e) = self.workers.check().await {
+                break Err(e);
+            }
             let finals = collector.finals_in(0..n);
             let sample = match probe.sample(finals).await {
                 Ok(s) => s,
@@ -523,7 +592,7 @@ impl Ctx<'_> {
         };
         let elapsed = started.elapsed();
         offer.abort();
-        workers.stop().await?;
+        self.workers.stop().await?;
         let _ = events_conn.close(200, "bye".into()).await;
         outcome?;
         let final_states: Vec<(String, i64)> = sqlx::query_as(
@@ -628,6 +697,9 @@ impl Ctx<'_> {
         let started = Instant::now();
         let limit = Duration::from_secs(self.opts.timeout_secs);
         loop {
+            // A worker that stopped (a port taken…) fails the run now,
+            // with its reason, rather than after the timeout.
+            self.workers.check().await?;
             sample();
             let done = collector.finals_in(range.clone());
             self.bar.set_position(done as u64);

@@ -203,18 +203,28 @@ impl Workers {
     /// `n` `outreach worker --no-migrate` child processes.
     pub fn processes(settings: &Settings, fake_base: &str, n: usize) -> anyhow::Result<Workers> {
         let exe = std::env::current_exe().context("cannot find the outreach binary")?;
-        let children = (0..n)
-            .map(|_| {
-                Command::new(&exe)
-                    .args(["worker", "--no-migrate"])
-                    .envs(worker_env(settings, fake_base))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .context("spawn outreach worker")
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            let spawned = Command::new(&exe)
+                .args(["worker", "--no-migrate"])
+                .envs(worker_env(settings, fake_base))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("spawn outreach worker");
+            match spawned {
+                Ok(c) => children.push(c),
+                Err(e) => {
+                    // The ones already running must not outlive the bench.
+                    terminate(&children);
+                    for mut c in children {
+                        let _ = c.wait();
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok(Workers::Children(children))
     }
 
@@ -223,6 +233,38 @@ impl Workers {
         match self {
             Workers::InProcess(_) => None,
             Workers::Children(c) => Some(c.iter().map(Child::id).collect()),
+        }
+    }
+
+    /// An error when a worker has stopped by itself (its listener's port
+    /// taken, a setting it refused…): the bench cannot go on without it.
+    /// The stopped worker is removed, so [`Workers::stop`] still stops the rest.
+    pub async fn check(&mut self) -> anyhow::Result<()> {
+        match self {
+            Workers::InProcess(ws) => {
+                let Some(i) = ws.iter().position(|(_, task)| task.is_finished()) else {
+                    return Ok(());
+                };
+                let (_, task) = ws.remove(i);
+                match task.await {
+                    Ok(Err(e)) => Err(e.context(format!("bench worker {i} stopped"))),
+                    Ok(Ok(())) => anyhow::bail!("bench worker {i} stopped without being asked"),
+                    Err(e) => anyhow::bail!("bench worker {i} stopped: {e}"),
+                }
+            }
+            Workers::Children(children) => {
+                for i in 0..children.len() {
+                    if let Some(status) = children[i].try_wait()? {
+                        let pid = children[i].id();
+                        // Reaped by try_wait; this only hands back its status.
+                        children.remove(i).wait()?;
+                        anyhow::bail!(
+                            "bench worker process {pid} exited ({status}); its error is above"
+                        );
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -238,16 +280,51 @@ impl Workers {
                 }
             }
             Workers::Children(children) => {
-                for c in &children {
-                    let _ = Command::new("kill")
-                        .args(["-TERM", &c.id().to_string()])
-                        .status();
-                }
+                terminate(&children);
                 for mut c in children {
                     tokio::task::spawn_blocking(move || c.wait()).await??;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// SIGTERM to each child (a graceful stop).
+fn terminate(children: &[Child]) {
+    for c in children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+}
+
+/// The bench's workers while they run: kept here rather than on a phase's
+/// stack, so that whatever ends the run (an error, SIGINT, SIGTERM) can stop
+/// them before their queues are deleted (a worker still running would
+/// declare them again).
+#[derive(Default)]
+pub struct Fleet(tokio::sync::Mutex<Option<Workers>>);
+
+impl Fleet {
+    pub async fn start(&self, workers: Workers) {
+        *self.0.lock().await = Some(workers);
+    }
+
+    /// See [`Workers::check`].
+    pub async fn check(&self) -> anyhow::Result<()> {
+        match self.0.lock().await.as_mut() {
+            Some(w) => w.check().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stop the workers, if any run.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let workers = self.0.lock().await.take();
+        match workers {
+            Some(w) => w.stop().await,
+            None => Ok(()),
+        }
     }
 }
