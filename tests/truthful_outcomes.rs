@@ -159,6 +159,33 @@ async fn with_the_shipped_defaults_a_tenant_without_a_chain_fails_with_no_provid
     env.cleanup().await;
 }
 
+/// The worker's log shows values as an operator reads them, not Rust
+/// (`"code":"no_provider"`, not `"Some(\\"no_provider\\")"`).
+#[tokio::test]
+async fn the_dead_letter_log_line_shows_the_error_code_as_a_plain_value() {
+    let env = TestEnv::new().await;
+    let mut vars = env.env_vars();
+    // What ships: no system default for any channel.
+    vars.retain(|k, _| !k.starts_with("OUTREACH__DEFAULTS__"));
+    vars.insert("RUST_LOG".into(), "warn".into());
+    let log = env.path("worker.log");
+    let worker = support::Binary::worker_with_stderr(&vars, std::fs::File::create(&log).unwrap());
+
+    publish(&env, &[email("job-bare", "no-config")]).await;
+    let r = wait_final(&env, "job-bare", Duration::from_secs(30)).await;
+    assert_eq!(r["error_code"], "no_provider");
+    assert!(worker.terminate().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("dead-lettered"))
+        .unwrap_or_else(|| panic!("no dead-letter line in:\n{text}"));
+    let entry: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["code"], "no_provider", "{line}");
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_message_the_sandbox_accepted_is_logged_simulated_never_sent() {
     let env = TestEnv::new().await;

@@ -199,8 +199,13 @@ async fn end_round(at: &At<'_>, job: &Job, rec: Record, fate: Fate) -> Result<()
             opted_out(shared, job, &failure, row.provider.as_deref()).await?;
             // Kind and code only: the provider's text is in the log row and
             // the dead letter, for whoever investigates this job.
-            tracing::warn!(reason = reason.as_str(), error_kind = failure.kind().as_str(), code = ?failure.code(),
-                "job failed for good: dead-lettered");
+            // The code as a value (`no_provider`), absent when there is none.
+            tracing::warn!(
+                reason = reason.as_str(),
+                error_kind = failure.kind().as_str(),
+                code = failure.code().as_deref(),
+                "job failed for good: dead-lettered"
+            );
             dead_letter(at, reason, &failure, &row).await?
         }
         Fate::Expired { failure } => {

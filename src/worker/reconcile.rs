@@ -114,7 +114,7 @@ async fn pass(
     // cannot be published, the transaction rolls back and the next pass
     // tries again.
     for row in &lost {
-        tracing::error!(job_id = %row.job_id, tenant_id = ?row.tenant_id, "job lost in flight: ended expired (lost)");
+        tracing::error!(job_id = %row.job_id, tenant_id = row.tenant_id.as_deref(), "job lost in flight: ended expired (lost)");
         shared.events(publish).publish_row(row, false).await?;
     }
     let caught_up = crate::feedback::apply::catch_up(&mut tx, &shared.events(publish)).await?;
