@@ -263,7 +263,7 @@ async fn sigkills_under_load_lose_nothing_and_resend_at_most_the_unrecorded_boun
     let env = TestEnv::new().await;
     let mut vars = worker_env(&env);
     let record = env.record_emails(&mut vars);
-    let bound: usize = 512; // delivery_log.max_unrecorded, the shipped default
+    let bound: usize = 128; // delivery_log.max_unrecorded, the shipped default
     let payloads = email_payloads("k", jobs);
     env.publisher().await.publish_many(&payloads).await.unwrap();
     let mut workers: Vec<Binary> = (0..WORKERS).map(|_| Binary::worker(&vars)).collect();

@@ -464,7 +464,12 @@ impl Ctx<'_> {
             Some(self.baseline(settings, n, &*tenant_of).await?)
         };
         let workers_n = o.processes.unwrap_or(o.workers);
-        let concurrency = settings.worker.concurrency;
+        // Sends in flight per worker: worker.concurrency, and jobs between
+        // their first call and their record (delivery_log.max_unrecorded).
+        let concurrency = settings
+            .worker
+            .concurrency
+            .min(settings.delivery_log.max_unrecorded);
         let in_flight_limit = (!self.behaviour.latency.is_zero())
             .then(|| (workers_n * concurrency) as f64 / self.behaviour.latency.as_secs_f64());
         let (calls, faults) = self.fake.calls();
