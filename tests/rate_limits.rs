@@ -397,3 +397,69 @@ async fn a_429_on_an_account_without_a_rate_limit_pauses_it_in_every_worker() {
     following.await.unwrap();
     env.cleanup().await;
 }
+
+/// On shutdown a job taken from a held queue is given up at the grace, as
+/// one from a work queue is: its delivery goes back to its queue and the
+/// worker stops, however long its provider takes to answer.
+#[tokio::test]
+async fn at_shutdown_a_held_queue_job_stuck_at_its_provider_is_given_up_after_the_grace() {
+    let env = TestEnv::new().await;
+    let hangs = fake::serve(
+        &fake::twilio_path(),
+        fake::Slow(fake::Twilio, Duration::from_secs(180)),
+    )
+    .await;
+    set_tenant(&env, "slow", Channel::Sms,
+        json!({"fallback_to_system": false, "chain": [twilio_at(&hangs)], "rate_limits": {"per_second": 1, "burst": 1}})).await;
+    let mut s = worker_settings(&env);
+    s.worker.shutdown_grace_secs = 1;
+    // A job that must wait for the limit goes to the held queue at once.
+    s.rate_limits.max_inline_wait_ms = 0;
+    let (stop, worker) = env.spawn_worker(s);
+    let jobs: Vec<Value> = (0..10).map(|i| sms(&format!("slow-{i}"), "slow")).collect();
+    publish(&env, &jobs).await;
+    // The first job took the limit's one send; every later call is a job
+    // that waited in the held queue.
+    eventually(
+        Duration::from_secs(30),
+        "a held job to reach the provider",
+        || async { hangs.received_requests().await.unwrap_or_default().len() >= 2 },
+    )
+    .await;
+
+    stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(90), worker).await;
+    assert!(
+        ended.is_ok(),
+        "the worker waited on its held job past the shutdown grace"
+    );
+    ended.unwrap().unwrap().unwrap();
+    // Given up, not carried on past the grace: no job went on to its
+    // provider's timeout and quick retries and was recorded with an outcome.
+    let ended_rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT job_id, status::text FROM outreach_logs WHERE status <> 'processing' ORDER BY job_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        ended_rows.is_empty(),
+        "jobs carried to an outcome after the grace: {ended_rows:?}"
+    );
+    // Nothing lost: every job is back in a queue.
+    let conn = broker::connect(&AMQP_URL.parse().unwrap(), "test-depth")
+        .await
+        .unwrap();
+    let held = env.topology.held_queue("slow", "sms");
+    let in_held = broker::queue_depth(&conn, &held)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let in_work = env.topology.work_depth(&conn).await.unwrap();
+    assert!(
+        in_held + in_work >= 10,
+        "{in_held} held + {in_work} in the work queue of 10 jobs"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    env.cleanup().await;
+}

@@ -135,6 +135,10 @@ async fn session(
 
     let tracker = TaskTracker::new();
     let held_stop = CancellationToken::new();
+    // Fired when jobs still in flight are given up (their deliveries return
+    // to the queue with the connection): nothing waits on a dead channel.
+    // Jobs from the work queues and from held queues alike.
+    let abandon = CancellationToken::new();
     tracker.spawn(reconcile::run(
         shared.clone(),
         publish.clone(),
@@ -153,14 +157,12 @@ async fn session(
         publish.clone(),
         moves.clone(),
         held_stop.clone(),
+        abandon.clone(),
     ));
     // One loop per work queue. Jobs in flight are bounded by the prefetch of
     // each queue, sends by `shared.sends`, which serves waiting jobs in
     // order: a queue with a burst cannot take every send slot from the others.
     let loops = CancellationToken::new();
-    // Fired when jobs still in flight are given up (their deliveries return
-    // to the queue with the connection): nothing waits on a dead channel.
-    let abandon = CancellationToken::new();
     let mut consuming = tokio::task::JoinSet::new();
     for mut consumer in consumers {
         let (shared, publish, moves, jobs, stop, abandon) = (
@@ -182,19 +184,14 @@ async fn session(
                         None => return Err(BrokerError::ConsumerEnded),
                     },
                 };
-                let (shared, publish, moves, abandon) = (
+                jobs.spawn(delivered(
                     shared.clone(),
                     publish.clone(),
                     moves.clone(),
+                    delivery,
+                    Source::WorkQueue,
                     abandon.clone(),
-                );
-                jobs.spawn(async move {
-                    let _counted = InFlight::start();
-                    tokio::select! {
-                        _ = abandon.cancelled() => {}
-                        _ = ack_or_requeue(&shared, &publish, &moves, delivery, Source::WorkQueue) => {}
-                    }
-                });
+                ));
             }
         });
     }
@@ -330,6 +327,23 @@ fn connection_lost(
     }
 }
 
+/// One delivery's task, from a work queue or a held queue alike: counted
+/// in flight while it lives, given up when `abandon` fires.
+async fn delivered(
+    shared: Arc<Shared>,
+    publish: lapin::Channel,
+    moves: lapin::Channel,
+    delivery: lapin::message::Delivery,
+    source: Source,
+    abandon: CancellationToken,
+) {
+    let _counted = InFlight::start();
+    tokio::select! {
+        _ = abandon.cancelled() => {}
+        _ = ack_or_requeue(&shared, &publish, &moves, delivery, source) => {}
+    }
+}
+
 /// Counts a job in `outreach_jobs_in_flight` while it lives, however it ends.
 struct InFlight;
 
@@ -368,6 +382,7 @@ async fn consume_held(
     publish: lapin::Channel,
     moves: lapin::Channel,
     stop: CancellationToken,
+    abandon: CancellationToken,
 ) {
     // Held jobs ack on `channel`: it must outlive them.
     let tracker = TaskTracker::new();
@@ -437,12 +452,13 @@ async fn consume_held(
             };
             tracing::info!(%queue, "consuming held queue");
             consuming.insert(held.queue);
-            let (shared, publish, moves, jobs, stop) = (
+            let (shared, publish, moves, jobs, stop, abandon) = (
                 shared.clone(),
                 publish.clone(),
                 moves.clone(),
                 tracker.clone(),
                 stop.clone(),
+                abandon.clone(),
             );
             tracker.spawn(async move {
                 loop {
@@ -450,11 +466,14 @@ async fn consume_held(
                         _ = stop.cancelled() => break,
                         next = consumer.next() => match next {
                             Some(Ok(delivery)) => {
-                                let (shared, publish, moves) =
-                                    (shared.clone(), publish.clone(), moves.clone());
-                                jobs.spawn(async move {
-                                    ack_or_requeue(&shared, &publish, &moves, delivery, Source::HeldQueue).await;
-                                });
+                                jobs.spawn(delivered(
+                                    shared.clone(),
+                                    publish.clone(),
+                                    moves.clone(),
+                                    delivery,
+                                    Source::HeldQueue,
+                                    abandon.clone(),
+                                ));
                             }
                             _ => break,
                         }
