@@ -86,7 +86,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     let listener = tokio::net::TcpListener::bind(&settings.http.bind)
         .await
         .with_context(|| format!("cannot listen on http.bind = {}", settings.http.bind))?;
-    tracing::info!(addr = %listener.local_addr()?, "http listening (/metrics, /healthz, /readyz)");
+    tracing::info!(addr = %listener.local_addr()?, "http listening (/metrics, /healthz, /readyz, admin API /admin/v1)");
     let w = &settings.worker;
     let quick_retry = QuickRetry {
         times: w.quick_retries,

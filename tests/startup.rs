@@ -157,3 +157,55 @@ async fn after_migrate_a_job_published_before_any_worker_started_is_routed_and_s
     assert!(worker.terminate().success());
     env.cleanup().await;
 }
+
+/// An operator reads from the start log where each listener is: the HTTP
+/// one (metrics, probes, admin API) and the webhooks one.
+#[tokio::test]
+async fn the_worker_start_log_names_every_listener_it_opened() {
+    let env = support::TestEnv::new().await;
+    let mut vars = env.env_vars();
+    let webhooks = support::free_port();
+    vars.insert(
+        "OUTREACH__WEBHOOKS__BIND".into(),
+        format!("127.0.0.1:{webhooks}"),
+    );
+    let log = env.path("worker.log");
+    let worker = support::Binary::worker_with_stderr(&vars, std::fs::File::create(&log).unwrap());
+    let http = format!("127.0.0.1:{}", worker.http_port);
+    let ready = format!("http://{http}/readyz");
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the worker to be ready",
+        || async { support::http_get(&ready).await.0 == 200 },
+    )
+    .await;
+    assert!(worker.terminate().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let listening: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("listening"))
+        })
+        .collect();
+    let names = |addr: String, what: &str| {
+        listening.iter().any(|e| {
+            e["addr"] == addr.as_str() && e["message"].as_str().is_some_and(|m| m.contains(what))
+        })
+    };
+    for what in ["/metrics", "/readyz", "/admin/v1"] {
+        assert!(
+            names(http.clone(), what),
+            "no start line names {what} at {http}: {listening:?}"
+        );
+    }
+    let hooks = format!("127.0.0.1:{webhooks}");
+    assert!(
+        names(hooks.clone(), "/webhooks/"),
+        "no start line names the webhooks at {hooks}: {listening:?}"
+    );
+    env.cleanup().await;
+}
