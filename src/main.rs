@@ -151,10 +151,7 @@ fn run() -> anyhow::Result<()> {
             Command::Enqueue(args) => cli::enqueue::enqueue(&settings, *args).await,
             Command::Tenant(cmd) => tenant_cli::tenant(&settings, cmd).await,
             Command::Keys(cmd) => tenant_cli::keys(&settings, cmd).await,
-            Command::Admin(cmd) => {
-                tenant_cli::admin(cmd);
-                Ok(())
-            }
+            Command::Admin(cmd) => tenant_cli::admin(cmd),
             Command::Dlq(cmd) => dlq_cli::dlq(&settings, cmd).await,
             Command::Suppression(cmd) => cli::suppression::suppression(&settings, cmd).await,
             Command::Bench(opts) => bench::run(settings, *opts).await,

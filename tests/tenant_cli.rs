@@ -182,3 +182,48 @@ async fn a_sandbox_record_file_in_a_missing_folder_is_refused_when_stored() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     env.cleanup().await;
 }
+
+/// `admin hash-token --generate`: a token to give the client, and the digest
+/// that configures it; the README's command keeps the token (it used to
+/// print only the digest of a token nobody saw).
+#[test]
+fn hash_token_generate_prints_a_new_token_and_its_digest() {
+    let out = cli_output(&Default::default(), &["admin", "hash-token", "--generate"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let token = lines[0].strip_prefix("token ").expect("a token line first");
+    let digest = lines[1].strip_prefix("sha256 ").expect("then its digest");
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(digest, outreach::admin_api::hash_token(token));
+    let again = cli_output(&Default::default(), &["admin", "hash-token", "--generate"]);
+    assert!(
+        !String::from_utf8(again.stdout).unwrap().contains(token),
+        "a new token each time"
+    );
+}
+
+/// `--stdin` keeps the token off the command line (shell history, `ps`).
+#[test]
+fn hash_token_reads_the_token_from_stdin() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outreach"))
+        .args(["admin", "hash-token", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret-token\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        outreach::admin_api::hash_token("s3cret-token")
+    );
+}

@@ -68,8 +68,22 @@ pub enum KeysCommand {
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
-    /// Print the SHA-256 of an API token, for admin.operator_token_sha256 / tenant_tokens.
-    HashToken { token: String },
+    /// Print the SHA-256 of an API token, for admin.operator_token_sha256 /
+    /// tenant_tokens: of a new random token (--generate), of one read from
+    /// standard input (--stdin), or of TOKEN.
+    HashToken {
+        /// The token. A command line is seen in the shell's history and the
+        /// process list: prefer --generate or --stdin.
+        #[arg(required_unless_present_any = ["stdin", "generate"], conflicts_with_all = ["stdin", "generate"])]
+        token: Option<String>,
+        /// Read the token from standard input (its first line).
+        #[arg(long)]
+        stdin: bool,
+        /// Make a new random token (32 random bytes, hex) and print it with
+        /// its digest: `token <token>` then `sha256 <digest>`.
+        #[arg(long, conflicts_with = "stdin")]
+        generate: bool,
+    },
 }
 
 /// `cli:<user>`, the audit actor of CLI changes.
@@ -274,8 +288,27 @@ fn not_decrypted(n: usize) -> String {
     }
 }
 
-pub fn admin(cmd: AdminCommand) {
+pub fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
     match cmd {
-        AdminCommand::HashToken { token } => println!("{}", admin_api::hash_token(&token)),
+        AdminCommand::HashToken { generate: true, .. } => {
+            let token = hex::encode(rand::random::<[u8; 32]>());
+            println!("token {token}");
+            println!("sha256 {}", admin_api::hash_token(&token));
+        }
+        AdminCommand::HashToken { stdin: true, .. } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let token = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                !token.is_empty(),
+                "no token on standard input (give one line, e.g. `outreach admin hash-token --stdin < token.txt`)"
+            );
+            println!("{}", admin_api::hash_token(token));
+        }
+        AdminCommand::HashToken { token, .. } => {
+            let token = token.expect("clap requires TOKEN without --stdin or --generate");
+            println!("{}", admin_api::hash_token(&token));
+        }
     }
+    Ok(())
 }
