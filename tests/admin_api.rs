@@ -604,6 +604,33 @@ async fn a_body_over_the_limit_is_refused_with_413() {
     env.cleanup().await;
 }
 
+/// A 413 is JSON like every other error of the API, naming the setting.
+#[tokio::test]
+async fn a_body_over_the_limit_gets_a_json_error_naming_the_limit() {
+    let env = TestEnv::new().await;
+    let api = Api::start(&env).await;
+    let big = json!({"chain": [], "time_zone": "x".repeat(70 * 1024)});
+
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/tenants/clinic-1/messaging/email",
+            Some(OPERATOR),
+            Some(big),
+        )
+        .await;
+
+    assert_eq!(status, 413);
+    let error: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin.max_body_bytes")),
+        "{error}"
+    );
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn path_like_tenant_ids_are_refused() {
     let env = TestEnv::new().await;

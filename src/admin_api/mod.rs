@@ -140,6 +140,23 @@ impl Tokens {
     }
 }
 
+/// A 413 from the body limit (plain text) answered as the API's JSON error.
+async fn json_413(r: Response) -> Response {
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than admin.max_body_bytes",
+            None,
+        )
+        .into_response();
+    }
+    r
+}
+
 /// The hex SHA-256 of a token, as configured (`outreach admin hash-token`).
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -163,6 +180,8 @@ pub fn router(state: AdminState) -> Router {
             delete(suppressions::delete_one),
         )
         .layer(DefaultBodyLimit::max(limit))
+        // The body limit's refusal is axum's plain text: JSON like the rest.
+        .layer(axum::middleware::map_response(json_413))
         // A panic in a handler (a defect) answers 500 like other errors
         // instead of dropping the connection, and is counted.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
