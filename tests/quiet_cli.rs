@@ -44,3 +44,43 @@ async fn cli_commands_say_nothing_about_migrations_or_broker_connections() {
     }
     env.cleanup().await;
 }
+
+/// `enqueue` checks a job built from flags with the worker's validator
+/// before it connects, and names the flag to fix (the broker here is a
+/// closed port: the answer must not depend on it).
+#[test]
+fn enqueue_refuses_an_invalid_job_before_connecting_naming_the_flag() {
+    let vars = std::collections::HashMap::from([(
+        "OUTREACH__AMQP__URL".to_string(),
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", support::free_port()),
+    )]);
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "--channel",
+                "email",
+                "--to",
+                "patient@example.org",
+                "--text",
+                "Hi",
+            ],
+            "--subject",
+        ),
+        (&["--channel", "sms", "--to", "12", "--text", "Hi"], "--to"),
+    ];
+    for (flags, named) in cases {
+        let mut args = vec!["enqueue", "--tenant", "clinic-1"];
+        args.extend_from_slice(flags);
+        let out = cli_output(&vars, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains(named),
+            "{args:?}: {named} not named in {stderr}"
+        );
+        assert!(
+            !stderr.contains("RabbitMQ"),
+            "{args:?} tried the broker first: {stderr}"
+        );
+    }
+}

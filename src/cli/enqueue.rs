@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use outreach::broker::Topology;
 use outreach::enqueue::JobPublisher;
+use outreach::job::{Job, JobError};
 use outreach::settings::Settings;
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ pub struct EnqueueArgs {
     /// Publish the file's bytes as they are, without validating (to test bad input).
     #[arg(long, requires = "file")]
     raw: bool,
+    /// The tenant (clinic) whose messaging config sends it.
     #[arg(long)]
     tenant: Option<String>,
     /// email, sms or whatsapp.
@@ -23,17 +25,22 @@ pub struct EnqueueArgs {
     /// Recipient: an email address or an E.164 number.
     #[arg(long)]
     to: Option<String>,
+    /// Email subject (required for email).
     #[arg(long)]
     subject: Option<String>,
+    /// Message text (email plain-text part, SMS, WhatsApp text).
     #[arg(long)]
     text: Option<String>,
+    /// Email HTML part.
     #[arg(long)]
     html: Option<String>,
     /// WhatsApp template name (with --language and --param).
     #[arg(long)]
     template: Option<String>,
+    /// The template's language code.
     #[arg(long, default_value = "en_US")]
     language: String,
+    /// A template parameter, in order; repeat for each.
     #[arg(long = "param")]
     params: Vec<String>,
     /// Idempotency key; a new UUIDv7 when omitted.
@@ -85,6 +92,17 @@ pub async fn enqueue(settings: &Settings, a: EnqueueArgs) -> anyhow::Result<()> 
             serde_json::to_vec(&job)?
         }
     };
+    // Validated before connecting, by the worker's own validator: a job it
+    // would refuse is never published, and an error about a job built from
+    // flags names the flag to fix.
+    if !a.raw
+        && let Err(e) = Job::decode(&payload)
+    {
+        return Err(match (&a.file, flag_of(&e)) {
+            (None, Some(flag)) => anyhow::anyhow!("{e} (set with {flag})"),
+            _ => e.into(),
+        });
+    }
     let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
     let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology).await?;
     if a.raw {
@@ -95,4 +113,31 @@ pub async fn enqueue(settings: &Settings, a: EnqueueArgs) -> anyhow::Result<()> 
         println!("{}", job.id);
     }
     Ok(())
+}
+
+/// The flag that sets the job field an error is about.
+fn flag_of(e: &JobError) -> Option<&'static str> {
+    let field = match e {
+        JobError::MissingField(f)
+        | JobError::InvalidField { field: f, .. }
+        | JobError::FieldTooLong { field: f, .. } => *f,
+        JobError::InvalidRecipient { .. } => "recipient",
+        JobError::UnknownChannel(_) => "channel",
+        JobError::WrongContent { .. } => "content",
+        _ => return None,
+    };
+    let flag = match field {
+        "tenant_id" => "--tenant",
+        "channel" => "--channel",
+        "recipient" => "--to",
+        "job_id" => "--job-id",
+        f if f.starts_with("metadata") => "--metadata",
+        f if f.starts_with("content.subject") => "--subject",
+        f if f.starts_with("content.text") => "--text",
+        f if f.starts_with("content.html") => "--html",
+        f if f.starts_with("content.template") => "--template, --language and --param",
+        f if f.starts_with("content") => "--subject, --text, --html or --template",
+        _ => return None,
+    };
+    Some(flag)
 }
