@@ -95,22 +95,29 @@ pub async fn enqueue(settings: &Settings, a: EnqueueArgs) -> anyhow::Result<()> 
     // Validated before connecting, by the worker's own validator: a job it
     // would refuse is never published, and an error about a job built from
     // flags names the flag to fix.
-    if !a.raw
-        && let Err(e) = Job::decode(&payload)
-    {
-        return Err(match (&a.file, flag_of(&e)) {
-            (None, Some(flag)) => anyhow::anyhow!("{e} (set with {flag})"),
-            _ => e.into(),
-        });
-    }
+    let job = if a.raw {
+        None
+    } else {
+        match Job::decode(&payload) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                return Err(match (&a.file, flag_of(&e)) {
+                    (None, Some(flag)) => anyhow::anyhow!("{e} (set with {flag})"),
+                    _ => e.into(),
+                });
+            }
+        }
+    };
     let topology = Topology::new(&settings.amqp, &settings.worker.retry_delays_secs);
     let publisher = JobPublisher::connect(&settings.amqp.nodes(), &topology).await?;
-    if a.raw {
-        publisher.publish_raw(&payload, None).await?;
-        println!("published {} raw bytes", payload.len());
-    } else {
-        let job = publisher.publish(&payload).await?;
-        println!("{}", job.id);
+    // Validated above: published as it is, with its id as the message id
+    // (what `JobPublisher::publish` does after validating again).
+    publisher
+        .publish_raw(&payload, job.as_ref().map(|j| j.id.as_str()))
+        .await?;
+    match job {
+        Some(job) => println!("{}", job.id),
+        None => println!("published {} raw bytes", payload.len()),
     }
     Ok(())
 }
